@@ -1,0 +1,106 @@
+//! `GET /api/v1/activity/recent` (contract section 4).
+
+use super::{bytes_response, dashboard_auth, named, with_app};
+use crate::error::{ApiError, ErrorCode};
+use crate::persist::EventQuery;
+use crate::server::App;
+use std::sync::Arc;
+use warp::reply::Response;
+use warp::Filter;
+
+pub const ROUTE: &str = "/api/v1/activity/recent";
+pub const DEFAULT_LIMIT: usize = 50;
+pub const MAX_LIMIT: usize = 500;
+
+/// Parsed query parameters.
+#[derive(Debug, Default, PartialEq)]
+pub struct Params {
+    pub query: EventQuery,
+    pub token: Option<String>,
+}
+
+/// Parses `limit`, `type` (repeatable), `before`, `after` (and `token`).
+pub fn parse(raw: &str) -> Result<Params, ApiError> {
+    let bad = |m: String| ApiError::new(ErrorCode::InvalidQuery, m);
+    let mut p = Params { query: EventQuery { limit: DEFAULT_LIMIT, ..Default::default() }, token: None };
+    let seq = |k: &str, v: &str| -> Result<u64, ApiError> {
+        v.parse::<u64>().map_err(|_| bad(format!("`{k}` must be a non-negative integer, got {v:?}")))
+    };
+    for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
+        match &*k {
+            "limit" => {
+                p.query.limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| bad(format!("`limit` must be an integer from 1 to {MAX_LIMIT}, got {v:?}")))?
+            }
+            "type" => {
+                if !crate::event::is_event_type(&v) {
+                    return Err(bad(format!("`type` {v:?} is not a valid event type")));
+                }
+                p.query.types.push(v.into_owned());
+            }
+            "before" => p.query.before = Some(seq("before", &v)?),
+            "after" => p.query.after = Some(seq("after", &v)?),
+            "token" => p.token = Some(v.into_owned()),
+            other => return Err(bad(format!("unknown parameter `{other}` (use limit, type, before, after)"))),
+        }
+    }
+    Ok(p)
+}
+
+pub fn route(app: Arc<App>) -> warp::filters::BoxedFilter<(Response,)> {
+    warp::path!("api" / "v1" / "activity" / "recent")
+        .and(warp::get())
+        .and(warp::header::headers_cloned())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(with_app(app))
+        .then(|headers: http::HeaderMap, raw: String, app: Arc<App>| async move {
+            let res = match recent(&app, &headers, &raw).await {
+                Ok(r) => r,
+                Err(e) => e.to_response(),
+            };
+            named(ROUTE, res)
+        })
+        .boxed()
+}
+
+async fn recent(app: &App, headers: &http::HeaderMap, raw: &str) -> Result<Response, ApiError> {
+    let params = parse(raw)?;
+    dashboard_auth(app, headers, params.token.as_deref())?;
+    let limit = params.query.limit;
+    // One extra tells whether another page exists.
+    let mut q = params.query;
+    q.limit = limit + 1;
+    let mut items = app.activity.query(&q).await.map_err(|e| {
+        ApiError::new(ErrorCode::PersistUnavailable, format!("the store cannot be read: {e}"))
+            .retry_after(std::time::Duration::from_secs(1))
+    })?;
+    let more = items.len() > limit;
+    items.truncate(limit);
+    let next_before = if more { items.last().map(|e| e.seq) } else { None };
+    let mut body = br#"{"items":"#.to_vec();
+    body.extend_from_slice(&crate::event::json_array(items.iter().map(|e| &**e)));
+    body.extend_from_slice(br#","nextBefore":"#);
+    body.extend_from_slice(next_before.map_or("null".to_string(), |s| s.to_string()).as_bytes());
+    body.push(b'}');
+    Ok(bytes_response(http::StatusCode::OK, "application/json", body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_rejects() {
+        let p = parse("limit=3&type=a&type=b&before=9&after=1").unwrap();
+        assert_eq!(p.query.limit, 3);
+        assert_eq!(p.query.types, vec!["a", "b"]);
+        assert_eq!((p.query.before, p.query.after), (Some(9), Some(1)));
+        assert_eq!(parse("").unwrap().query.limit, DEFAULT_LIMIT);
+        for bad in ["limit=0", "limit=501", "limit=-1", "limit=ten", "limit=1.5", "before=abc", "after=xyz", "lmit=3"] {
+            assert_eq!(parse(bad).unwrap_err().code, ErrorCode::InvalidQuery, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! `POST /api/v1/ingest` (contract section 2).
+//!
+//! Checks run cheapest first: auth, content type, declared length; then the
+//! body is read chunk by chunk and refused as soon as it passes
+//! `ingest.max_body_bytes` (nothing larger is ever buffered); then parsed and
+//! validated whole, so a request is all or nothing.
+
+use super::{bearer, json_response, named, token_ok, with_app};
+use crate::error::{ApiError, ErrorCode};
+use crate::event::{NewEvent, Rules};
+use crate::server::App;
+use bytes::{Buf, BytesMut};
+use futures::{Stream, StreamExt};
+use serde_json::Value;
+use std::sync::Arc;
+use tracing::Instrument;
+use warp::reply::Response;
+use warp::Filter;
+
+pub const ROUTE: &str = "/api/v1/ingest";
+
+/// The body formats the hook takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFormat {
+    /// One event or an array of events.
+    Json,
+    /// One event per line.
+    Ndjson,
+}
+
+pub fn route(app: Arc<App>) -> warp::filters::BoxedFilter<(Response,)> {
+    warp::path!("api" / "v1" / "ingest")
+        .and(warp::post())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .and(with_app(app))
+        .then(|headers: http::HeaderMap, body, app: Arc<App>| async move {
+            let status_and_res = match ingest(&app, &headers, body).await {
+                Ok(outcome) => json_response(http::StatusCode::ACCEPTED, &outcome),
+                Err(e) => e.to_response(),
+            };
+            app.metrics.ingest_requests_total.with_label_values(&[status_and_res.status().as_str()]).inc();
+            named(ROUTE, status_and_res)
+        })
+        .boxed()
+}
+
+async fn ingest<S, B>(app: &App, headers: &http::HeaderMap, body: S) -> Result<crate::pipeline::IngestOutcome, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    let live = app.config.borrow().clone();
+    let cfg = &live.config;
+    if !cfg.auth.ingest_tokens.is_empty() && !token_ok(&cfg.auth.ingest_tokens, bearer(headers)) {
+        return Err(ApiError::new(ErrorCode::Unauthorized, "a valid ingest token is required: Authorization: Bearer <token>"));
+    }
+    let format = body_format(headers)?;
+    let max = cfg.ingest.max_body_bytes;
+    if let Some(len) = headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
+        if len > max as u64 {
+            return Err(too_large_body(max));
+        }
+    }
+    let bytes = read_limited(body, max).await?;
+    let events = parse_body(&bytes, format, cfg.ingest.max_batch, &live.rules)?;
+    let span = tracing::info_span!("ingest", events = events.len());
+    app.pipeline.submit(events).instrument(span).await
+}
+
+fn too_large_body(max: usize) -> ApiError {
+    ApiError::new(ErrorCode::PayloadTooLarge, format!("request body is larger than ingest.max_body_bytes ({max} bytes)"))
+}
+
+/// The format named by `Content-Type`; a missing header is taken as JSON.
+pub fn body_format(headers: &http::HeaderMap) -> Result<BodyFormat, ApiError> {
+    let Some(v) = headers.get(http::header::CONTENT_TYPE) else { return Ok(BodyFormat::Json) };
+    let v = v.to_str().unwrap_or("");
+    let mime = v.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match mime.as_str() {
+        "application/json" => Ok(BodyFormat::Json),
+        "application/x-ndjson" => Ok(BodyFormat::Ndjson),
+        _ => Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            format!("Content-Type `{v}` is not supported; use application/json or application/x-ndjson"),
+        )),
+    }
+}
+
+/// Reads the body, failing with 413 as soon as it passes `max` bytes.
+async fn read_limited<S, B>(mut body: S, max: usize) -> Result<BytesMut, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    let mut out = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(|e| ApiError::new(ErrorCode::InvalidJson, format!("could not read the body: {e}")))?;
+        if out.len() + chunk.remaining() > max {
+            return Err(too_large_body(max));
+        }
+        while chunk.has_remaining() {
+            let c = chunk.chunk();
+            out.extend_from_slice(c);
+            let n = c.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(out)
+}
+
+/// Parses and validates a whole body. Errors carry the 0-based index of the
+/// first bad event (for NDJSON: of the first bad line; blank lines count).
+pub fn parse_body(bytes: &[u8], format: BodyFormat, max_batch: usize, rules: &Rules) -> Result<Vec<NewEvent>, ApiError> {
+    let too_many = |n: usize| {
+        ApiError::new(ErrorCode::PayloadTooLarge, format!("{n} events in one request; ingest.max_batch is {max_batch}"))
+    };
+    let empty = || ApiError::new(ErrorCode::EmptyBatch, "the request holds no events");
+    match format {
+        BodyFormat::Json => {
+            let value: Value = serde_json::from_slice(bytes)
+                .map_err(|e| ApiError::new(ErrorCode::InvalidJson, format!("body is not valid JSON: {e}")))?;
+            match value {
+                Value::Array(items) => {
+                    if items.is_empty() {
+                        return Err(empty());
+                    }
+                    if items.len() > max_batch {
+                        return Err(too_many(items.len()));
+                    }
+                    items.into_iter().enumerate().map(|(i, v)| NewEvent::from_value(v, i, rules)).collect()
+                }
+                Value::Object(_) => Ok(vec![NewEvent::from_value(value, 0, rules)?]),
+                other => Err(ApiError::new(
+                    ErrorCode::InvalidEvent,
+                    format!("body must be an event object or an array of events, got {}", short(&other)),
+                )),
+            }
+        }
+        BodyFormat::Ndjson => {
+            let text = std::str::from_utf8(bytes)
+                .map_err(|e| ApiError::new(ErrorCode::InvalidJson, format!("body is not UTF-8: {e}")))?;
+            let mut events = Vec::new();
+            for (i, line) in text.split('\n').enumerate() {
+                let line = line.trim();
+                if line.is_empty() {
+                    continue;
+                }
+                if events.len() == max_batch {
+                    let total = events.len() + text.split('\n').skip(i).filter(|l| !l.trim().is_empty()).count();
+                    return Err(too_many(total));
+                }
+                let v: Value = serde_json::from_str(line).map_err(|e| {
+                    ApiError::new(ErrorCode::InvalidJson, format!("line {i}: not valid JSON: {e}")).at(i)
+                })?;
+                events.push(NewEvent::from_value(v, i, rules)?);
+            }
+            if events.is_empty() {
+                return Err(empty());
+            }
+            Ok(events)
+        }
+    }
+}
+
+fn short(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        _ => "something else",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str, f: BodyFormat) -> Result<Vec<NewEvent>, ApiError> {
+        parse_body(body.as_bytes(), f, 3, &Rules::default())
+    }
+
+    #[test]
+    fn json_forms() {
+        assert_eq!(parse(r#"{"type":"a"}"#, BodyFormat::Json).unwrap().len(), 1);
+        assert_eq!(parse(r#"[{"type":"a"},{"type":"b"}]"#, BodyFormat::Json).unwrap().len(), 2);
+        assert_eq!(parse("[]", BodyFormat::Json).unwrap_err().code, ErrorCode::EmptyBatch);
+        let e = parse(r#"[{"type":"a"},{"type":"B"}]"#, BodyFormat::Json).unwrap_err();
+        assert_eq!((e.code, e.index), (ErrorCode::InvalidEvent, Some(1)));
+        let e = parse(r#"{"type":"a"} {"type":"b"}"#, BodyFormat::Json).unwrap_err();
+        assert_eq!((e.code, e.index), (ErrorCode::InvalidJson, None));
+        let e = parse(r#"{"type":"B"}"#, BodyFormat::Json).unwrap_err();
+        assert_eq!(e.index, Some(0));
+        assert_eq!(parse(r#"[{"type":"a"},{"type":"a"},{"type":"a"},{"type":"a"}]"#, BodyFormat::Json).unwrap_err().code, ErrorCode::PayloadTooLarge);
+    }
+
+    #[test]
+    fn ndjson_indexes_lines() {
+        assert_eq!(parse("{\"type\":\"a\"}\n\n{\"type\":\"b\"}\n", BodyFormat::Ndjson).unwrap().len(), 2);
+        let e = parse("{\"type\":\"a\"}\n{\"type\": broken\n", BodyFormat::Ndjson).unwrap_err();
+        assert_eq!((e.code, e.index), (ErrorCode::InvalidJson, Some(1)));
+        assert_eq!(parse("\n\n", BodyFormat::Ndjson).unwrap_err().code, ErrorCode::EmptyBatch);
+        let four = "{\"type\":\"a\"}\n".repeat(4);
+        assert_eq!(parse(&four, BodyFormat::Ndjson).unwrap_err().code, ErrorCode::PayloadTooLarge);
+    }
+
+    #[test]
+    fn content_types() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(body_format(&h).unwrap(), BodyFormat::Json);
+        h.insert(http::header::CONTENT_TYPE, "application/json; charset=utf-8".parse().unwrap());
+        assert_eq!(body_format(&h).unwrap(), BodyFormat::Json);
+        h.insert(http::header::CONTENT_TYPE, "Application/X-NDJSON".parse().unwrap());
+        assert_eq!(body_format(&h).unwrap(), BodyFormat::Ndjson);
+        h.insert(http::header::CONTENT_TYPE, "text/plain".parse().unwrap());
+        assert_eq!(body_format(&h).unwrap_err().code, ErrorCode::UnsupportedMediaType);
+    }
+}

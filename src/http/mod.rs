@@ -1,0 +1,155 @@
+//! The HTTP API: one file per resource, assembled into one warp filter.
+//! Every error leaves through [`ApiError`] as the contract's error body.
+
+pub mod activity;
+pub mod health;
+pub mod ingest;
+pub mod stats;
+
+use crate::error::{ApiError, ErrorCode};
+use crate::server::App;
+use serde::Serialize;
+use std::sync::Arc;
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
+use warp::Filter;
+
+/// The matched route, attached to each response for the HTTP metrics (never
+/// the raw path, so label cardinality stays bounded).
+#[derive(Debug, Clone, Copy)]
+pub struct RouteName(pub &'static str);
+
+/// A JSON response.
+pub fn json_response<T: Serialize + ?Sized>(status: http::StatusCode, body: &T) -> Response {
+    let bytes = serde_json::to_vec(body).expect("response bodies serialize");
+    bytes_response(status, "application/json", bytes)
+}
+
+pub fn bytes_response(status: http::StatusCode, content_type: &'static str, body: Vec<u8>) -> Response {
+    let mut res = Response::new(body.into());
+    *res.status_mut() = status;
+    res.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    res
+}
+
+/// Tags a response with its route name.
+pub fn named(route: &'static str, mut res: Response) -> Response {
+    res.extensions_mut().insert(RouteName(route));
+    res
+}
+
+pub fn with_app(app: Arc<App>) -> impl Filter<Extract = (Arc<App>,), Error = std::convert::Infallible> + Clone {
+    warp::any().map(move || app.clone())
+}
+
+/// Every HTTP route but the WebSocket (which the server upgrades itself).
+pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
+    ingest::route(app.clone())
+        .or(stats::route(app.clone()))
+        .unify()
+        .or(activity::route(app.clone()))
+        .unify()
+        .or(health::routes(app.clone()))
+        .unify()
+        .recover(recover)
+        .unify()
+        .boxed()
+}
+
+/// Known paths, for telling 405 from 404.
+const KNOWN: [(&str, &str); 6] = [
+    ("/api/v1/ingest", "POST"),
+    ("/api/v1/stats", "GET"),
+    ("/api/v1/activity/recent", "GET"),
+    ("/healthz", "GET"),
+    ("/readyz", "GET"),
+    ("/metrics", "GET"),
+];
+
+/// Turns warp's rejections into the contract's error body.
+pub async fn recover_path(path: &str, method: &http::Method) -> Response {
+    if let Some((_, allowed)) = KNOWN.iter().find(|(p, _)| *p == path) {
+        let mut res = ApiError::new(ErrorCode::NotFound, format!("{method} is not supported on {path}; use {allowed}"))
+            .with_status(http::StatusCode::METHOD_NOT_ALLOWED)
+            .to_response();
+        res.headers_mut().insert(http::header::ALLOW, http::HeaderValue::from_static(allowed));
+        return named("method_not_allowed", res);
+    }
+    named("not_found", ApiError::new(ErrorCode::NotFound, format!("no route for {method} {path}")).to_response())
+}
+
+/// Rejections that reach here matched no route: the server replaces this
+/// response with a precise 404 or 405 (it knows the path and method).
+async fn recover(rejection: warp::Rejection) -> Result<Response, std::convert::Infallible> {
+    if let Some(e) = rejection.find::<ApiError>() {
+        return Ok(e.to_response());
+    }
+    Ok(named(UNMATCHED, ApiError::new(ErrorCode::NotFound, "no such route").to_response()))
+}
+
+/// Route name of a request no route matched.
+pub const UNMATCHED: &str = "unmatched";
+
+/// The bearer token of a request: `Authorization: Bearer <t>`.
+pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Whether `given` equals one of `tokens`, in time that does not depend on
+/// where they differ.
+pub fn token_ok(tokens: &[String], given: Option<&str>) -> bool {
+    use subtle::ConstantTimeEq;
+    let Some(given) = given else { return false };
+    let mut ok = subtle::Choice::from(0u8);
+    for t in tokens {
+        // Equal lengths compare every byte; a length mismatch still walks
+        // the longer input so timing does not reveal a prefix match.
+        let (a, b) = (t.as_bytes(), given.as_bytes());
+        let n = a.len().max(b.len());
+        let mut same = subtle::Choice::from((a.len() == b.len()) as u8);
+        for i in 0..n {
+            let x = a.get(i).copied().unwrap_or(0);
+            let y = b.get(i).copied().unwrap_or(0);
+            same &= x.ct_eq(&y);
+        }
+        ok |= same;
+    }
+    ok.into()
+}
+
+/// Dashboard read auth: open when no dashboard tokens are configured.
+pub fn dashboard_auth(app: &App, headers: &http::HeaderMap, query_token: Option<&str>) -> Result<(), ApiError> {
+    let live = app.config.borrow().clone();
+    let tokens = &live.config.auth.dashboard_tokens;
+    if tokens.is_empty() || token_ok(tokens, bearer(headers).or(query_token)) {
+        Ok(())
+    } else {
+        Err(ApiError::new(ErrorCode::Unauthorized, "a dashboard token is required (Authorization: Bearer or ?token=)"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_exactly() {
+        let tokens = vec!["tok-alpha".to_string(), "tok-beta".to_string()];
+        assert!(token_ok(&tokens, Some("tok-beta")));
+        assert!(!token_ok(&tokens, Some("tok-alph")));
+        assert!(!token_ok(&tokens, Some("tok-alphaa")));
+        assert!(!token_ok(&tokens, Some("")));
+        assert!(!token_ok(&tokens, None));
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        let mut h = http::HeaderMap::new();
+        h.insert(http::header::AUTHORIZATION, "Bearer abc".parse().unwrap());
+        assert_eq!(bearer(&h), Some("abc"));
+        h.insert(http::header::AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(bearer(&h), None);
+    }
+}

@@ -1,0 +1,60 @@
+//! # sidewire
+//!
+//! An observability sidecar. A backend posts its activity events to an HTTP
+//! ingest hook; sidewire stores each event through a pluggable persist
+//! callback (SQLite by default), keeps stats, and serves them live to
+//! dashboards over REST and WebSocket, with Prometheus metrics about itself.
+//! The wire contract is fixed in the project's `CONTRACT.md`.
+//!
+//! # Layout
+//!
+//! - [`config`]: the TOML config, env overrides, validation with lines.
+//! - [`event`]: event validation and the pre-encoded stored form.
+//! - [`http`]: the REST routes (ingest, stats, activity, health, metrics).
+//! - [`pipeline`]: the single writer: dedupe, seqs, group commit, publish.
+//! - [`persist`]: the [`persist::PersistCallback`] trait and its plugins.
+//! - [`stats`]: durable counters and live windows; one snapshot for all.
+//! - [`activity`]: recent events from the store or an in-memory ring.
+//! - [`hub`]: fan-out of accepted events to connections.
+//! - [`ws`]: the dashboard WebSocket.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`server`]: wiring, the accept loop and graceful shutdown.
+//! - [`telemetry`]: logging setup.
+//!
+//! # Embedding
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let config = sidewire::config::Config::default();
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! sidewire::run(listener, config, async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod activity;
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod persist;
+pub mod pipeline;
+pub mod server;
+pub mod stats;
+pub mod telemetry;
+pub mod ws;
+
+pub use server::{ServerBuilder, StartError};
+
+/// This build's version, as reported in `connection_ack` and `sidewire_build_info`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Serves `config` on `listener` until `shutdown` completes, then drains.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    config: config::Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), StartError> {
+    ServerBuilder::new(config).run(listener, shutdown).await
+}

@@ -1,0 +1,184 @@
+//! The `sidewire` binary: parses the CLI, sets up logging, loads the config
+//! and runs the library's server.
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use sidewire::config::{Config, ConfigSource};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "sidewire", version, about = "Observability sidecar: ingest hook, live dashboard, Prometheus metrics")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Config file (default: config/sidewire.toml, else built-in defaults).
+    #[arg(long, env = "SIDEWIRE_CONFIG", global = true)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sidecar (the default).
+    Serve,
+    /// Validate a config file: exit 0, or print every error and exit 1.
+    CheckConfig {
+        /// The file to check.
+        path: PathBuf,
+    },
+    /// Send one event to a running sidecar and print its seq.
+    Emit {
+        /// Base URL of the sidecar, e.g. http://127.0.0.1:8790.
+        #[arg(long, default_value = "http://127.0.0.1:8790")]
+        url: String,
+        /// Event type, e.g. ingestion_complete.
+        #[arg(long = "type")]
+        kind: String,
+        /// Event data, a JSON object.
+        #[arg(long)]
+        data: Option<String>,
+        /// Idempotency key.
+        #[arg(long)]
+        id: Option<String>,
+        /// Which backend instance sent it.
+        #[arg(long)]
+        source: Option<String>,
+        /// Ingest token (also SIDEWIRE_TOKEN).
+        #[arg(long, env = "SIDEWIRE_TOKEN")]
+        token: Option<String>,
+    },
+    /// Exit 0 when a sidecar answers its health check (for container healthchecks).
+    Health {
+        #[arg(long, default_value = "http://127.0.0.1:8790/healthz")]
+        url: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(cli.config),
+        Command::CheckConfig { path } => return check_config(&path),
+        Command::Emit { url, kind, data, id, source, token } => emit(&url, &kind, data, id, source, token),
+        Command::Health { url } => health(&url),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
+    let (config, source) = Config::load(path.as_deref())?;
+    let _log = sidewire::telemetry::init(&config.telemetry);
+    match &source {
+        ConfigSource::File(p) => tracing::info!(path = %p.display(), "config loaded"),
+        ConfigSource::Defaults => tracing::info!(
+            "no config file at {}; using built-in defaults (plus SIDEWIRE__* overrides)",
+            sidewire::config::DEFAULT_PATH
+        ),
+    }
+    let addr = config.listen_addr().map_err(anyhow::Error::msg)?;
+    runtime()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        sidewire::run(listener, config, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn check_config(path: &std::path::Path) -> ExitCode {
+    match Config::load(Some(path)) {
+        Ok(_) => {
+            println!("{}: ok", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(sidewire::config::ConfigError::Invalid { issues, .. }) => {
+            for i in &issues {
+                eprintln!("{}: {i}", path.display());
+            }
+            eprintln!("{}: {} error(s)", path.display(), issues.len());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn emit(
+    url: &str,
+    kind: &str,
+    data: Option<String>,
+    id: Option<String>,
+    source: Option<String>,
+    token: Option<String>,
+) -> anyhow::Result<()> {
+    let mut event = serde_json::json!({ "type": kind });
+    if let Some(d) = data {
+        let v: serde_json::Value = serde_json::from_str(&d).context("--data is not valid JSON")?;
+        event["data"] = v;
+    }
+    if let Some(id) = id {
+        event["id"] = id.into();
+    }
+    if let Some(s) = source {
+        event["source"] = s.into();
+    }
+    let endpoint = format!("{}/api/v1/ingest", url.trim_end_matches('/'));
+    runtime()?.block_on(async move {
+        let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?;
+        let mut req = client.post(&endpoint).header("content-type", "application/json").body(event.to_string());
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let res = req.send().await.with_context(|| format!("cannot reach {endpoint}"))?;
+        let status = res.status();
+        let body: serde_json::Value = serde_json::from_slice(&res.bytes().await.unwrap_or_default()).unwrap_or_default();
+        if status.as_u16() != 202 {
+            let code = body["error"]["code"].as_str().unwrap_or("?");
+            let msg = body["error"]["message"].as_str().unwrap_or("");
+            bail!("the sidecar answered {status}: {code}: {msg}");
+        }
+        let seq = &body["seqs"][0];
+        if body["duplicates"].as_u64() == Some(1) {
+            println!("{seq} (duplicate: already accepted)");
+        } else {
+            println!("{seq}");
+        }
+        Ok(())
+    })
+}
+
+fn health(url: &str) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(3)).build()?;
+        let res = client.get(url).send().await.with_context(|| format!("cannot reach {url}"))?;
+        if !res.status().is_success() {
+            bail!("{url} answered {}", res.status());
+        }
+        Ok(())
+    })
+}

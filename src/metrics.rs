@@ -1,0 +1,262 @@
+//! Prometheus metrics (contract section 6). One registry per server; every
+//! labelled series whose label values are known up front exists at 0 from
+//! start-up, so `rate()` panels and alerts have a series before the first
+//! occurrence.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use std::collections::HashSet;
+use parking_lot::Mutex;
+
+/// Most distinct `type` label values on `sidewire_ingest_events_total`; later
+/// types are counted as `other`.
+pub const MAX_TYPE_LABELS: usize = 100;
+
+pub const DISCONNECT_REASONS: [&str; 5] = ["client_close", "slow_consumer", "heartbeat_timeout", "error", "shutdown"];
+pub const REJECT_REASONS: [&str; 5] = ["unauthorized", "forbidden_origin", "per_ip_limit", "rate_limit", "at_capacity"];
+pub const WS_MESSAGE_TYPES: [&str; 5] = ["connection_ack", "stats_update", "pong", "resume_complete", "event"];
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub ws_active_connections: IntGauge,
+    pub ws_connections_total: IntCounter,
+    pub ws_rejected_connections_total: IntCounterVec,
+    pub ws_messages_sent_total: IntCounterVec,
+    pub ws_messages_per_minute: IntGauge,
+    pub ws_disconnects_total: IntCounterVec,
+    pub ws_invalid_messages_total: IntCounter,
+    pub ingest_requests_total: IntCounterVec,
+    pub ingest_events_total: IntCounterVec,
+    pub ingest_duplicates_total: IntCounter,
+    pub persist_success_total: IntCounterVec,
+    pub persist_failures_total: IntCounterVec,
+    pub persist_duration_seconds: HistogramVec,
+    pub persist_queue_depth: IntGauge,
+    pub config_reloads_total: IntCounterVec,
+    pub http_requests_total: IntCounterVec,
+    pub http_request_duration_seconds: HistogramVec,
+    pub build_info: IntGaugeVec,
+    seen_types: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("metric registered once");
+    c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("metric registered once");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("metric registered once");
+    g
+}
+
+fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid metric");
+    r.register(Box::new(h.clone())).expect("metric registered once");
+    h
+}
+
+const LATENCY_BUCKETS: [f64; 14] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        #[cfg(target_os = "linux")]
+        {
+            let pc = prometheus::process_collector::ProcessCollector::for_self();
+            let _ = r.register(Box::new(pc));
+        }
+        let m = Metrics {
+            ws_active_connections: gauge(&r, "sidewire_ws_active_connections", "Open dashboard WebSockets."),
+            ws_connections_total: counter(&r, "sidewire_ws_connections_total", "Dashboard WebSockets opened."),
+            ws_rejected_connections_total: counter_vec(
+                &r,
+                "sidewire_ws_rejected_connections_total",
+                "Dashboard WebSocket upgrades refused, by reason.",
+                &["reason"],
+            ),
+            ws_messages_sent_total: counter_vec(
+                &r,
+                "sidewire_ws_messages_sent_total",
+                "WebSocket messages sent, by message type (events count as `event`).",
+                &["type"],
+            ),
+            ws_messages_per_minute: gauge(&r, "sidewire_ws_messages_per_minute", "WebSocket messages sent in the last 60 s."),
+            ws_disconnects_total: counter_vec(
+                &r,
+                "sidewire_ws_disconnects_total",
+                "Dashboard WebSockets closed, by reason.",
+                &["reason"],
+            ),
+            ws_invalid_messages_total: counter(
+                &r,
+                "sidewire_ws_invalid_messages_total",
+                "Client WebSocket messages that were not understood.",
+            ),
+            ingest_requests_total: counter_vec(
+                &r,
+                "sidewire_ingest_requests_total",
+                "Ingest requests, by HTTP status.",
+                &["status"],
+            ),
+            ingest_events_total: counter_vec(
+                &r,
+                "sidewire_ingest_events_total",
+                "Events accepted, by type (at most 100 types, then `other`).",
+                &["type"],
+            ),
+            ingest_duplicates_total: counter(
+                &r,
+                "sidewire_ingest_duplicates_total",
+                "Events skipped because their id was already accepted.",
+            ),
+            persist_success_total: counter_vec(
+                &r,
+                "sidewire_persist_success_total",
+                "Batches stored by the persist plugin.",
+                &["plugin"],
+            ),
+            persist_failures_total: counter_vec(
+                &r,
+                "sidewire_persist_failures_total",
+                "Batches the persist plugin failed to store.",
+                &["plugin"],
+            ),
+            persist_duration_seconds: histogram_vec(
+                &r,
+                "sidewire_persist_duration_seconds",
+                "Time to store one batch.",
+                &["plugin"],
+                LATENCY_BUCKETS.to_vec(),
+            ),
+            persist_queue_depth: gauge(&r, "sidewire_persist_queue_depth", "Events waiting for the persist plugin."),
+            config_reloads_total: counter_vec(
+                &r,
+                "sidewire_config_reloads_total",
+                "Config reloads, by result.",
+                &["result"],
+            ),
+            http_requests_total: counter_vec(
+                &r,
+                "sidewire_http_requests_total",
+                "HTTP requests, by matched route and status.",
+                &["route", "status"],
+            ),
+            http_request_duration_seconds: histogram_vec(
+                &r,
+                "sidewire_http_request_duration_seconds",
+                "HTTP request latency, by matched route.",
+                &["route"],
+                LATENCY_BUCKETS.to_vec(),
+            ),
+            build_info: {
+                let g = IntGaugeVec::new(Opts::new("sidewire_build_info", "Build information."), &["version"])
+                    .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("metric registered once");
+                g
+            },
+            registry: r,
+            seen_types: Mutex::new(HashSet::new()),
+        };
+        m.build_info.with_label_values(&[crate::VERSION]).set(1);
+        for reason in DISCONNECT_REASONS {
+            m.ws_disconnects_total.with_label_values(&[reason]);
+        }
+        for reason in REJECT_REASONS {
+            m.ws_rejected_connections_total.with_label_values(&[reason]);
+        }
+        for t in WS_MESSAGE_TYPES {
+            m.ws_messages_sent_total.with_label_values(&[t]);
+        }
+        for result in ["success", "failure"] {
+            m.config_reloads_total.with_label_values(&[result]);
+        }
+        for status in ["202", "400", "401", "413", "415", "503"] {
+            m.ingest_requests_total.with_label_values(&[status]);
+        }
+        m
+    }
+
+    /// Pre-creates the plugin-labelled series for the plugin in use.
+    pub fn init_plugin(&self, plugin: &str) {
+        self.persist_success_total.with_label_values(&[plugin]);
+        self.persist_failures_total.with_label_values(&[plugin]);
+        self.persist_duration_seconds.with_label_values(&[plugin]);
+    }
+
+    /// The `type` label for an event type: itself for the first 100 seen.
+    pub fn type_label<'a>(&self, kind: &'a str) -> &'a str {
+        let mut seen = self.seen_types.lock();
+        if seen.contains(kind) {
+            return kind;
+        }
+        if seen.len() < MAX_TYPE_LABELS {
+            seen.insert(kind.to_string());
+            return kind;
+        }
+        "other"
+    }
+
+    /// Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+
+    pub fn observe_http(&self, route: &str, status: u16, seconds: f64) {
+        self.http_requests_total.with_label_values(&[route, &status.to_string()]).inc();
+        self.http_request_duration_seconds.with_label_values(&[route]).observe(seconds);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Keeps `Histogram` in scope for users of the timer API.
+pub type PersistTimer = Histogram;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_series_exist_at_zero() {
+        let m = Metrics::new();
+        m.init_plugin("sqlite");
+        let text = m.render();
+        assert!(text.contains("sidewire_ws_disconnects_total{reason=\"slow_consumer\"} 0"));
+        assert!(text.contains("sidewire_persist_failures_total{plugin=\"sqlite\"} 0"));
+        assert!(text.contains("sidewire_config_reloads_total{result=\"failure\"} 0"));
+        assert!(text.contains(&format!("sidewire_build_info{{version=\"{}\"}} 1", crate::VERSION)));
+    }
+
+    #[test]
+    fn type_label_is_capped() {
+        let m = Metrics::new();
+        for i in 0..MAX_TYPE_LABELS {
+            assert_eq!(m.type_label(&format!("t{i}")), format!("t{i}"));
+        }
+        assert_eq!(m.type_label("t0"), "t0");
+        assert_eq!(m.type_label("new"), "other");
+    }
+}

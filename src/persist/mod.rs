@@ -1,0 +1,190 @@
+//! The persist callback: the plugin boundary every accepted event crosses
+//! before it is acknowledged (with `persist.ack = "durable"`) or broadcast.
+//!
+//! Built-in plugins: [`sqlite`] (the embedded default), [`jsonl`],
+//! [`webhook`] and [`memory`]. A user's own plugin implements
+//! [`PersistCallback`] and is handed to [`crate::ServerBuilder::persist`]; see
+//! `examples/custom_persist.rs`.
+
+pub mod jsonl;
+pub mod memory;
+pub mod sqlite;
+pub mod webhook;
+
+use crate::config::{Config, PluginKind};
+use crate::event::Event;
+use crate::stats::DurableStats;
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// One group commit: the events of one or more ingest requests, in seq order,
+/// and the stats as they stand once these events are stored.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Strictly increasing seqs; never empty.
+    pub events: Vec<Arc<Event>>,
+    /// The durable stats after this batch, for plugins that persist them.
+    pub stats: Arc<DurableStats>,
+}
+
+/// What a plugin found in its store at start-up.
+#[derive(Debug, Clone, Default)]
+pub struct Recovered {
+    /// The stats of the stored events; `None` starts from zero.
+    pub stats: Option<DurableStats>,
+    /// The highest seq ever handed out. Seqs continue above it. A plugin that
+    /// keeps nothing across restarts returns a clock-based floor (see
+    /// [`clock_seq_floor`]) so seqs still never repeat.
+    pub last_seq: u64,
+    /// The newest stored events, oldest first, to fill the in-memory activity
+    /// ring of a plugin that cannot answer queries.
+    pub recent: Vec<Arc<Event>>,
+}
+
+/// A query on stored events (activity API and WebSocket resume).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventQuery {
+    /// Only these types (any of them); empty: every type except gauge reports.
+    pub types: Vec<String>,
+    /// Only seq < before.
+    pub before: Option<u64>,
+    /// Only seq > after.
+    pub after: Option<u64>,
+    /// At most this many.
+    pub limit: usize,
+    /// `false`: the newest matches, newest first (activity API).
+    /// `true`: the oldest matches, oldest first (resume replay).
+    pub ascending: bool,
+}
+
+impl EventQuery {
+    /// Whether one event matches the filters (not the limit).
+    pub fn matches(&self, e: &Event) -> bool {
+        let type_ok = if self.types.is_empty() {
+            !e.is_gauge_report()
+        } else {
+            self.types.iter().any(|t| **t == *e.kind)
+        };
+        type_ok && self.before.is_none_or(|b| e.seq < b) && self.after.is_none_or(|a| e.seq > a)
+    }
+}
+
+/// Why a plugin call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PersistError {
+    /// The store is (for now) unreachable or refusing writes; retrying later may work.
+    #[error("{plugin} unavailable: {message}")]
+    Unavailable { plugin: &'static str, message: String },
+    /// The store's content is not what this version understands.
+    #[error("{plugin} store is corrupt or of an unknown version: {message}")]
+    Corrupt { plugin: &'static str, message: String },
+    /// The plugin cannot answer this kind of call.
+    #[error("{plugin} does not support {what}")]
+    Unsupported { plugin: &'static str, what: &'static str },
+}
+
+impl PersistError {
+    pub fn unavailable(plugin: &'static str, e: impl std::fmt::Display) -> Self {
+        Self::Unavailable { plugin, message: e.to_string() }
+    }
+}
+
+/// A persist plugin.
+///
+/// # What a plugin may assume
+/// - Calls to [`persist`](Self::persist) never overlap: the pipeline has at
+///   most one batch in flight, and batches arrive in seq order, each with
+///   strictly increasing seqs above every seq of earlier successful batches.
+/// - A batch groups the events of many requests (group commit); the events
+///   of one request are never split across batches.
+/// - A failed batch may be offered again with the same seqs (queued ack
+///   retries with backoff); with durable ack it is refused to the clients
+///   and its seqs are not reused.
+/// - Duplicate ids have been filtered out before `persist` is called, using
+///   [`lookup_ids`](Self::lookup_ids) and a window of recent ids.
+///
+/// # What a plugin must guarantee
+/// - `Ok(())` from `persist` means every event of the batch is stored as
+///   durably as the plugin promises (the built-in stores survive `kill -9`):
+///   the client is told so right after.
+/// - A batch is all or nothing where the store allows it (SQLite: one
+///   transaction). A plugin that may store part of a failed batch (jsonl,
+///   webhook) must tolerate seeing those seqs again.
+/// - No call panics; errors are returned as [`PersistError`].
+#[async_trait]
+pub trait PersistCallback: Send + Sync + 'static {
+    /// A short name, used as the `plugin` label of metrics.
+    fn name(&self) -> &'static str;
+
+    /// Opens the store and reports what it holds. Called once, first.
+    async fn recover(&self) -> Result<Recovered, PersistError> {
+        Ok(Recovered { last_seq: clock_seq_floor(), ..Default::default() })
+    }
+
+    /// Stores one batch.
+    async fn persist(&self, batch: &Batch) -> Result<(), PersistError>;
+
+    /// Whether the store can take writes now (drives `/readyz`).
+    async fn health(&self) -> Result<(), PersistError> {
+        Ok(())
+    }
+
+    /// Whether [`query`](Self::query) is answered. Plugins that cannot are
+    /// served from the in-memory activity ring.
+    fn can_query(&self) -> bool {
+        false
+    }
+
+    /// Stored events matching `q`.
+    async fn query(&self, _q: &EventQuery) -> Result<Vec<Arc<Event>>, PersistError> {
+        Err(PersistError::Unsupported { plugin: self.name(), what: "queries" })
+    }
+
+    /// The seqs of already stored events with these ids (missing ids are
+    /// absent from the map). Plugins whose dedupe window is the whole store
+    /// answer this; others rely on the pipeline's window of recent ids.
+    async fn lookup_ids(&self, _ids: &[&str]) -> Result<HashMap<String, u64>, PersistError> {
+        Ok(HashMap::new())
+    }
+
+    /// Flushes and closes the store at shutdown.
+    async fn close(&self) -> Result<(), PersistError> {
+        Ok(())
+    }
+}
+
+/// A seq floor from the wall clock (microseconds since the Unix epoch), for
+/// stores that keep no seq across restarts: seqs stay increasing and unique
+/// across restarts as long as the clock does not step back and fewer than a
+/// million events per second are accepted.
+pub fn clock_seq_floor() -> u64 {
+    chrono::Utc::now().timestamp_micros().max(0) as u64
+}
+
+/// Builds the configured plugin.
+pub fn from_config(config: &Config) -> Result<Arc<dyn PersistCallback>, PersistError> {
+    let p = &config.persist;
+    Ok(match p.plugin {
+        PluginKind::Sqlite => Arc::new(sqlite::SqlitePlugin::open(&p.sqlite_path, p.sqlite_synchronous)?),
+        PluginKind::Memory => Arc::new(memory::MemoryPlugin::new(p.memory_capacity)),
+        PluginKind::Jsonl => Arc::new(jsonl::JsonlPlugin::new(jsonl::JsonlOptions {
+            path: p.jsonl_path.clone(),
+            max_bytes: p.jsonl_max_bytes,
+            max_files: p.jsonl_max_files,
+            recent: config.activity.buffer_size,
+        })),
+        PluginKind::Webhook => Arc::new(webhook::WebhookPlugin::new(webhook::WebhookOptions {
+            url: p.webhook_url.clone(),
+            timeout: std::time::Duration::from_millis(p.webhook_timeout_ms),
+            max_retries: p.webhook_max_retries,
+            backoff: std::time::Duration::from_millis(p.webhook_backoff_ms),
+        })?),
+        PluginKind::Postgres => {
+            return Err(PersistError::Unsupported { plugin: "postgres", what: "this version (not built yet)" })
+        }
+    })
+}
+
+/// Every built-in plugin name (metric label values known up front).
+pub const PLUGIN_NAMES: [&str; 4] = ["sqlite", "jsonl", "webhook", "memory"];

@@ -1,0 +1,420 @@
+//! The ingest pipeline: one writer task that turns validated requests into
+//! stored, counted and broadcast events.
+//!
+//! ```text
+//!  ingest handlers ──(bounded by persist.queue_len events)──▶ writer task
+//!     dedupe (window of recent ids, then the store) → assign seqs →
+//!     apply stats to a copy → plugin.persist(batch)  [group commit]
+//!     → on success: stats, activity ring, hub (WebSockets), replies
+//! ```
+//!
+//! Everything the writer does is serial, so seqs follow acceptance order and
+//! the plugin sees batches in seq order. Requests that arrive while a commit
+//! is in flight wait in the queue and form the next group (group commit).
+//! With `persist.ack = "queued"` the writer answers right after assigning
+//! seqs and hands the batch to a persister task that retries with backoff.
+
+use crate::activity::Activity;
+use crate::config::{AckMode, ConfigRx};
+use crate::error::{ApiError, ErrorCode};
+use crate::event::{Event, NewEvent};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::persist::{Batch, PersistCallback, PersistError};
+use crate::stats::{DurableStats, Stats};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument;
+
+/// Ids remembered for dedupe by plugins that cannot look ids up in their store.
+pub const DEDUPE_WINDOW: usize = 100_000;
+/// Most events in one group commit.
+const MAX_GROUP_EVENTS: usize = 10_000;
+/// `Retry-After` for a 503.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// The answer to an accepted request.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct IngestOutcome {
+    pub accepted: usize,
+    pub duplicates: usize,
+    /// In request order; a duplicate reports the seq it got the first time.
+    pub seqs: Vec<u64>,
+}
+
+struct Job {
+    events: Vec<NewEvent>,
+    /// Holds `events.len()` queue slots until the events are stored.
+    permit: OwnedSemaphorePermit,
+    reply: oneshot::Sender<Result<IngestOutcome, ApiError>>,
+    span: tracing::Span,
+}
+
+enum Msg {
+    Job(Job),
+    /// Stop after the jobs before it; answers once everything is stored.
+    Close(oneshot::Sender<()>),
+}
+
+/// Shared parts the writer publishes to after a commit.
+pub struct Sinks {
+    pub plugin: Arc<dyn PersistCallback>,
+    pub stats: Arc<Stats>,
+    pub activity: Arc<Activity>,
+    pub hub: Arc<dyn Hub>,
+    pub metrics: Arc<Metrics>,
+    /// Woken when a gauge changed (the stats pusher coalesces).
+    pub gauges_changed: Arc<Notify>,
+}
+
+/// Handle to the writer. Cheap to clone.
+#[derive(Clone)]
+pub struct Pipeline {
+    /// Unbounded only in message count: every job holds at least one permit
+    /// of `queue`, so at most `persist.queue_len` events wait.
+    tx: mpsc::UnboundedSender<Msg>,
+    queue: Arc<Semaphore>,
+    queue_len: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Pipeline {
+    /// Starts the writer (and, for queued ack, the persister) task.
+    pub fn start(sinks: Sinks, config: ConfigRx, initial: DurableStats, next_seq: u64) -> Pipeline {
+        let live = config.borrow().clone();
+        let queue_len = live.config.persist.queue_len;
+        let ack = live.config.persist.ack;
+        let queue = Arc::new(Semaphore::new(queue_len));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let sinks = Arc::new(sinks);
+        let metrics = sinks.metrics.clone();
+        let persister = (ack == AckMode::Queued).then(|| {
+            let (ptx, prx) = mpsc::unbounded_channel();
+            tokio::spawn(persister_loop(prx, sinks.clone()));
+            ptx
+        });
+        let writer = Writer {
+            sinks,
+            config,
+            state: initial,
+            next_seq,
+            window: RecentIds::new(DEDUPE_WINDOW),
+            persister,
+            queue: queue.clone(),
+            queue_len,
+        };
+        tokio::spawn(writer.run(rx));
+        Pipeline { tx, queue, queue_len, metrics }
+    }
+
+    /// Submits one request's validated events; all or nothing.
+    pub async fn submit(&self, events: Vec<NewEvent>) -> Result<IngestOutcome, ApiError> {
+        let n = events.len();
+        let unavailable =
+            |m: &str| ApiError::new(ErrorCode::PersistUnavailable, m.to_string()).retry_after(RETRY_AFTER);
+        let permit = match u32::try_from(n).ok().and_then(|n| self.queue.clone().try_acquire_many_owned(n).ok()) {
+            Some(p) => p,
+            None => {
+                return Err(unavailable(&format!(
+                    "the persist queue is full ({} events waiting); retry later",
+                    self.queue_len - self.queue.available_permits()
+                )))
+            }
+        };
+        self.metrics.persist_queue_depth.set((self.queue_len - self.queue.available_permits()) as i64);
+        let (reply, rx) = oneshot::channel();
+        let job = Job { events, permit, reply, span: tracing::Span::current() };
+        if self.tx.send(Msg::Job(job)).is_err() {
+            return Err(unavailable("the server is shutting down"));
+        }
+        rx.await.unwrap_or_else(|_| Err(unavailable("the server is shutting down")))
+    }
+
+    /// Stores everything queued, then stops the writer.
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Close(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// Recent ids and their seqs, bounded (oldest forgotten first).
+struct RecentIds {
+    cap: usize,
+    map: HashMap<Box<str>, u64>,
+    order: VecDeque<Box<str>>,
+}
+
+impl RecentIds {
+    fn new(cap: usize) -> Self {
+        Self { cap, map: HashMap::new(), order: VecDeque::new() }
+    }
+
+    fn get(&self, id: &str) -> Option<u64> {
+        self.map.get(id).copied()
+    }
+
+    fn insert(&mut self, id: &str, seq: u64) {
+        if self.map.insert(id.into(), seq).is_none() {
+            self.order.push_back(id.into());
+            if self.order.len() > self.cap {
+                if let Some(old) = self.order.pop_front() {
+                    self.map.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// A sequenced group, ready for the plugin.
+struct Group {
+    batch: Batch,
+    /// Per job: its reply and outcome.
+    replies: Vec<(oneshot::Sender<Result<IngestOutcome, ApiError>>, IngestOutcome, tracing::Span)>,
+    duplicates: usize,
+    gauges_changed: bool,
+    permits: Vec<OwnedSemaphorePermit>,
+}
+
+struct Writer {
+    sinks: Arc<Sinks>,
+    config: ConfigRx,
+    /// Stats after every batch that is stored or (queued ack) will be.
+    state: DurableStats,
+    next_seq: u64,
+    window: RecentIds,
+    /// Queued ack only: batches waiting for the plugin, in seq order.
+    persister: Option<mpsc::UnboundedSender<PersisterMsg>>,
+    queue: Arc<Semaphore>,
+    queue_len: usize,
+}
+
+enum PersisterMsg {
+    Group(Group),
+    Close(oneshot::Sender<()>),
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
+        let mut closing = None;
+        while closing.is_none() {
+            let Some(first) = rx.recv().await else { break };
+            let mut jobs = Vec::new();
+            let mut n = 0;
+            let mut next = Some(first);
+            while let Some(msg) = next.take() {
+                match msg {
+                    Msg::Job(j) => {
+                        n += j.events.len();
+                        jobs.push(j);
+                    }
+                    Msg::Close(done) => {
+                        closing = Some(done);
+                        break;
+                    }
+                }
+                if n < MAX_GROUP_EVENTS {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !jobs.is_empty() {
+                self.process(jobs).await;
+            }
+        }
+        if let Some(p) = &self.persister {
+            let (tx, rx) = oneshot::channel();
+            if p.send(PersisterMsg::Close(tx)).is_ok() {
+                let _ = rx.await;
+            }
+        }
+        if let Some(done) = closing {
+            let _ = done.send(());
+        }
+    }
+
+    async fn process(&mut self, jobs: Vec<Job>) {
+        let group = match self.sequence(jobs).await {
+            Ok(g) => g,
+            Err(failed) => return failed,
+        };
+        match self.persister.clone() {
+            None => {
+                let ok = store(&self.sinks, &group.batch).await;
+                if ok {
+                    self.state = (*group.batch.stats).clone();
+                    self.remember(&group.batch.events);
+                    publish(&self.sinks, group);
+                } else {
+                    for (reply, _, _) in group.replies {
+                        let _ = reply.send(Err(ApiError::new(
+                            ErrorCode::PersistUnavailable,
+                            format!("the {} store failed; nothing was accepted, retry later", self.sinks.plugin.name()),
+                        )
+                        .retry_after(RETRY_AFTER)));
+                    }
+                }
+            }
+            Some(persister) => {
+                // Queued ack: the events are ours now; answer before storing.
+                self.state = (*group.batch.stats).clone();
+                self.remember(&group.batch.events);
+                let mut group = group;
+                for (reply, outcome, _) in group.replies.drain(..) {
+                    let _ = reply.send(Ok(outcome));
+                }
+                count_accepted(&self.sinks, &group.batch.events, group.duplicates);
+                let _ = persister.send(PersisterMsg::Group(group));
+            }
+        }
+        self.sinks
+            .metrics
+            .persist_queue_depth
+            .set((self.queue_len - self.queue.available_permits()) as i64);
+    }
+
+    fn remember(&mut self, events: &[Arc<Event>]) {
+        for e in events {
+            if let Some(id) = &e.id {
+                self.window.insert(id, e.seq);
+            }
+        }
+    }
+
+    /// Dedupes and assigns seqs. On a failed store lookup, answers the jobs.
+    async fn sequence(&mut self, jobs: Vec<Job>) -> Result<Group, ()> {
+        let live = self.config.borrow().clone();
+        // ids not in the window go to the store (whole-store dedupe).
+        let misses: Vec<&str> = {
+            let mut seen = std::collections::HashSet::new();
+            jobs.iter()
+                .flat_map(|j| j.events.iter().filter_map(|e| e.id.as_deref()))
+                .filter(|id| self.window.get(id).is_none() && seen.insert(*id))
+                .collect()
+        };
+        let stored = match self.sinks.plugin.lookup_ids(&misses).await {
+            Ok(found) => found,
+            Err(e) => {
+                self.sinks.metrics.persist_failures_total.with_label_values(&[self.sinks.plugin.name()]).inc();
+                tracing::warn!(error = %e, "dedupe lookup failed");
+                for job in jobs {
+                    let _ = job.reply.send(Err(ApiError::new(
+                        ErrorCode::PersistUnavailable,
+                        format!("the {} store failed; nothing was accepted, retry later", self.sinks.plugin.name()),
+                    )
+                    .retry_after(RETRY_AFTER)));
+                }
+                return Err(());
+            }
+        };
+        let mut next = self.state.clone();
+        let mut in_group: HashMap<String, u64> = HashMap::new();
+        let mut events = Vec::new();
+        let mut replies = Vec::new();
+        let mut permits = Vec::new();
+        let mut duplicates = 0;
+        let mut gauges_changed = false;
+        for job in jobs {
+            let mut outcome = IngestOutcome { accepted: 0, duplicates: 0, seqs: Vec::with_capacity(job.events.len()) };
+            for e in &job.events {
+                if let Some(id) = e.id.as_deref() {
+                    let first = in_group.get(id).copied().or_else(|| self.window.get(id)).or_else(|| stored.get(id).copied());
+                    if let Some(seq) = first {
+                        outcome.duplicates += 1;
+                        outcome.seqs.push(seq);
+                        continue;
+                    }
+                }
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                if let Some(id) = &e.id {
+                    in_group.insert(id.clone(), seq);
+                }
+                next.apply(seq, e, &live.counters);
+                gauges_changed |= e.is_gauge_report();
+                events.push(Arc::new(Event::from_new(seq, e)));
+                outcome.accepted += 1;
+                outcome.seqs.push(seq);
+            }
+            duplicates += outcome.duplicates;
+            replies.push((job.reply, outcome, job.span));
+            permits.push(job.permit);
+        }
+        Ok(Group { batch: Batch { events, stats: Arc::new(next) }, replies, duplicates, gauges_changed, permits })
+    }
+}
+
+/// One attempt to store a batch, timed and counted.
+async fn store(sinks: &Sinks, batch: &Batch) -> bool {
+    if batch.events.is_empty() {
+        return true; // only duplicates: nothing to store
+    }
+    let plugin = sinks.plugin.name();
+    let span = tracing::debug_span!("persist", plugin, events = batch.events.len(),
+        first_seq = batch.events[0].seq, last_seq = batch.events[batch.events.len() - 1].seq);
+    let started = Instant::now();
+    let result: Result<(), PersistError> = sinks.plugin.persist(batch).instrument(span).await;
+    sinks.metrics.persist_duration_seconds.with_label_values(&[plugin]).observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(()) => {
+            sinks.metrics.persist_success_total.with_label_values(&[plugin]).inc();
+            true
+        }
+        Err(e) => {
+            sinks.metrics.persist_failures_total.with_label_values(&[plugin]).inc();
+            tracing::warn!(plugin, error = %e, events = batch.events.len(), "persist failed");
+            false
+        }
+    }
+}
+
+fn count_accepted(sinks: &Sinks, events: &[Arc<Event>], duplicates: usize) {
+    for e in events {
+        sinks.metrics.ingest_events_total.with_label_values(&[sinks.metrics.type_label(&e.kind)]).inc();
+    }
+    sinks.metrics.ingest_duplicates_total.inc_by(duplicates as u64);
+}
+
+/// After a successful store: stats, activity, hub, then the replies.
+fn publish(sinks: &Sinks, group: Group) {
+    let events = &group.batch.events;
+    sinks.stats.commit((*group.batch.stats).clone(), events.len() as u64);
+    sinks.activity.record(events);
+    let live: Vec<Arc<Event>> = events.iter().filter(|e| !e.is_gauge_report()).cloned().collect();
+    sinks.hub.publish(&live);
+    if group.gauges_changed {
+        sinks.gauges_changed.notify_one();
+    }
+    if !group.replies.is_empty() {
+        count_accepted(sinks, events, group.duplicates);
+    }
+    for (reply, outcome, span) in group.replies {
+        let _enter = span.enter();
+        tracing::debug!(accepted = outcome.accepted, duplicates = outcome.duplicates, "events accepted");
+        let _ = reply.send(Ok(outcome));
+    }
+    drop(group.permits);
+}
+
+/// Queued ack: stores groups in order, retrying each with backoff until it is
+/// stored. At close, gives up after the shutdown grace period.
+async fn persister_loop(mut rx: mpsc::UnboundedReceiver<PersisterMsg>, sinks: Arc<Sinks>) {
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            PersisterMsg::Group(group) => {
+                let mut delay = Duration::from_millis(100);
+                while !store(&sinks, &group.batch).await {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+                publish(&sinks, group);
+            }
+            PersisterMsg::Close(done) => {
+                let _ = done.send(());
+                return;
+            }
+        }
+    }
+}

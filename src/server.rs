@@ -1,0 +1,235 @@
+//! Building the server from a config and running it: the accept loop, the
+//! split between WebSocket upgrades (handled by [`crate::ws`]) and the warp
+//! routes, HTTP metrics, and graceful shutdown.
+
+use crate::activity::Activity;
+use crate::config::{Config, ConfigRx, LiveConfig};
+use crate::hub::{local::LocalHub, Hub};
+use crate::metrics::Metrics;
+use crate::persist::{PersistCallback, PersistError};
+use crate::pipeline::{Pipeline, Sinks};
+use crate::stats::Stats;
+use crate::ws::WsState;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde_json::{Map, Value};
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+use tower_service::Service;
+use warp::reply::Response;
+
+/// Everything a request handler or connection task may need.
+pub struct App {
+    /// The config in force (hot-reloadable parts are read per use).
+    pub config: ConfigRx,
+    pub pipeline: Pipeline,
+    pub stats: Arc<Stats>,
+    pub activity: Arc<Activity>,
+    pub plugin: Arc<dyn PersistCallback>,
+    pub metrics: Arc<Metrics>,
+    pub hub: Arc<dyn Hub>,
+    pub ws: WsState,
+}
+
+impl App {
+    /// The stats object served by REST and WebSocket alike.
+    pub fn stats_snapshot(&self) -> Map<String, Value> {
+        let live = self.config.borrow().clone();
+        self.stats.snapshot(&live.counters)
+    }
+}
+
+/// Starting the server failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid config: {0}")]
+    Config(String),
+    #[error("persist plugin: {0}")]
+    Persist(#[from] PersistError),
+    #[error("cannot listen: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Builds a server; lets a library user plug in their own persist callback.
+pub struct ServerBuilder {
+    config: Config,
+    plugin: Option<Arc<dyn PersistCallback>>,
+    config_rx: Option<ConfigRx>,
+}
+
+impl ServerBuilder {
+    pub fn new(config: Config) -> Self {
+        Self { config, plugin: None, config_rx: None }
+    }
+
+    /// Uses this plugin instead of the one `persist.plugin` names.
+    pub fn persist(mut self, plugin: Arc<dyn PersistCallback>) -> Self {
+        self.plugin = Some(plugin);
+        self
+    }
+
+    /// Follows this config channel (hot reload) instead of a fixed config.
+    pub fn config_channel(mut self, rx: ConfigRx) -> Self {
+        self.config_rx = Some(rx);
+        self
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then drains:
+    /// stops accepting, closes WebSockets with 1001, finishes in-flight
+    /// requests, stores what is queued and closes the store.
+    pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+        let running = self.start().await?;
+        running.serve(listener, shutdown).await;
+        Ok(())
+    }
+
+    /// Opens the store, recovers state and starts the background tasks.
+    pub async fn start(self) -> Result<Running, StartError> {
+        let issues = self.config.validate();
+        let plugin_is_custom = self.plugin.is_some();
+        let fatal: Vec<_> = issues
+            .into_iter()
+            .filter(|(k, _)| !(plugin_is_custom && k.starts_with("persist.")))
+            .collect();
+        if !fatal.is_empty() {
+            return Err(StartError::Config(fatal.iter().map(|(k, m)| format!("{k}: {m}")).collect::<Vec<_>>().join("; ")));
+        }
+        let config_rx = match self.config_rx {
+            Some(rx) => rx,
+            None => watch::channel(LiveConfig::new(self.config.clone())).1,
+        };
+        let config = config_rx.borrow().config.clone();
+        let plugin = match self.plugin {
+            Some(p) => p,
+            None => crate::persist::from_config(&config)?,
+        };
+        let metrics = Arc::new(Metrics::new());
+        metrics.init_plugin(plugin.name());
+        let recovered = plugin.recover().await?;
+        let durable = recovered.stats.clone().unwrap_or_default();
+        let next_seq = recovered.last_seq.max(durable.last_seq) + 1;
+        tracing::info!(plugin = plugin.name(), next_seq, events_total = durable.events_total, "store opened");
+        let stats = Arc::new(Stats::new(durable.clone()));
+        let activity = Arc::new(Activity::new(plugin.clone(), config.activity.buffer_size));
+        activity.record(&recovered.recent);
+        let hub: Arc<dyn Hub> = Arc::new(LocalHub::new((config.ws.send_queue_len * 4).max(8192)));
+        let gauges_changed = Arc::new(Notify::new());
+        let pipeline = Pipeline::start(
+            Sinks {
+                plugin: plugin.clone(),
+                stats: stats.clone(),
+                activity: activity.clone(),
+                hub: hub.clone(),
+                metrics: metrics.clone(),
+                gauges_changed: gauges_changed.clone(),
+            },
+            config_rx.clone(),
+            durable,
+            next_seq,
+        );
+        let app = Arc::new(App { config: config_rx, pipeline, stats, activity, plugin, metrics, hub, ws: WsState::new() });
+        let pusher = tokio::spawn(crate::ws::stats_pusher(app.clone(), gauges_changed));
+        Ok(Running { app, pusher })
+    }
+}
+
+/// A started server, not yet accepting.
+pub struct Running {
+    pub app: Arc<App>,
+    pusher: tokio::task::JoinHandle<()>,
+}
+
+/// The peer address of a request, for warp filters.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl Running {
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let app = self.app.clone();
+        let routes = crate::http::routes(app.clone());
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+        http.http1().keep_alive(true);
+        let http = http.http1_only();
+        let mut shutdown = std::pin::pin!(shutdown);
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, version = crate::VERSION, "sidewire listening");
+        }
+        loop {
+            let (stream, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let app = app.clone();
+            let routes = routes.clone();
+            let service = hyper::service::service_fn(move |req| handle(app.clone(), routes.clone(), peer, req));
+            let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let conn = graceful.watch(conn.into_owned());
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "http connection error");
+                }
+            });
+        }
+        tracing::info!("shutting down: closing WebSockets, finishing requests, flushing the store");
+        drop(listener);
+        let grace = Duration::from_secs(app.config.borrow().config.server.shutdown_timeout_secs);
+        app.ws.shutdown();
+        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+            tracing::warn!("in-flight requests did not finish in time");
+        }
+        let deadline = Instant::now() + grace;
+        while app.ws.open_connections() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if tokio::time::timeout(grace, app.pipeline.close()).await.is_err() {
+            tracing::error!("queued events could not all be stored before the shutdown deadline");
+        }
+        self.pusher.abort();
+        if let Err(e) = app.plugin.close().await {
+            tracing::warn!(error = %e, "closing the store failed");
+        }
+        tracing::info!("stopped");
+    }
+}
+
+async fn handle(
+    app: Arc<App>,
+    routes: warp::filters::BoxedFilter<(Response,)>,
+    peer: SocketAddr,
+    mut req: http::Request<Incoming>,
+) -> Result<Response, Infallible> {
+    let started = Instant::now();
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let (route, res) = if crate::ws::PATHS.contains(&path.as_str()) {
+        let route = if path == crate::ws::PATHS[0] { crate::ws::PATHS[0] } else { crate::ws::PATHS[1] };
+        (route, crate::ws::upgrade(app.clone(), peer, req).await)
+    } else {
+        req.extensions_mut().insert(PeerAddr(peer));
+        let mut svc = warp::service(routes);
+        let mut res = svc.call(req).await.unwrap_or_else(|never| match never {});
+        let mut route = res.extensions().get::<crate::http::RouteName>().map_or(crate::http::UNMATCHED, |r| r.0);
+        if route == crate::http::UNMATCHED {
+            res = crate::http::recover_path(&path, &method).await;
+            route = res.extensions().get::<crate::http::RouteName>().map_or(crate::http::UNMATCHED, |r| r.0);
+        }
+        (route, res)
+    };
+    app.metrics.observe_http(route, res.status().as_u16(), started.elapsed().as_secs_f64());
+    Ok(res)
+}

@@ -1,0 +1,731 @@
+//! The dashboard WebSocket (contract section 5).
+//!
+//! The server upgrades the connection itself (not through warp's `Ws`) so it
+//! can set tungstenite's buffer sizes: the 128 KiB default read buffer per
+//! connection would dominate memory at 10,000 idle dashboards.
+//!
+//! Each connection runs two tasks:
+//! - the **dispatcher** reads the hub, the client and the heartbeat timer, and
+//!   pushes outgoing messages into a bounded queue (`ws.send_queue_len`);
+//!   when that queue is full the client is a slow consumer and is closed with
+//!   1008 — the hub and other clients never wait for it;
+//! - the **writer** owns the socket's sending half: `connection_ack`, an
+//!   immediate `stats_update`, then the queue, interleaved with the newest
+//!   `stats_update` from a shared `watch` channel (so at most one unsent
+//!   `stats_update` exists per connection: the newest).
+//!
+//! Resume without gap or duplicate: the dispatcher subscribes to the hub
+//! *before* it reads the store. Events are published only after they are
+//! stored, so every event with seq > afterSeq is either already in the store
+//! when it is read, or published after the subscription. Live events up to
+//! the last replayed seq are skipped.
+
+use crate::config::LiveConfig;
+use crate::error::{ApiError, ErrorCode};
+use crate::event::format_ts;
+use crate::hub::Frame;
+use crate::persist::EventQuery;
+use crate::server::App;
+use futures::{SinkExt, StreamExt};
+use http_body_util::BodyExt;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+use warp::reply::Response;
+
+pub const PATHS: [&str; 2] = ["/api/v1/ws/dashboard", "/ws/dashboard"];
+/// Largest client frame or message; bigger ones close the connection with 1009.
+pub const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+/// How long a closing handshake may wait for a client that does not read.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+type Socket = WebSocketStream<TokioIo<Upgraded>>;
+
+/// Buffer sizes chosen for many mostly idle connections.
+pub fn socket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(8 * 1024)
+        .max_write_buffer_size(1024 * 1024)
+        .max_message_size(Some(MAX_CLIENT_MESSAGE))
+        .max_frame_size(Some(MAX_CLIENT_MESSAGE))
+}
+
+/// Connection bookkeeping shared by all dashboard sockets.
+pub struct WsState {
+    per_ip: Mutex<HashMap<IpAddr, IpEntry>>,
+    open: AtomicUsize,
+    next_id: AtomicU64,
+    /// The newest `stats_update` message; every writer watches it.
+    stats_tx: watch::Sender<Utf8Bytes>,
+    /// Flips to true at shutdown: every connection closes with 1001.
+    shutdown_tx: watch::Sender<bool>,
+}
+
+#[derive(Default)]
+struct IpEntry {
+    open: usize,
+    /// Accepted connects in the last minute (at most the rate limit).
+    connects: VecDeque<Instant>,
+}
+
+impl WsState {
+    pub fn new() -> Self {
+        Self {
+            per_ip: Mutex::new(HashMap::new()),
+            open: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+            stats_tx: watch::channel(Utf8Bytes::from_static("")).0,
+            shutdown_tx: watch::channel(false).0,
+        }
+    }
+
+    /// Sends the newest stats to every connection.
+    pub fn push_stats(&self, message: Utf8Bytes) {
+        self.stats_tx.send_replace(message);
+    }
+
+    /// Asks every connection to close with 1001.
+    pub fn shutdown(&self) {
+        self.shutdown_tx.send_replace(true);
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+}
+
+impl Default for WsState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A `{"type","data","timestamp"}` message.
+pub fn message(kind: &str, data: Value) -> Utf8Bytes {
+    json!({"type": kind, "data": data, "timestamp": format_ts(&crate::event::now_ms())}).to_string().into()
+}
+
+/// The client's IP as the limits see it: IPv6 clients count per /64.
+pub fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
+}
+
+fn client_ip(config: &crate::config::Config, peer: SocketAddr, headers: &http::HeaderMap) -> IpAddr {
+    if config.server.trust_forwarded_for {
+        if let Some(ip) = headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse::<IpAddr>().ok())
+        {
+            return ip;
+        }
+    }
+    peer.ip()
+}
+
+/// Releases a connection's slot (per IP and global) when dropped.
+struct Slot {
+    app: Arc<App>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let ws = &self.app.ws;
+        ws.open.fetch_sub(1, Ordering::AcqRel);
+        let mut map = ws.per_ip.lock();
+        if let Some(e) = map.get_mut(&self.ip) {
+            e.open = e.open.saturating_sub(1);
+            if e.open == 0 && e.connects.is_empty() {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+fn reject(app: &App, reason: &'static str, err: ApiError) -> Response {
+    app.metrics.ws_rejected_connections_total.with_label_values(&[reason]).inc();
+    tracing::debug!(reason, "websocket upgrade refused");
+    err.to_response()
+}
+
+/// Checks, in the contract's order, and reserves a slot.
+fn admit(app: &Arc<App>, live: &LiveConfig, peer: SocketAddr, req: &http::Request<hyper::body::Incoming>, token: Option<&str>) -> Result<Slot, Response> {
+    let cfg = &live.config;
+    let headers = req.headers();
+    if !cfg.auth.dashboard_tokens.is_empty()
+        && !crate::http::token_ok(&cfg.auth.dashboard_tokens, crate::http::bearer(headers).or(token))
+    {
+        return Err(reject(app, "unauthorized", ApiError::new(ErrorCode::Unauthorized, "a dashboard token is required (?token= or Authorization: Bearer)")));
+    }
+    if !cfg.server.allowed_origins.is_empty() {
+        if let Some(origin) = headers.get(http::header::ORIGIN) {
+            let origin = origin.to_str().unwrap_or("");
+            if !cfg.server.allowed_origins.iter().any(|o| o == origin) {
+                return Err(reject(
+                    app,
+                    "forbidden_origin",
+                    ApiError::new(ErrorCode::ForbiddenOrigin, format!("origin `{origin}` is not in server.allowed_origins")),
+                ));
+            }
+        }
+    }
+    let ip = ip_key(client_ip(cfg, peer, headers));
+    let ws = &app.ws;
+    let mut map = ws.per_ip.lock();
+    let entry = map.entry(ip).or_default();
+    let now = Instant::now();
+    while entry.connects.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60)) {
+        entry.connects.pop_front();
+    }
+    if entry.open >= cfg.ws.max_connections_per_ip {
+        let n = entry.open;
+        drop(map);
+        return Err(reject(
+            app,
+            "per_ip_limit",
+            ApiError::new(ErrorCode::TooManyConnections, format!("{n} connections are open from your address (ws.max_connections_per_ip)")),
+        ));
+    }
+    if entry.connects.len() >= cfg.ws.connect_rate_per_ip_per_min as usize {
+        let wait = 60 - now.duration_since(entry.connects[0]).as_secs().min(59);
+        drop(map);
+        return Err(reject(
+            app,
+            "rate_limit",
+            ApiError::new(ErrorCode::TooManyConnections, "too many connections opened from your address in the last minute (ws.connect_rate_per_ip_per_min)")
+                .retry_after(Duration::from_secs(wait)),
+        ));
+    }
+    if ws.open.load(Ordering::Acquire) >= cfg.ws.max_connections {
+        drop(map);
+        return Err(reject(
+            app,
+            "at_capacity",
+            ApiError::new(ErrorCode::ServerAtCapacity, "the server holds ws.max_connections dashboard connections")
+                .retry_after(Duration::from_secs(5)),
+        ));
+    }
+    entry.open += 1;
+    entry.connects.push_back(now);
+    ws.open.fetch_add(1, Ordering::AcqRel);
+    Ok(Slot { app: app.clone(), ip })
+}
+
+/// Answers a request on a WebSocket path: refusal, or 101 and a connection task.
+pub async fn upgrade(app: Arc<App>, peer: SocketAddr, mut req: http::Request<hyper::body::Incoming>) -> Response {
+    let live = app.config.borrow().clone();
+    let bad_query = |m: String| ApiError::new(ErrorCode::InvalidQuery, m).to_response();
+    let mut token = None;
+    let mut after_seq = None;
+    for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+        match &*k {
+            "token" => token = Some(v.into_owned()),
+            "afterSeq" => match v.parse::<u64>() {
+                Ok(n) => after_seq = Some(n),
+                Err(_) => return bad_query(format!("`afterSeq` must be a non-negative integer, got {v:?}")),
+            },
+            _ => {}
+        }
+    }
+    let slot = match admit(&app, &live, peer, &req, token.as_deref()) {
+        Ok(s) => s,
+        Err(res) => return res,
+    };
+    let headers = req.headers();
+    let is_upgrade = req.method() == http::Method::GET
+        && headers.get(http::header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+        && headers.get(http::header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
+    let Some(key) = headers.get(http::header::SEC_WEBSOCKET_KEY).filter(|_| is_upgrade).cloned() else {
+        let mut res = ApiError::new(ErrorCode::InvalidQuery, "this endpoint speaks WebSocket only (GET with Upgrade: websocket, version 13)")
+            .with_status(http::StatusCode::UPGRADE_REQUIRED)
+            .to_response();
+        res.headers_mut().insert(http::header::UPGRADE, http::HeaderValue::from_static("websocket"));
+        return res;
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    // Drain nothing: a GET upgrade has no body; drop it.
+    let _ = req.into_body().collect();
+    let app2 = app.clone();
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(socket_config())).await;
+                serve(app2, socket, after_seq, slot).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
+    });
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let mut res = Response::default();
+    *res.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+    let h = res.headers_mut();
+    h.insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+    h.insert(http::header::UPGRADE, http::HeaderValue::from_static("websocket"));
+    h.insert(http::header::SEC_WEBSOCKET_ACCEPT, accept.parse().expect("base64 is a valid header"));
+    res
+}
+
+/// What goes through a connection's bounded queue.
+enum Out {
+    Event(Arc<Frame>),
+    Text(&'static str, Utf8Bytes),
+    Ping,
+}
+
+/// Why a connection ended (the `reason` label of disconnects).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    ClientClose,
+    SlowConsumer,
+    HeartbeatTimeout,
+    Error,
+    Shutdown,
+}
+
+impl End {
+    fn label(self) -> &'static str {
+        match self {
+            End::ClientClose => "client_close",
+            End::SlowConsumer => "slow_consumer",
+            End::HeartbeatTimeout => "heartbeat_timeout",
+            End::Error => "error",
+            End::Shutdown => "shutdown",
+        }
+    }
+}
+
+async fn serve(app: Arc<App>, socket: Socket, after_seq: Option<u64>, slot: Slot) {
+    let metrics = &app.metrics;
+    metrics.ws_connections_total.inc();
+    metrics.ws_active_connections.inc();
+    app.stats.active_connections.fetch_add(1, Ordering::Relaxed);
+    let id = format!("c{:x}-{:08x}", app.ws.next_id.fetch_add(1, Ordering::Relaxed), rand::random::<u32>());
+    let span = tracing::info_span!("ws", conn = %id, ip = %slot.ip);
+    let end = tracing::Instrument::instrument(connection(app.clone(), socket, after_seq, id), span.clone()).await;
+    metrics.ws_active_connections.dec();
+    app.stats.active_connections.fetch_sub(1, Ordering::Relaxed);
+    metrics.ws_disconnects_total.with_label_values(&[end.label()]).inc();
+    let _e = span.enter();
+    match end {
+        End::SlowConsumer => tracing::warn!("closed a slow consumer (send queue full)"),
+        End::HeartbeatTimeout => tracing::info!("closed: no pong in time"),
+        _ => tracing::debug!(reason = end.label(), "connection closed"),
+    }
+    drop(slot);
+}
+
+async fn connection(app: Arc<App>, socket: Socket, after_seq: Option<u64>, id: String) -> End {
+    let live = app.config.borrow().clone();
+    let ws_cfg = live.config.ws.clone();
+    // Subscribe before anything is read from the store (see the module doc).
+    let mut hub_rx = app.hub.subscribe();
+    let (sink, mut stream) = socket.split();
+    let (out_tx, out_rx) = mpsc::channel::<Out>(ws_cfg.send_queue_len);
+    let (close_tx, close_rx) = oneshot::channel::<CloseFrame>();
+    let ack = message(
+        "connection_ack",
+        json!({"connectionId": id, "statsIntervalSecs": live.config.stats.interval_secs,
+               "lastSeq": app.stats.last_seq(), "serverVersion": crate::VERSION}),
+    );
+    let first_stats = message("stats_update", Value::Object(app.stats_snapshot()));
+    let mut stats_rx = app.ws.stats_tx.subscribe();
+    stats_rx.mark_unchanged();
+    let mut writer = tokio::spawn(writer(app.clone(), sink, ack, first_stats, out_rx, stats_rx, close_rx));
+    let mut close_tx = Some(close_tx);
+    let mut close = |code: CloseCode, reason: &'static str| {
+        if let Some(tx) = close_tx.take() {
+            let _ = tx.send(CloseFrame { code, reason: reason.into() });
+        }
+    };
+    let mut shutdown_rx = app.ws.shutdown_tx.subscribe();
+    let mut filter: Option<HashSet<String>> = None;
+    // Live events with seq <= this were replayed already.
+    let mut replayed_upto = 0u64;
+    let mut first_live_sent: Option<u64> = None;
+    let mut resumed = false;
+    let mut client_messages = 0u64;
+    let ping_every = Duration::from_secs(ws_cfg.ping_interval_secs);
+    let mut ping_tick = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    let mut pong_deadline: Option<tokio::time::Instant> = None;
+
+    if let Some(after) = after_seq {
+        resumed = true;
+        match replay(&app, &out_tx, after, None, &filter, ws_cfg.max_replay).await {
+            Ok(upto) => replayed_upto = upto,
+            Err(end) => {
+                close(CloseCode::Error, "replay failed");
+                let _ = finish(&mut writer).await;
+                return end;
+            }
+        }
+    }
+
+    let end = loop {
+        tokio::select! {
+            biased;
+            _ = async { let _ = shutdown_rx.wait_for(|s| *s).await; } => {
+                close(CloseCode::Away, "server shutting down");
+                break End::Shutdown;
+            }
+            _ = &mut writer => break End::Error,
+            frame = hub_rx.recv() => match frame {
+                Ok(f) => {
+                    if f.event.seq <= replayed_upto {
+                        continue;
+                    }
+                    if filter.as_ref().is_some_and(|set| !set.contains(&*f.event.kind)) {
+                        continue;
+                    }
+                    first_live_sent.get_or_insert(f.event.seq);
+                    if out_tx.try_send(Out::Event(f)).is_err() {
+                        close(CloseCode::Policy, "slow consumer");
+                        break End::SlowConsumer;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    close(CloseCode::Policy, "slow consumer");
+                    break End::SlowConsumer;
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    close(CloseCode::Away, "server shutting down");
+                    break End::Shutdown;
+                }
+            },
+            msg = stream.next() => match msg {
+                None => break End::ClientClose,
+                Some(Ok(Message::Close(_))) => break End::ClientClose,
+                Some(Ok(Message::Pong(_))) => pong_deadline = None,
+                Some(Ok(Message::Ping(_))) | Some(Ok(Message::Frame(_))) => {}
+                Some(Ok(Message::Binary(_))) => invalid(&app, "a binary frame"),
+                Some(Ok(Message::Text(text))) => {
+                    client_messages += 1;
+                    match ClientMessage::parse(&text) {
+                        Ok(ClientMessage::Ping) => {
+                            if out_tx.try_send(Out::Text("pong", message("pong", json!({})))).is_err() {
+                                close(CloseCode::Policy, "slow consumer");
+                                break End::SlowConsumer;
+                            }
+                        }
+                        Ok(ClientMessage::Subscribe(types)) => filter = types,
+                        Ok(ClientMessage::Resume(after)) if !resumed && client_messages == 1 => {
+                            resumed = true;
+                            match replay(&app, &out_tx, after, first_live_sent, &filter, ws_cfg.max_replay).await {
+                                Ok(upto) => replayed_upto = upto,
+                                Err(end) => {
+                                    close(CloseCode::Error, "replay failed");
+                                    break end;
+                                }
+                            }
+                        }
+                        Ok(ClientMessage::Resume(_)) => invalid(&app, "a resume that is not the first message"),
+                        Err(why) => invalid(&app, &why),
+                    }
+                }
+                Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(e))) => {
+                    tracing::warn!(error = %e, "client frame over 64 KiB");
+                    close(CloseCode::Size, "message too big");
+                    break End::Error;
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "websocket read error");
+                    break End::Error;
+                }
+            },
+            _ = ping_tick.tick() => {
+                if pong_deadline.is_none() {
+                    pong_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(ws_cfg.pong_timeout_secs));
+                }
+                if out_tx.try_send(Out::Ping).is_err() {
+                    close(CloseCode::Policy, "slow consumer");
+                    break End::SlowConsumer;
+                }
+            }
+            _ = async { tokio::time::sleep_until(pong_deadline.expect("guarded")).await }, if pong_deadline.is_some() => {
+                close(CloseCode::Policy, "heartbeat timeout");
+                break End::HeartbeatTimeout;
+            }
+        }
+    };
+    drop(out_tx);
+    if end == End::ClientClose {
+        // Let the writer flush tungstenite's reply to the client's close.
+        close(CloseCode::Normal, "");
+    }
+    finish(&mut writer).await;
+    end
+}
+
+async fn finish(writer: &mut tokio::task::JoinHandle<()>) {
+    if tokio::time::timeout(CLOSE_TIMEOUT + Duration::from_secs(1), &mut *writer).await.is_err() {
+        writer.abort();
+    }
+}
+
+fn invalid(app: &App, what: &str) {
+    app.metrics.ws_invalid_messages_total.inc();
+    tracing::warn!(what, "ignored an invalid client message");
+}
+
+/// Replays stored events with seq > `after` (newest `max` of them, oldest
+/// first), then `resume_complete`. Returns the highest seq replayed.
+async fn replay(
+    app: &App,
+    out: &mpsc::Sender<Out>,
+    after: u64,
+    before: Option<u64>,
+    filter: &Option<HashSet<String>>,
+    max: usize,
+) -> Result<u64, End> {
+    let q = EventQuery {
+        types: filter.as_ref().map(|s| s.iter().cloned().collect()).unwrap_or_default(),
+        before,
+        after: Some(after),
+        limit: max + 1,
+        ascending: false,
+    };
+    let mut events = app.activity.query(&q).await.map_err(|e| {
+        tracing::warn!(error = %e, "resume replay failed");
+        End::Error
+    })?;
+    let truncated = events.len() > max;
+    events.truncate(max);
+    events.reverse();
+    let upto = events.last().map_or(after, |e| e.seq).max(after);
+    let replayed = events.len();
+    for e in events {
+        if out.send(Out::Event(Frame::new(e))).await.is_err() {
+            return Err(End::Error);
+        }
+    }
+    let done = message(
+        "resume_complete",
+        json!({"replayed": replayed, "lastSeq": app.stats.last_seq().max(upto), "truncated": truncated}),
+    );
+    out.send(Out::Text("resume_complete", done)).await.map_err(|_| End::Error)?;
+    Ok(upto)
+}
+
+/// What a client may send.
+#[derive(Debug, PartialEq)]
+enum ClientMessage {
+    /// `None`: every type.
+    Subscribe(Option<HashSet<String>>),
+    Ping,
+    Resume(u64),
+}
+
+impl ClientMessage {
+    fn parse(text: &str) -> Result<ClientMessage, String> {
+        let v: Value = serde_json::from_str(text).map_err(|_| "a message that is not JSON".to_string())?;
+        let obj = v.as_object().ok_or("a message that is not a JSON object")?;
+        match obj.get("type").and_then(Value::as_str) {
+            Some("ping") => Ok(ClientMessage::Ping),
+            Some("subscribe") => {
+                let types = obj.get("types").and_then(Value::as_array).ok_or("subscribe without a `types` array")?;
+                let mut set = HashSet::new();
+                for t in types {
+                    let t = t.as_str().ok_or("subscribe with a non-string type")?;
+                    if t == "*" {
+                        return Ok(ClientMessage::Subscribe(None));
+                    }
+                    set.insert(t.to_string());
+                }
+                Ok(ClientMessage::Subscribe(if set.is_empty() { None } else { Some(set) }))
+            }
+            Some("resume") => obj
+                .get("afterSeq")
+                .and_then(Value::as_u64)
+                .map(ClientMessage::Resume)
+                .ok_or_else(|| "resume without a non-negative integer `afterSeq`".to_string()),
+            Some(other) => Err(format!("unknown message type `{other}`")),
+            None => Err("a message without a `type`".to_string()),
+        }
+    }
+}
+
+/// Owns the sending half: ack, first stats, then queue and stats pushes.
+async fn writer(
+    app: Arc<App>,
+    mut sink: futures::stream::SplitSink<Socket, Message>,
+    ack: Utf8Bytes,
+    first_stats: Utf8Bytes,
+    mut out: mpsc::Receiver<Out>,
+    mut stats_rx: watch::Receiver<Utf8Bytes>,
+    mut close_rx: oneshot::Receiver<CloseFrame>,
+) {
+    let metrics = &app.metrics;
+    let sent = |kind: &str, n: u64| {
+        metrics.ws_messages_sent_total.with_label_values(&[kind]).inc_by(n);
+        app.stats.messages_window.add(n);
+    };
+    if sink.send(Message::Text(ack)).await.is_err() {
+        return;
+    }
+    sent("connection_ack", 1);
+    if sink.send(Message::Text(first_stats)).await.is_err() {
+        return;
+    }
+    sent("stats_update", 1);
+    loop {
+        let next = tokio::select! {
+            biased;
+            frame = &mut close_rx => {
+                if let Ok(frame) = frame {
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                        sink.send(Message::Close(Some(frame))).await?;
+                        sink.close().await
+                    }).await;
+                }
+                return;
+            }
+            changed = stats_rx.changed() => match changed {
+                Ok(()) => ("stats_update", Message::Text(stats_rx.borrow_and_update().clone())),
+                Err(_) => continue,
+            },
+            item = out.recv() => match item {
+                Some(item) => item.into_message(),
+                // The dispatcher is gone: wait for its close frame (or none).
+                None => {
+                    if let Ok(frame) = close_rx.await {
+                        if frame.code != CloseCode::Normal {
+                            let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
+                        }
+                    }
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+                    return;
+                }
+            },
+        };
+        // Sending may wait on a client that does not read; a close request
+        // (slow consumer, shutdown) interrupts it.
+        tokio::select! {
+            biased;
+            frame = &mut close_rx => {
+                if let Ok(frame) = frame {
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                        sink.send(Message::Close(Some(frame))).await?;
+                        sink.close().await
+                    }).await;
+                }
+                return;
+            }
+            r = send_batch(&mut sink, next, &mut out, &sent) => if r.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Sends one message plus whatever is already queued behind it (up to 64),
+/// with one flush. Each sent message is counted through `sent`.
+async fn send_batch(
+    sink: &mut futures::stream::SplitSink<Socket, Message>,
+    first: (&'static str, Message),
+    out: &mut mpsc::Receiver<Out>,
+    sent: &impl Fn(&str, u64),
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    let mut next = Some(first);
+    let mut n = 0;
+    while let Some((kind, msg)) = next.take() {
+        sink.feed(msg).await?;
+        if kind != "ping" {
+            sent(kind, 1);
+        }
+        n += 1;
+        if n < 64 {
+            next = out.try_recv().ok().map(Out::into_message);
+        }
+    }
+    sink.flush().await
+}
+
+impl Out {
+    fn into_message(self) -> (&'static str, Message) {
+        match self {
+            Out::Event(f) => ("event", Message::Text(f.text.clone())),
+            Out::Text(kind, text) => (kind, Message::Text(text)),
+            Out::Ping => ("ping", Message::Ping(Default::default())),
+        }
+    }
+}
+
+/// Pushes `stats_update` to every connection: every `stats.interval_secs`,
+/// and within `stats.min_push_interval_ms` (at most one push per that
+/// interval) after a gauge changed.
+pub async fn stats_pusher(app: Arc<App>, gauges_changed: Arc<tokio::sync::Notify>) {
+    let mut config = app.config.clone();
+    let mut last_push = Instant::now();
+    loop {
+        let (interval, min_gap) = {
+            let live = config.borrow_and_update();
+            (Duration::from_secs(live.config.stats.interval_secs), Duration::from_millis(live.config.stats.min_push_interval_ms))
+        };
+        let next_tick = last_push + interval;
+        tokio::select! {
+            _ = tokio::time::sleep_until(next_tick.into()) => {}
+            _ = gauges_changed.notified() => {
+                let earliest = last_push + min_gap;
+                tokio::time::sleep_until(earliest.into()).await;
+            }
+            _ = config.changed() => continue,
+        }
+        last_push = Instant::now();
+        if app.ws.open_connections() > 0 {
+            app.ws.push_stats(message("stats_update", Value::Object(app.stats_snapshot())));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_counts_per_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(ip_key(a), ip_key(b));
+        assert_ne!(ip_key(a), ip_key(c));
+        let v4: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(ip_key(v4), "10.0.0.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn client_messages() {
+        assert_eq!(ClientMessage::parse(r#"{"type":"ping"}"#), Ok(ClientMessage::Ping));
+        assert_eq!(ClientMessage::parse(r#"{"type":"subscribe","types":["*"]}"#), Ok(ClientMessage::Subscribe(None)));
+        assert_eq!(ClientMessage::parse(r#"{"type":"subscribe","types":[]}"#), Ok(ClientMessage::Subscribe(None)));
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"subscribe","types":["a"]}"#),
+            Ok(ClientMessage::Subscribe(Some(["a".to_string()].into())))
+        );
+        assert_eq!(ClientMessage::parse(r#"{"type":"resume","afterSeq":5}"#), Ok(ClientMessage::Resume(5)));
+        assert!(ClientMessage::parse("nope").is_err());
+        assert!(ClientMessage::parse("[1,2]").is_err());
+        assert!(ClientMessage::parse(r#"{"type":"x"}"#).is_err());
+    }
+}
