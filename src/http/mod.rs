@@ -5,6 +5,7 @@ pub mod activity;
 pub mod health;
 pub mod ingest;
 pub mod stats;
+pub mod ui;
 
 use crate::error::{ApiError, ErrorCode};
 use crate::server::App;
@@ -51,13 +52,18 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .unify()
         .or(health::routes(app.clone()))
         .unify()
+        .or(ui::routes())
+        .unify()
         .recover(recover)
         .unify()
         .boxed()
 }
 
 /// Known paths, for telling 405 from 404.
-const KNOWN: [(&str, &str); 6] = [
+const KNOWN: [(&str, &str); 9] = [
+    ("/", "GET"),
+    ("/assets/app.js", "GET"),
+    ("/assets/style.css", "GET"),
     ("/api/v1/ingest", "POST"),
     ("/api/v1/stats", "GET"),
     ("/api/v1/activity/recent", "GET"),
