@@ -343,7 +343,9 @@
         }
         break;
       case 'resume_complete':
-        if (typeof data.lastSeq === 'number') state.lastSeq = Math.max(state.lastSeq, data.lastSeq);
+        // lastSeq stays at the last event actually received: events accepted
+        // during the replay are still on their way and must not be skipped
+        // by the next resume.
         if (data.truncated) {
           showNotice(`Reconnected: replayed ${data.replayed} events, older missed events were skipped.`);
         }
