@@ -182,3 +182,7 @@ impl Drop for Process {
         let _ = self.child.wait();
     }
 }
+
+// Helpers for the REST/core tests (kept apart so WebSocket helpers can grow here).
+pub mod api;
+pub use api::*;
