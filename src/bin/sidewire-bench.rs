@@ -1,0 +1,476 @@
+//! `sidewire-bench`: the project's load generator. Loopback targets only;
+//! every loop is bounded in count and time. Prints a human summary and one
+//! JSON line per run (prefixed `RESULT `), for scripts.
+//!
+//! ```sh
+//! sidewire-bench ingest --concurrency 32 --batch 1 --duration 10
+//! sidewire-bench fanout --clients 1000 --rate 100 --duration 10
+//! sidewire-bench conns --clients 10000 --server-pid $(pgrep -f 'sidewire serve')
+//! sidewire-bench e2e --count 2000
+//! ```
+//! Fan-out and conns open many connections from 127.0.0.1: run the server
+//! with raised per-IP limits, e.g.
+//! `SIDEWIRE__WS__MAX_CONNECTIONS_PER_IP=100000 SIDEWIRE__WS__CONNECT_RATE_PER_IP_PER_MIN=1000000`.
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use futures::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Hard caps, whatever the flags say.
+const MAX_DURATION_SECS: u64 = 600;
+const MAX_CLIENTS: usize = 19_000;
+
+#[derive(Parser)]
+#[command(name = "sidewire-bench", version, about = "Load generator for sidewire (loopback only)")]
+struct Cli {
+    /// Base URL of the server (must be a loopback address).
+    #[arg(long, default_value = "http://127.0.0.1:8790", global = true)]
+    url: String,
+    /// Ingest token, if the server requires one.
+    #[arg(long, env = "SIDEWIRE_TOKEN", global = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Ingest throughput and latency.
+    Ingest {
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Events per request.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Seconds.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Bytes of filler in each event's data.
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+    },
+    /// N WebSocket clients, R events/s: delivery rate, latency, loss, order.
+    Fanout {
+        #[arg(long, default_value_t = 100)]
+        clients: usize,
+        /// Events per second, in total.
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+    },
+    /// N idle connections: server RSS per connection and time to open them.
+    Conns {
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// PID of the server, to read its RSS from /proc.
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// Seconds to hold the connections before measuring.
+        #[arg(long, default_value_t = 2)]
+        hold: u64,
+    },
+    /// Single events on an idle server: ingest→delivery latency.
+    E2e {
+        #[arg(long, default_value_t = 1000)]
+        count: u64,
+        /// Pause between events, in milliseconds.
+        #[arg(long, default_value_t = 2)]
+        gap_ms: u64,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let addr = loopback_addr(&cli.url)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Cmd::Ingest { concurrency, batch, duration, payload } => {
+                ingest(addr, cli.token, concurrency.clamp(1, 4096), batch.clamp(1, 100_000), capped(duration), payload).await
+            }
+            Cmd::Fanout { clients, rate, duration } => fanout(addr, cli.token, clients.min(MAX_CLIENTS), rate.max(1), capped(duration)).await,
+            Cmd::Conns { clients, server_pid, hold } => conns(addr, clients.min(MAX_CLIENTS), server_pid, capped(hold)).await,
+            Cmd::E2e { count, gap_ms } => e2e(addr, cli.token, count.min(1_000_000), gap_ms).await,
+        }
+    })
+}
+
+fn capped(secs: u64) -> Duration {
+    Duration::from_secs(secs.clamp(1, MAX_DURATION_SECS))
+}
+
+/// The server address; refuses anything but loopback.
+fn loopback_addr(url: &str) -> anyhow::Result<SocketAddr> {
+    let rest = url.strip_prefix("http://").context("--url must start with http://")?;
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    let hostport = hostport.replace("localhost", "127.0.0.1");
+    let addr: SocketAddr = hostport.parse().with_context(|| format!("--url host must be an IP:port, got {hostport}"))?;
+    if !addr.ip().is_loopback() {
+        bail!("sidewire-bench only targets loopback addresses (127.0.0.0/8, ::1), not {}", addr.ip());
+    }
+    Ok(addr)
+}
+
+fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Latency summary in milliseconds.
+fn summary(h: &Histogram<u64>) -> serde_json::Value {
+    let ms = |us: u64| (us as f64) / 1000.0;
+    json!({
+        "count": h.len(),
+        "p50_ms": ms(h.value_at_quantile(0.50)),
+        "p90_ms": ms(h.value_at_quantile(0.90)),
+        "p99_ms": ms(h.value_at_quantile(0.99)),
+        "p999_ms": ms(h.value_at_quantile(0.999)),
+        "max_ms": ms(h.max()),
+    })
+}
+
+fn report(kind: &str, human: &[(&str, String)], result: serde_json::Value) {
+    println!("== sidewire-bench {kind}");
+    for (k, v) in human {
+        println!("  {k:<24} {v}");
+    }
+    let mut line = result;
+    line["bench"] = kind.into();
+    line["cores"] = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).into();
+    println!("RESULT {line}");
+}
+
+fn lat_line(h: &Histogram<u64>) -> String {
+    let ms = |q: f64| (h.value_at_quantile(q) as f64) / 1000.0;
+    format!("p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms", ms(0.5), ms(0.9), ms(0.99), (h.max() as f64) / 1000.0)
+}
+
+/// A keep-alive HTTP/1.1 connection.
+async fn http_conn(addr: SocketAddr) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+    let stream = tokio::net::TcpStream::connect(addr).await.with_context(|| format!("cannot connect to {addr}"))?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+fn ingest_request(addr: SocketAddr, token: &Option<String>, body: Bytes) -> http::Request<Full<Bytes>> {
+    let mut b = http::Request::post("/api/v1/ingest")
+        .header(http::header::HOST, addr.to_string())
+        .header(http::header::CONTENT_TYPE, "application/json");
+    if let Some(t) = token {
+        b = b.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    b.body(Full::new(body)).expect("valid request")
+}
+
+async fn ingest(addr: SocketAddr, token: Option<String>, concurrency: usize, batch: usize, duration: Duration, payload: usize) -> anyhow::Result<()> {
+    let filler = "x".repeat(payload);
+    let one = json!({"type": "bench_ingest", "data": {"filler": filler, "n": 1}});
+    let body: Bytes = if batch == 1 {
+        one.to_string().into()
+    } else {
+        serde_json::to_string(&vec![one; batch])?.into()
+    };
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let body = body.clone();
+        let token = token.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut h = hist();
+            let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
+            let mut sender = http_conn(addr).await?;
+            while Instant::now() < deadline {
+                let t0 = Instant::now();
+                sender.ready().await?;
+                let res = sender.send_request(ingest_request(addr, &token, body.clone())).await?;
+                let status = res.status().as_u16();
+                let _ = res.into_body().collect().await?;
+                h.record(t0.elapsed().as_micros().max(1) as u64)?;
+                *statuses.entry(status).or_default() += 1;
+            }
+            anyhow::Ok((h, statuses))
+        }));
+    }
+    let mut h = hist();
+    let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
+    for t in tasks {
+        let (th, ts) = t.await??;
+        h.add(th)?;
+        for (k, v) in ts {
+            *statuses.entry(k).or_default() += v;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let ok = statuses.get(&202).copied().unwrap_or(0);
+    let rps = h.len() as f64 / secs;
+    let eps = (ok * batch as u64) as f64 / secs;
+    let errors: BTreeMap<String, u64> = statuses.iter().filter(|(k, _)| **k != 202).map(|(k, v)| (k.to_string(), *v)).collect();
+    report(
+        "ingest",
+        &[
+            ("concurrency × batch", format!("{concurrency} × {batch} events")),
+            ("requests/s", format!("{rps:.0}")),
+            ("events/s (202)", format!("{eps:.0}")),
+            ("latency", lat_line(&h)),
+            ("non-202", format!("{errors:?}")),
+        ],
+        json!({"concurrency": concurrency, "batch": batch, "seconds": secs, "requests_per_sec": rps,
+               "events_per_sec": eps, "latency": summary(&h), "non_202": errors}),
+    );
+    Ok(())
+}
+
+/// Microseconds since the shared monotonic base.
+fn now_us(base: Instant) -> u64 {
+    base.elapsed().as_micros() as u64
+}
+
+struct ClientResult {
+    hist: Histogram<u64>,
+    received: u64,
+    out_of_order: u64,
+    close_code: Option<u16>,
+    seqs_first_last: Option<(u64, u64)>,
+}
+
+async fn fanout(addr: SocketAddr, token: Option<String>, clients: usize, rate: u64, duration: Duration) -> anyhow::Result<()> {
+    let base = Instant::now();
+    let run_id = format!("bench_{:08x}", rand::random::<u32>());
+    let stop = Arc::new(AtomicBool::new(false));
+    let opened = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    let open_started = Instant::now();
+    for i in 0..clients {
+        let run_id = run_id.clone();
+        let stop = stop.clone();
+        let opened = opened.clone();
+        let url = format!("ws://{addr}/api/v1/ws/dashboard");
+        tasks.push(tokio::spawn(async move {
+            let (ws, _) = match tokio_tungstenite::connect_async(url.as_str()).await {
+                Ok(ok) => ok,
+                Err(e) => {
+                    if i < 3 {
+                        eprintln!("client {i}: connect failed: {e}");
+                    }
+                    return None;
+                }
+            };
+            opened.fetch_add(1, Ordering::Relaxed);
+            let (mut tx, mut rx) = ws.split();
+            let _ = tx.send(Message::Text(json!({"type": "subscribe", "types": [run_id]}).to_string().into())).await;
+            let mut r = ClientResult { hist: hist(), received: 0, out_of_order: 0, close_code: None, seqs_first_last: None };
+            let mut last_seq = 0u64;
+            loop {
+                let msg = tokio::select! {
+                    m = rx.next() => m,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                        if stop.load(Ordering::Relaxed) { break; } else { continue; }
+                    }
+                };
+                match msg {
+                    Some(Ok(Message::Text(t))) => {
+                        let Ok(v) = serde_json::from_str::<serde_json::Value>(&t) else { continue };
+                        if v["type"] != run_id.as_str() {
+                            continue;
+                        }
+                        let sent = v["data"]["t"].as_u64().unwrap_or(0);
+                        let seq = v["seq"].as_u64().unwrap_or(0);
+                        let _ = r.hist.record(now_us(base).saturating_sub(sent).max(1));
+                        r.received += 1;
+                        if seq <= last_seq {
+                            r.out_of_order += 1;
+                        }
+                        last_seq = seq;
+                        r.seqs_first_last = Some((r.seqs_first_last.map_or(seq, |(f, _)| f), seq));
+                    }
+                    Some(Ok(Message::Close(f))) => {
+                        r.close_code = Some(f.map_or(1005, |f| u16::from(f.code)));
+                        break;
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => {
+                        r.close_code = Some(1006);
+                        break;
+                    }
+                }
+            }
+            Some(r)
+        }));
+    }
+    // Wait until all are connected (bounded).
+    let open_deadline = Instant::now() + Duration::from_secs(60);
+    while (opened.load(Ordering::Relaxed) as usize) < clients && Instant::now() < open_deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let open_secs = open_started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(500)).await; // subscriptions settle
+    // Producer: `rate` events/s, in 10 ms ticks, each event stamped with the shared clock.
+    let mut sender = http_conn(addr).await?;
+    let total = rate * duration.as_secs();
+    let tick = Duration::from_millis(10);
+    let per_tick = (rate as f64 / 100.0).max(0.01);
+    let mut sent = 0u64;
+    let mut owed = 0.0;
+    let mut non202 = 0u64;
+    let prod_started = Instant::now();
+    let mut interval = tokio::time::interval(tick);
+    while sent < total && prod_started.elapsed() < duration + Duration::from_secs(5) {
+        interval.tick().await;
+        owed += per_tick;
+        let n = (owed as u64).min(total - sent);
+        if n == 0 {
+            continue;
+        }
+        owed -= n as f64;
+        let t = now_us(base);
+        let events: Vec<_> = (0..n).map(|_| json!({"type": run_id, "data": {"t": t}})).collect();
+        sender.ready().await?;
+        let res = sender.send_request(ingest_request(addr, &token, serde_json::to_vec(&events)?.into())).await?;
+        if res.status() != 202 {
+            non202 += n;
+        }
+        let _ = res.into_body().collect().await;
+        sent += n;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await; // drain
+    stop.store(true, Ordering::Relaxed);
+    let mut h = hist();
+    let (mut received, mut ooo, mut connected) = (0u64, 0u64, 0usize);
+    let mut closes: BTreeMap<u16, u64> = BTreeMap::new();
+    for t in tasks {
+        if let Some(r) = t.await? {
+            connected += 1;
+            h.add(&r.hist)?;
+            received += r.received;
+            ooo += r.out_of_order;
+            if let Some(c) = r.close_code {
+                *closes.entry(c).or_default() += 1;
+            }
+        }
+    }
+    let expected = (sent - non202) * connected as u64;
+    let lost = expected.saturating_sub(received);
+    let secs = duration.as_secs_f64();
+    report(
+        "fanout",
+        &[
+            ("clients connected", format!("{connected}/{clients} in {open_secs:.2} s")),
+            ("events sent", format!("{sent} ({rate}/s), non-202: {non202}")),
+            ("delivered messages/s", format!("{:.0}", received as f64 / secs)),
+            ("ingest→delivery", lat_line(&h)),
+            ("lost", format!("{lost} of {expected}")),
+            ("out of order", format!("{ooo}")),
+            ("server-closed", format!("{closes:?}")),
+        ],
+        json!({"clients": clients, "connected": connected, "rate": rate, "seconds": secs, "sent": sent,
+               "delivered": received, "delivered_per_sec": received as f64 / secs, "latency": summary(&h),
+               "lost": lost, "out_of_order": ooo, "closed": closes}),
+    );
+    Ok(())
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+async fn conns(addr: SocketAddr, clients: usize, server_pid: Option<u32>, hold: Duration) -> anyhow::Result<()> {
+    let before = server_pid.and_then(rss_kib);
+    let started = Instant::now();
+    let mut sockets = Vec::with_capacity(clients);
+    let url = format!("ws://{addr}/api/v1/ws/dashboard");
+    let mut failed = 0;
+    // Open in waves of 200 concurrent handshakes.
+    for chunk in (0..clients).collect::<Vec<_>>().chunks(200) {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in chunk {
+            let url = url.clone();
+            set.spawn(async move { tokio_tungstenite::connect_async(url.as_str()).await });
+        }
+        while let Some(r) = set.join_next().await {
+            match r? {
+                Ok((ws, _)) => sockets.push(ws),
+                Err(e) => {
+                    if failed < 3 {
+                        eprintln!("connect failed: {e}");
+                    }
+                    failed += 1;
+                }
+            }
+        }
+    }
+    let open_secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(hold).await;
+    let after = server_pid.and_then(rss_kib);
+    let per_conn = match (before, after) {
+        (Some(b), Some(a)) if !sockets.is_empty() => Some((a.saturating_sub(b)) as f64 / sockets.len() as f64),
+        _ => None,
+    };
+    report(
+        "conns",
+        &[
+            ("connections open", format!("{} ({} failed) in {open_secs:.2} s", sockets.len(), failed)),
+            ("server RSS before/after", format!("{before:?} / {after:?} KiB")),
+            ("RSS per connection", per_conn.map_or("n/a (pass --server-pid)".into(), |v| format!("{v:.1} KiB"))),
+        ],
+        json!({"clients": clients, "open": sockets.len(), "failed": failed, "open_seconds": open_secs,
+               "rss_before_kib": before, "rss_after_kib": after, "rss_per_conn_kib": per_conn}),
+    );
+    drop(sockets);
+    Ok(())
+}
+
+async fn e2e(addr: SocketAddr, token: Option<String>, count: u64, gap_ms: u64) -> anyhow::Result<()> {
+    let base = Instant::now();
+    let run_id = format!("bench_{:08x}", rand::random::<u32>());
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/v1/ws/dashboard").as_str()).await?;
+    let (mut tx, mut rx) = ws.split();
+    tx.send(Message::Text(json!({"type": "subscribe", "types": [run_id]}).to_string().into())).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut sender = http_conn(addr).await?;
+    let mut h = hist();
+    let deadline = Instant::now() + Duration::from_secs(MAX_DURATION_SECS);
+    for i in 0..count {
+        if Instant::now() > deadline {
+            break;
+        }
+        let t = now_us(base);
+        let body = json!({"type": run_id, "data": {"t": t, "i": i}}).to_string();
+        sender.ready().await?;
+        let res = sender.send_request(ingest_request(addr, &token, body.into())).await?;
+        let _ = res.into_body().collect().await;
+        // Wait for this event on the socket.
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), rx.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    let v: serde_json::Value = serde_json::from_str(&t).unwrap_or_default();
+                    if v["type"] == run_id.as_str() && v["data"]["i"] == i {
+                        h.record(now_us(base).saturating_sub(v["data"]["t"].as_u64().unwrap_or(0)).max(1))?;
+                        break;
+                    }
+                }
+                Ok(Some(Ok(_))) => {}
+                _ => bail!("event {i} was not delivered within 5 s"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(gap_ms)).await;
+    }
+    report("e2e", &[("events", format!("{}", h.len())), ("ingest→delivery", lat_line(&h))], json!({"count": h.len(), "latency": summary(&h)}));
+    Ok(())
+}
