@@ -6,7 +6,7 @@ use serde::Serialize;
 use std::time::Duration;
 
 /// A machine-readable error code, exactly the contract's list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     InvalidJson,

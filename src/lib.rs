@@ -10,7 +10,8 @@
 //!
 //! - [`config`]: the TOML config, env overrides, validation with lines.
 //! - [`event`]: event validation and the pre-encoded stored form.
-//! - [`http`]: the REST routes (ingest, stats, activity, health, metrics).
+//! - [`http`]: the REST routes (ingest, stats, activity, health, metrics, docs).
+//! - [`api_docs`]: the OpenAPI 3.1 document, generated from the code.
 //! - [`pipeline`]: the single writer: dedupe, seqs, group commit, publish.
 //! - [`persist`]: the [`persist::PersistCallback`] trait and its plugins.
 //! - [`stats`]: durable counters and live windows; one snapshot for all.
@@ -32,6 +33,7 @@
 //! ```
 
 pub mod activity;
+pub mod api_docs;
 pub mod config;
 pub mod error;
 pub mod event;

@@ -50,6 +50,33 @@ pub fn parse(raw: &str) -> Result<Params, ApiError> {
     Ok(p)
 }
 
+/// Recent events, newest first
+///
+/// Served from the store when the persist plugin can answer queries; otherwise from an in-memory
+/// ring of the last `activity.buffer_size` events (default 10,000). Gauge reports (`stats_update`)
+/// are left out unless asked for by `type`. Page with `before` = the previous page's `nextBefore`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/activity/recent",
+    operation_id = "getRecentActivity",
+    tag = "dashboard",
+    params(crate::api_docs::ActivityQuery),
+    responses(
+        (status = 200, description = "One page of events, newest first.", body = crate::api_docs::ActivityPage),
+        (status = 400, description = "A bad or unknown query parameter (`invalid_query`).",
+            body = crate::api_docs::ErrorBody,
+            example = json!({"error": {"code": "invalid_query",
+                "message": "`limit` must be an integer from 1 to 500, got \"0\""}})),
+        (status = 401, description = "`auth.dashboard_tokens` is set and no valid token was given.",
+            body = crate::api_docs::ErrorBody,
+            example = json!({"error": {"code": "unauthorized",
+                "message": "a dashboard token is required (Authorization: Bearer or ?token=)"}})),
+        (status = 503, description = "The store cannot be read.", body = crate::api_docs::ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying.")),
+            example = json!({"error": {"code": "persist_unavailable", "message": "the store cannot be read: database is locked"}})),
+    ),
+    security((), ("dashboard_token" = []))
+)]
 pub fn route(app: Arc<App>) -> warp::filters::BoxedFilter<(Response,)> {
     warp::path!("api" / "v1" / "activity" / "recent")
         .and(warp::get())

@@ -28,6 +28,83 @@ pub enum BodyFormat {
     Ndjson,
 }
 
+/// Ingest events from the backend
+///
+/// Body: one event object or a JSON array of events (`Content-Type: application/json`, also assumed
+/// when the header is absent), or one event per line (`Content-Type: application/x-ndjson`; blank
+/// lines are skipped but count for `index`). At most `ingest.max_batch` events (default 1000) and
+/// `ingest.max_body_bytes` (default 1 MiB) per request.
+///
+/// A request is all or nothing: either every event in it is accepted, or none is. With the default
+/// `persist.ack = "durable"` the 202 comes only after the persist callback has stored every event;
+/// with `persist.ack = "queued"` once the events sit in the bounded in-memory queue.
+///
+/// Duplicates: an event whose `id` equals that of an event already accepted (within the store's
+/// dedupe window) is not stored or broadcast again; it counts in `duplicates` and reports its first
+/// seq, so a client that retries after a timeout never doubles an event.
+///
+/// An event of type `stats_update` is a gauge report: each numeric top-level field of its `data` sets
+/// the gauge of that name (a name that is a counter or built-in stat is a 400 `reserved_stat`).
+#[utoipa::path(
+    post,
+    path = "/api/v1/ingest",
+    operation_id = "ingest",
+    tag = "ingest",
+    request_body(
+        description = "One event, an array of events, or NDJSON (one event per line).",
+        content(
+            (crate::api_docs::IngestBody = "application/json", examples(
+                ("one" = (summary = "One event", value = json!(
+                    {"type": "ingestion_complete", "data": {"file": "report.pdf", "nodesCreated": 12},
+                     "timestamp": "2025-12-31T20:00:00Z", "id": "ingest-7f3a", "source": "backend-1"}))),
+                ("batch" = (summary = "A batch", value = json!([
+                    {"type": "query_complete", "data": {"ms": 120}},
+                    {"type": "error", "data": {"message": "disk full"}, "id": "err-1"}]))),
+                ("gauges" = (summary = "A gauge report", value = json!(
+                    {"type": "stats_update", "data": {"totalNodes": 45}})))
+            )),
+            (String = "application/x-ndjson", example = json!(
+                "{\"type\":\"query_complete\",\"data\":{\"ms\":120}}\n{\"type\":\"error\",\"id\":\"err-1\"}\n"))
+        )
+    ),
+    responses(
+        (status = 202, description = "Accepted (stored, with the default `persist.ack = \"durable\"`).",
+            body = crate::api_docs::IngestResult,
+            example = json!({"accepted": 2, "duplicates": 1, "seqs": [41, 12, 42]})),
+        (status = 400, description = "Malformed JSON, a rule of the event broken, or an empty batch. \
+            `index` is the 0-based index of the first bad event (or NDJSON line).",
+            body = crate::api_docs::ErrorBody,
+            examples(
+                ("invalid_event" = (value = json!({"error": {"code": "invalid_event",
+                    "message": "event 1: unknown field `tpye` (allowed: type, data, timestamp, id, source)", "index": 1}}))),
+                ("invalid_json" = (value = json!({"error": {"code": "invalid_json",
+                    "message": "body is not valid JSON: EOF while parsing an object at line 1 column 1"}}))),
+                ("empty_batch" = (value = json!({"error": {"code": "empty_batch", "message": "the request holds no events"}}))),
+                ("reserved_type" = (value = json!({"error": {"code": "reserved_type",
+                    "message": "event 0: field `type`: `pong` is sent by the server only", "index": 0}}))),
+                ("reserved_stat" = (value = json!({"error": {"code": "reserved_stat",
+                    "message": "event 0: gauge `eventsTotal` is the name of a built-in stat or counter", "index": 0}})))
+            )),
+        (status = 401, description = "`auth.ingest_tokens` is set and the bearer token is missing or wrong.",
+            body = crate::api_docs::ErrorBody,
+            example = json!({"error": {"code": "unauthorized",
+                "message": "a valid ingest token is required: Authorization: Bearer <token>"}})),
+        (status = 413, description = "The body is over `ingest.max_body_bytes` or the batch over `ingest.max_batch`.",
+            body = crate::api_docs::ErrorBody,
+            example = json!({"error": {"code": "payload_too_large",
+                "message": "1001 events in one request; ingest.max_batch is 1000"}})),
+        (status = 415, description = "A content type other than `application/json` or `application/x-ndjson`.",
+            body = crate::api_docs::ErrorBody,
+            example = json!({"error": {"code": "unsupported_media_type",
+                "message": "Content-Type `text/plain` is not supported; use application/json or application/x-ndjson"}})),
+        (status = 503, description = "Persistence is down or its queue is full; nothing was accepted. Retry after `Retry-After` seconds.",
+            body = crate::api_docs::ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying.")),
+            example = json!({"error": {"code": "persist_unavailable",
+                "message": "the persist queue is full (100000 events waiting); retry later"}})),
+    ),
+    security((), ("ingest_token" = []))
+)]
 pub fn route(app: Arc<App>) -> warp::filters::BoxedFilter<(Response,)> {
     warp::path!("api" / "v1" / "ingest")
         .and(warp::post())

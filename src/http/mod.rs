@@ -2,6 +2,7 @@
 //! Every error leaves through [`ApiError`] as the contract's error body.
 
 pub mod activity;
+pub mod docs;
 pub mod health;
 pub mod ingest;
 pub mod stats;
@@ -54,13 +55,18 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .unify()
         .or(ui::routes())
         .unify()
+        .or(docs::routes())
+        .unify()
         .recover(recover)
         .unify()
         .boxed()
 }
 
-/// Known paths, for telling 405 from 404.
-const KNOWN: [(&str, &str); 9] = [
+/// Every HTTP route and its method (the WebSocket paths, [`crate::ws::PATHS`],
+/// are upgraded before routing), for telling 405 from 404. A `{name}` segment
+/// stands for any one segment. The OpenAPI document must list exactly these
+/// plus the WebSocket paths (`tests/openapi.rs` checks it).
+pub const KNOWN: &[(&str, &str)] = &[
     ("/", "GET"),
     ("/assets/app.js", "GET"),
     ("/assets/style.css", "GET"),
@@ -70,11 +76,32 @@ const KNOWN: [(&str, &str); 9] = [
     ("/healthz", "GET"),
     ("/readyz", "GET"),
     ("/metrics", "GET"),
+    ("/api-docs/openapi.json", "GET"),
+    ("/docs", "GET"),
+    ("/docs/", "GET"),
+    ("/docs/{file}", "GET"),
 ];
+
+/// Whether `path` matches the route `pattern` (`{name}` matches one non-empty segment).
+pub fn path_matches(pattern: &str, path: &str) -> bool {
+    let (mut p, mut q) = (pattern.split('/'), path.split('/'));
+    loop {
+        match (p.next(), q.next()) {
+            (None, None) => return true,
+            (Some(a), Some(b)) if a.starts_with('{') && a.ends_with('}') => {
+                if b.is_empty() {
+                    return false;
+                }
+            }
+            (Some(a), Some(b)) if a == b => {}
+            _ => return false,
+        }
+    }
+}
 
 /// Turns warp's rejections into the contract's error body.
 pub async fn recover_path(path: &str, method: &http::Method) -> Response {
-    if let Some((_, allowed)) = KNOWN.iter().find(|(p, _)| *p == path) {
+    if let Some((_, allowed)) = KNOWN.iter().find(|(p, _)| path_matches(p, path)) {
         let mut res = ApiError::new(ErrorCode::NotFound, format!("{method} is not supported on {path}; use {allowed}"))
             .with_status(http::StatusCode::METHOD_NOT_ALLOWED)
             .to_response();
@@ -148,6 +175,18 @@ mod tests {
         assert!(!token_ok(&tokens, Some("tok-alphaa")));
         assert!(!token_ok(&tokens, Some("")));
         assert!(!token_ok(&tokens, None));
+    }
+
+    #[test]
+    fn route_patterns() {
+        assert!(path_matches("/docs/{file}", "/docs/swagger-ui.css"));
+        assert!(!path_matches("/docs/{file}", "/docs/"));
+        assert!(!path_matches("/docs/{file}", "/docs/a/b"));
+        assert!(!path_matches("/docs/{file}", "/docs"));
+        assert!(path_matches("/docs/", "/docs/"));
+        assert!(!path_matches("/docs/", "/docs"));
+        assert!(path_matches("/", "/"));
+        assert!(!path_matches("/", "/x"));
     }
 
     #[test]

@@ -9,6 +9,27 @@ use warp::Filter;
 
 pub const ROUTE: &str = "/api/v1/stats";
 
+/// Current stats
+///
+/// One flat JSON object, camelCase keys: the built-ins (always present), the counters defined by
+/// `stats.counters` (by default `filesProcessed`, `queriesCompleted`, `errors`) and the gauges the
+/// backend pushed with `stats_update` events. Counters, `eventsTotal` and `eventsByType` survive a
+/// restart. The `data` of every `stats_update` WebSocket message is exactly this object.
+#[utoipa::path(
+    get,
+    path = "/api/v1/stats",
+    operation_id = "getStats",
+    tag = "dashboard",
+    params(crate::api_docs::TokenQuery),
+    responses(
+        (status = 200, description = "The stats snapshot.", body = crate::api_docs::StatsSnapshot),
+        (status = 401, description = "`auth.dashboard_tokens` is set and no valid token was given.",
+            body = crate::api_docs::ErrorBody,
+            example = json!({"error": {"code": "unauthorized",
+                "message": "a dashboard token is required (Authorization: Bearer or ?token=)"}})),
+    ),
+    security((), ("dashboard_token" = []))
+)]
 pub fn route(app: Arc<App>) -> warp::filters::BoxedFilter<(Response,)> {
     warp::path!("api" / "v1" / "stats")
         .and(warp::get())

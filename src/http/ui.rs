@@ -16,12 +16,53 @@ fn asset(route: &'static str, content_type: &'static str, body: &'static str) ->
 }
 
 pub fn routes() -> warp::filters::BoxedFilter<(Response,)> {
-    let index = warp::path::end().and(warp::get()).map(|| asset("/", "text/html; charset=utf-8", INDEX));
-    let js = warp::path!("assets" / "app.js")
+    index().or(app_js()).unify().or(style_css()).unify().boxed()
+}
+
+/// The live dashboard page
+///
+/// The built-in dashboard: an HTML page (embedded in the binary, no CDN) that reads
+/// `/api/v1/activity/recent` and follows `/api/v1/ws/dashboard`.
+#[utoipa::path(
+    get,
+    path = "/",
+    operation_id = "dashboardPage",
+    tag = "ui",
+    responses((status = 200, description = "The dashboard page.", content((String = "text/html; charset=utf-8"))))
+)]
+pub fn index() -> warp::filters::BoxedFilter<(Response,)> {
+    warp::path::end()
         .and(warp::get())
-        .map(|| asset("/assets/app.js", "text/javascript; charset=utf-8", APP_JS));
-    let css = warp::path!("assets" / "style.css")
+        .map(|| asset("/", "text/html; charset=utf-8", INDEX))
+        .boxed()
+}
+
+/// The dashboard's script
+#[utoipa::path(
+    get,
+    path = "/assets/app.js",
+    operation_id = "dashboardScript",
+    tag = "ui",
+    responses((status = 200, description = "The dashboard's JavaScript.", content((String = "text/javascript; charset=utf-8"))))
+)]
+pub fn app_js() -> warp::filters::BoxedFilter<(Response,)> {
+    warp::path!("assets" / "app.js")
         .and(warp::get())
-        .map(|| asset("/assets/style.css", "text/css; charset=utf-8", STYLE));
-    index.or(js).unify().or(css).unify().boxed()
+        .map(|| asset("/assets/app.js", "text/javascript; charset=utf-8", APP_JS))
+        .boxed()
+}
+
+/// The dashboard's stylesheet
+#[utoipa::path(
+    get,
+    path = "/assets/style.css",
+    operation_id = "dashboardStylesheet",
+    tag = "ui",
+    responses((status = 200, description = "The dashboard's CSS.", content((String = "text/css; charset=utf-8"))))
+)]
+pub fn style_css() -> warp::filters::BoxedFilter<(Response,)> {
+    warp::path!("assets" / "style.css")
+        .and(warp::get())
+        .map(|| asset("/assets/style.css", "text/css; charset=utf-8", STYLE))
+        .boxed()
 }

@@ -1,0 +1,881 @@
+//! The OpenAPI 3.1 document of the HTTP API, generated from the code.
+//!
+//! Each operation is declared with `#[utoipa::path]` on (or next to) its
+//! handler in `src/http/*.rs`; this module gathers them into [`ApiDoc`] and
+//! holds the schema types. Most handlers build their JSON by hand (the stats
+//! object is open-ended, events are pre-encoded once), so the types here are
+//! the documented shapes; unit tests below compare them with what the real
+//! code produces, so the two cannot drift apart silently.
+//!
+//! The document is served at `GET /api-docs/openapi.json` and rendered by
+//! Swagger UI at `GET /docs` (see [`crate::http::docs`]).
+
+use crate::error::ErrorCode;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+
+/// The whole API: every HTTP path and every schema.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "sidewire",
+        version = env!("CARGO_PKG_VERSION"),
+        description = API_DESCRIPTION,
+        license(name = "MIT OR Apache-2.0", identifier = "MIT OR Apache-2.0")
+    ),
+    paths(
+        crate::http::ingest::route,
+        crate::http::stats::route,
+        crate::http::activity::route,
+        dashboard_ws,
+        dashboard_ws_alias,
+        crate::http::health::healthz,
+        crate::http::health::readyz,
+        crate::http::health::metrics,
+        crate::http::ui::index,
+        crate::http::ui::app_js,
+        crate::http::ui::style_css,
+        crate::http::docs::openapi_json,
+        crate::http::docs::docs_redirect,
+        crate::http::docs::docs_index,
+        crate::http::docs::docs_asset,
+    ),
+    components(schemas(
+        IngestEvent,
+        IngestBody,
+        IngestResult,
+        Event,
+        StatsSnapshot,
+        ActivityPage,
+        ErrorBody,
+        ErrorDetail,
+        ErrorCode,
+        Health,
+        Ready,
+        ConnectionAck,
+        StatsUpdate,
+        Pong,
+        ResumeComplete,
+        ServerMessage,
+        Subscribe,
+        Ping,
+        Resume,
+        ClientMessage,
+    )),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "ingest", description = "The backend's hook: events in."),
+        (name = "dashboard", description = "Live stats and activity for dashboards: REST and WebSocket."),
+        (name = "operations", description = "Health, readiness and Prometheus metrics."),
+        (name = "ui", description = "The built-in dashboard page and its assets."),
+        (name = "docs", description = "This document and the interactive docs page."),
+    )
+)]
+pub struct ApiDoc;
+
+const API_DESCRIPTION: &str = "sidewire is an observability sidecar. A backend posts its activity \
+events to the ingest hook; sidewire stores each one through a pluggable persist callback, keeps stats, \
+and serves them live to dashboards over REST and a WebSocket, with Prometheus metrics about itself.
+
+**Auth.** When `auth.ingest_tokens` is configured, `POST /api/v1/ingest` needs \
+`Authorization: Bearer <token>`. When `auth.dashboard_tokens` is configured, the stats, activity and \
+WebSocket endpoints need a dashboard token, as `Authorization: Bearer <token>` or `?token=`. With no \
+tokens configured the API is open (bind it to loopback).
+
+**Errors.** Every error, everywhere, is the `ErrorBody` object \
+`{\"error\": {\"code\", \"message\", \"index\"?}}`; `index` names the event (or NDJSON line) to blame. \
+Unknown paths answer 404 `not_found`; a known path with the wrong method answers 405 with an `Allow` header.
+
+**Timestamps** are RFC 3339; the server normalizes every timestamp it stores or sends to UTC with \
+millisecond precision and a `Z` (`2025-12-31T20:00:00.000Z`).
+
+**WebSocket.** Live updates come over `GET /api/v1/ws/dashboard` (alias `/ws/dashboard`); the \
+messages are the `ServerMessage` and `ClientMessage` schemas.";
+
+/// Adds the bearer-token security schemes the operations refer to.
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let bearer = |description: &str| {
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(description.to_string()))
+                    .build(),
+            )
+        };
+        components.add_security_scheme(
+            "ingest_token",
+            bearer("One of `auth.ingest_tokens`. Required only when that list is not empty."),
+        );
+        components.add_security_scheme(
+            "dashboard_token",
+            bearer(
+                "One of `auth.dashboard_tokens` (also accepted as the `token` query parameter). \
+                 Required only when that list is not empty.",
+            ),
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Events
+// ---------------------------------------------------------------------------
+
+/// One event as the backend sends it to the ingest hook. Any other top-level
+/// field is refused (`invalid_event`), which catches typos such as `tpye`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(examples(json!({
+    "type": "ingestion_complete",
+    "data": {"file": "report.pdf", "nodesCreated": 12},
+    "timestamp": "2025-12-31T20:00:00Z",
+    "id": "ingest-7f3a",
+    "source": "backend-1"
+})))]
+pub struct IngestEvent {
+    /// The event type. `connection_ack`, `pong` and `resume_complete` are
+    /// server-only (`reserved_type`). Well-known: `ingestion_complete`,
+    /// `query_complete`, `error`, and `stats_update` (a gauge report: each
+    /// numeric top-level field of `data` sets the gauge of that name).
+    #[serde(rename = "type")]
+    #[schema(
+        pattern = "^[a-z][a-z0-9_.:-]{0,63}$",
+        min_length = 1,
+        max_length = 64,
+        examples("ingestion_complete")
+    )]
+    pub kind: String,
+    /// Any JSON object (default `{}`): at most 64 KiB serialized and at most
+    /// 32 levels of nested objects/arrays (`data` itself is level 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object, nullable = false)]
+    pub data: Option<serde_json::Map<String, serde_json::Value>>,
+    /// RFC 3339, any offset; stored in UTC with millisecond precision. The
+    /// server's receive time when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime, nullable = false, examples("2025-12-31T20:00:00Z"))]
+    pub timestamp: Option<String>,
+    /// The idempotency key: an event whose `id` was already accepted is not
+    /// stored or broadcast again; it counts in `duplicates` and reports its
+    /// first seq. 1–128 printable ASCII characters, no space.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        pattern = "^[!-~]{1,128}$",
+        min_length = 1,
+        max_length = 128,
+        nullable = false
+    )]
+    pub id: Option<String>,
+    /// Which backend instance sent it: 1–64 printable ASCII characters, no space.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        pattern = "^[!-~]{1,64}$",
+        min_length = 1,
+        max_length = 64,
+        nullable = false
+    )]
+    pub source: Option<String>,
+}
+
+/// The `application/json` ingest body: one event, or an array of 1 to
+/// `ingest.max_batch` (default 1000) events.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum IngestBody {
+    One(IngestEvent),
+    Many(Vec<IngestEvent>),
+}
+
+/// An accepted event as the server stores and sends it: the ingested event,
+/// normalized, plus its `seq`. This is the form of `/api/v1/activity/recent`
+/// items and of event messages on the WebSocket.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(examples(json!({
+    "type": "ingestion_complete",
+    "data": {"file": "report.pdf", "nodesCreated": 12},
+    "timestamp": "2025-12-31T20:00:00.000Z",
+    "seq": 42,
+    "id": "ingest-7f3a",
+    "source": "backend-1"
+})))]
+pub struct Event {
+    #[serde(rename = "type")]
+    #[schema(pattern = "^[a-z][a-z0-9_.:-]{0,63}$", min_length = 1, max_length = 64)]
+    pub kind: String,
+    #[schema(value_type = Object)]
+    pub data: serde_json::Map<String, serde_json::Value>,
+    /// UTC, millisecond precision, `Z`.
+    #[schema(format = DateTime, examples("2025-12-31T20:00:00.000Z"))]
+    pub timestamp: String,
+    /// Assigned by the server: strictly increasing in acceptance order,
+    /// never reused, stable across restarts.
+    #[schema(minimum = 1)]
+    pub seq: u64,
+    /// Present only when the event had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub id: Option<String>,
+    /// Present only when the event had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub source: Option<String>,
+}
+
+/// The answer to an accepted ingest request.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(examples(json!({"accepted": 2, "duplicates": 1, "seqs": [41, 12, 42]})))]
+pub struct IngestResult {
+    /// Events newly accepted (stored and broadcast).
+    pub accepted: u64,
+    /// Events whose `id` had already been accepted: not stored again.
+    pub duplicates: u64,
+    /// One seq per event, in request order; a duplicate reports the seq it
+    /// got the first time.
+    pub seqs: Vec<u64>,
+}
+
+// ---------------------------------------------------------------------------
+// Stats and activity
+// ---------------------------------------------------------------------------
+
+/// One flat object, camelCase keys: the built-ins (always present), the
+/// counters from `stats.counters` (the default config defines
+/// `filesProcessed`, `queriesCompleted` and `errors`), and the gauges the
+/// backend pushed with `stats_update` events. Counters and gauges are the
+/// additional (numeric) properties. This is also the `data` of every
+/// `stats_update` WebSocket message.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(examples(json!({
+    "totalNodes": 45,
+    "filesProcessed": 12,
+    "queriesCompleted": 7,
+    "errors": 1,
+    "eventsTotal": 66,
+    "eventsPerMinute": 4,
+    "eventsByType": {"ingestion_complete": 12, "query_complete": 7, "error": 1},
+    "activeConnections": 2,
+    "messagesPerMinute": 38,
+    "uptimeSeconds": 360,
+    "lastEventAt": "2025-12-31T20:00:00.000Z",
+    "lastSeq": 66,
+    "generatedAt": "2025-12-31T20:00:05.000Z"
+})))]
+pub struct StatsSnapshot {
+    /// Default counter: +1 per `ingestion_complete`, or `data.filesProcessed`
+    /// when that is a number. Present when the config defines it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub files_processed: Option<f64>,
+    /// Default counter: +1 per `query_complete`. Present when the config defines it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub queries_completed: Option<f64>,
+    /// Default counter: +1 per `error`. Present when the config defines it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub errors: Option<f64>,
+    /// Accepted events (duplicates not counted, gauge reports included).
+    /// Survives a restart.
+    pub events_total: u64,
+    /// Events accepted in the last 60 s.
+    pub events_per_minute: u64,
+    /// Accepted events per type. Survives a restart.
+    pub events_by_type: BTreeMap<String, u64>,
+    /// Open dashboard WebSockets.
+    pub active_connections: u64,
+    /// WebSocket messages sent in the last 60 s.
+    pub messages_per_minute: u64,
+    pub uptime_seconds: u64,
+    /// Timestamp of the last accepted event; null before the first.
+    #[schema(format = DateTime, required = true)]
+    pub last_event_at: Option<String>,
+    /// Seq of the last accepted event; 0 before the first.
+    pub last_seq: u64,
+    /// When this snapshot was taken.
+    #[schema(format = DateTime)]
+    pub generated_at: String,
+    /// Counters (config rules) and gauges (`stats_update` reports), by name
+    /// (`^[A-Za-z][A-Za-z0-9_]{0,63}$`).
+    #[serde(flatten)]
+    pub counters_and_gauges: BTreeMap<String, f64>,
+}
+
+/// One page of recent events, newest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(examples(json!({
+    "items": [
+        {"type": "query_complete", "data": {"ms": 120}, "timestamp": "2025-12-31T20:00:02.000Z", "seq": 18},
+        {"type": "ingestion_complete", "data": {"file": "report.pdf"}, "timestamp": "2025-12-31T20:00:00.000Z", "seq": 17, "id": "ingest-7f3a"}
+    ],
+    "nextBefore": 17
+})))]
+pub struct ActivityPage {
+    pub items: Vec<Event>,
+    /// The seq to pass as `before` for the next page; null on the last page.
+    #[schema(required = true, minimum = 1)]
+    pub next_before: Option<u64>,
+}
+
+/// Query parameters of `GET /api/v1/activity/recent`. Anything else is a
+/// 400 `invalid_query`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ActivityQuery {
+    /// Page size.
+    #[param(minimum = 1, maximum = 500, default = 50)]
+    pub limit: Option<u32>,
+    /// Only events of these types (repeatable: `?type=a&type=b` means either).
+    /// Gauge reports (`stats_update`) are left out unless asked for here.
+    #[serde(rename = "type")]
+    #[param(rename = "type", style = Form, explode, inline)]
+    pub types: Option<Vec<String>>,
+    /// Only events with seq < before (pass the previous page's `nextBefore`).
+    #[param(minimum = 0)]
+    pub before: Option<u64>,
+    /// Only events with seq > after.
+    #[param(minimum = 0)]
+    pub after: Option<u64>,
+    /// A dashboard token, as an alternative to `Authorization: Bearer`.
+    pub token: Option<String>,
+}
+
+/// Query parameters of `GET /api/v1/stats`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TokenQuery {
+    /// A dashboard token, as an alternative to `Authorization: Bearer`.
+    pub token: Option<String>,
+}
+
+// ---------------------------------------------------------------------------
+// Errors and health
+// ---------------------------------------------------------------------------
+
+/// The error body, everywhere in the API.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(examples(json!({"error": {"code": "invalid_event", "message": "event 3: field `type`: must match ^[a-z][a-z0-9_.:-]{0,63}$", "index": 3}})))]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    /// For humans; wording may change.
+    pub message: String,
+    /// 0-based index of the event (or NDJSON line) to blame; only where an
+    /// event is to blame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub index: Option<u64>,
+}
+
+/// `GET /healthz`: the process runs.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(examples(json!({"status": "ok"})))]
+pub struct Health {
+    #[schema(inline)]
+    pub status: OkStatus,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OkStatus {
+    Ok,
+}
+
+/// `GET /readyz`: config loaded and the persist plugin answers its health check.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(examples(
+    json!({"status": "ok", "checks": {"config": "ok", "persist": {"plugin": "sqlite", "status": "ok"}}}),
+    json!({"status": "unavailable", "checks": {"config": "ok", "persist": {"plugin": "postgres", "status": "unavailable", "error": "connection refused"}}})
+))]
+pub struct Ready {
+    #[schema(inline)]
+    pub status: ReadyStatus,
+    #[schema(inline)]
+    pub checks: ReadyChecks,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadyStatus {
+    Ok,
+    Unavailable,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReadyChecks {
+    #[schema(inline)]
+    pub config: OkStatus,
+    #[schema(inline)]
+    pub persist: PersistCheck,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PersistCheck {
+    /// The persist plugin's name (`sqlite`, `postgres`, `jsonl`, `webhook`, `memory`, or a custom one).
+    pub plugin: String,
+    #[schema(inline)]
+    pub status: ReadyStatus,
+    /// Why the health check failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub error: Option<String>,
+}
+
+// ---------------------------------------------------------------------------
+// WebSocket messages
+// ---------------------------------------------------------------------------
+
+// Type tags of the WebSocket messages (each schema allows exactly one value).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionAckType {
+    ConnectionAck,
+}
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StatsUpdateType {
+    StatsUpdate,
+}
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PongType {
+    Pong,
+}
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ResumeCompleteType {
+    ResumeComplete,
+}
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SubscribeType {
+    Subscribe,
+}
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PingType {
+    Ping,
+}
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ResumeType {
+    Resume,
+}
+
+/// Server to client, first message on every connection.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(examples(json!({
+    "type": "connection_ack",
+    "data": {"connectionId": "c-8f2d1a", "statsIntervalSecs": 5, "lastSeq": 66, "serverVersion": "0.1.0"},
+    "timestamp": "2025-12-31T20:00:05.000Z"
+})))]
+pub struct ConnectionAck {
+    #[serde(rename = "type")]
+    #[schema(inline)]
+    pub kind: ConnectionAckType,
+    #[schema(inline)]
+    pub data: ConnectionAckData,
+    #[schema(format = DateTime)]
+    pub timestamp: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionAckData {
+    pub connection_id: String,
+    /// `stats.interval_secs`: how often `stats_update` comes.
+    pub stats_interval_secs: u64,
+    /// Seq of the last accepted event when the connection opened.
+    pub last_seq: u64,
+    pub server_version: String,
+}
+
+/// Server to client: right after `connection_ack`, then every
+/// `stats.interval_secs` and within 1 s of a gauge change. A connection
+/// holds at most one unsent `stats_update`, the newest.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(examples(json!({
+    "type": "stats_update",
+    "data": {"eventsTotal": 66, "eventsPerMinute": 4, "eventsByType": {"error": 1}, "activeConnections": 2,
+             "messagesPerMinute": 38, "uptimeSeconds": 360, "lastEventAt": "2025-12-31T20:00:00.000Z",
+             "lastSeq": 66, "generatedAt": "2025-12-31T20:00:05.000Z", "errors": 1},
+    "timestamp": "2025-12-31T20:00:05.000Z"
+})))]
+pub struct StatsUpdate {
+    #[serde(rename = "type")]
+    #[schema(inline)]
+    pub kind: StatsUpdateType,
+    pub data: StatsSnapshot,
+    #[schema(format = DateTime)]
+    pub timestamp: String,
+}
+
+/// Server to client: the answer to a client `ping`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(examples(json!({"type": "pong", "data": {}, "timestamp": "2025-12-31T20:00:06.000Z"})))]
+pub struct Pong {
+    #[serde(rename = "type")]
+    #[schema(inline)]
+    pub kind: PongType,
+    /// Always `{}`.
+    #[schema(value_type = Object)]
+    pub data: serde_json::Map<String, serde_json::Value>,
+    #[schema(format = DateTime)]
+    pub timestamp: String,
+}
+
+/// Server to client: the replay asked for by `afterSeq` is done; live events follow.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(examples(json!({
+    "type": "resume_complete",
+    "data": {"replayed": 3, "lastSeq": 66, "truncated": false},
+    "timestamp": "2025-12-31T20:00:05.000Z"
+})))]
+pub struct ResumeComplete {
+    #[serde(rename = "type")]
+    #[schema(inline)]
+    pub kind: ResumeCompleteType,
+    #[schema(inline)]
+    pub data: ResumeCompleteData,
+    #[schema(format = DateTime)]
+    pub timestamp: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResumeCompleteData {
+    /// Stored events sent (oldest first) before this message.
+    pub replayed: u64,
+    pub last_seq: u64,
+    /// True when more than `ws.max_replay` events were missed: only the
+    /// first `ws.max_replay` were replayed.
+    pub truncated: bool,
+}
+
+/// Any message the server sends on the dashboard WebSocket: `connection_ack`
+/// first, `stats_update`s, accepted events (as `Event`, in seq order; type
+/// `error` for a system error worth showing), `pong`, `resume_complete`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum ServerMessage {
+    ConnectionAck(ConnectionAck),
+    StatsUpdate(StatsUpdate),
+    Event(Event),
+    Pong(Pong),
+    ResumeComplete(ResumeComplete),
+}
+
+/// Client to server: from now on only these event types (`stats_update`
+/// always comes). `[]` or `["*"]` means all.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(examples(json!({"type": "subscribe", "types": ["error", "query_complete"]})))]
+pub struct Subscribe {
+    #[serde(rename = "type")]
+    #[schema(inline)]
+    pub kind: SubscribeType,
+    pub types: Vec<String>,
+}
+
+/// Client to server: answered by `pong`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(examples(json!({"type": "ping"})))]
+pub struct Ping {
+    #[serde(rename = "type")]
+    #[schema(inline)]
+    pub kind: PingType,
+}
+
+/// Client to server, as the first message only (same as `?afterSeq=N`):
+/// replay every stored event with seq > `afterSeq`, then `resume_complete`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(examples(json!({"type": "resume", "afterSeq": 60})))]
+pub struct Resume {
+    #[serde(rename = "type")]
+    #[schema(inline)]
+    pub kind: ResumeType,
+    pub after_seq: u64,
+}
+
+/// Any message a client may send (all optional). Anything else (bad JSON,
+/// unknown type, binary frames) is logged and counted; the connection stays
+/// open. A frame over 64 KiB closes it with 1009.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum ClientMessage {
+    Subscribe(Subscribe),
+    Ping(Ping),
+    Resume(Resume),
+}
+
+/// Query parameters of the dashboard WebSocket.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase")]
+pub struct WsQuery {
+    /// A dashboard token, as an alternative to `Authorization: Bearer`.
+    pub token: Option<String>,
+    /// Resume: replay every stored event with seq > afterSeq (at most
+    /// `ws.max_replay`, oldest first), then `resume_complete`, then live
+    /// events, with no gap and no duplicate.
+    #[param(minimum = 0)]
+    pub after_seq: Option<u64>,
+}
+
+// ---------------------------------------------------------------------------
+// The dashboard WebSocket (upgraded by `crate::ws` before warp routing; these
+// functions only carry its documentation)
+// ---------------------------------------------------------------------------
+
+/// The live dashboard WebSocket
+///
+/// A WebSocket (RFC 6455, version 13): `GET` with `Upgrade: websocket`,
+/// `Connection: Upgrade`, `Sec-WebSocket-Key` and `Sec-WebSocket-Version: 13`.
+///
+/// **Before the upgrade**, in this order (each refusal is an `ErrorBody`, no upgrade):
+/// 1. auth: with `auth.dashboard_tokens` set, `?token=` or `Authorization: Bearer` must carry one (401 `unauthorized`);
+/// 2. origin: with `server.allowed_origins` set, an `Origin` not in it gets 403 `forbidden_origin`;
+/// 3. per IP: over `ws.max_connections_per_ip` (10) open, or over `ws.connect_rate_per_ip_per_min` (60)
+///    opened in a minute, 429 `too_many_connections` (IPv6 clients count per /64);
+/// 4. global: with `ws.max_connections` (10,000) open, 503 `server_at_capacity`.
+///
+/// **Server to client** (`ServerMessage`), every message `{"type", "data", "timestamp"}`:
+/// `connection_ack` first; `stats_update` right after it, then every `stats.interval_secs` and after
+/// gauge changes; each accepted event as it is accepted, in `seq` order (the `Event` schema); `pong`
+/// for a client `ping`; `resume_complete` after a replay; `error` events for system errors.
+///
+/// **Client to server** (`ClientMessage`, all optional): `subscribe` (filter event types), `ping`,
+/// and `resume` as the first message (same as `?afterSeq=`). Invalid messages are logged and counted;
+/// the connection stays open. A frame over 64 KiB closes it with 1009.
+///
+/// **Closing:** a client whose outgoing queue (`ws.send_queue_len`) is full is closed with 1008
+/// `slow consumer`; the server pings every `ws.ping_interval_secs` and closes a connection that does not
+/// answer within `ws.pong_timeout_secs`; on shutdown every client gets 1001.
+#[utoipa::path(
+    get,
+    path = "/api/v1/ws/dashboard",
+    operation_id = "dashboardWebSocket",
+    tag = "dashboard",
+    params(WsQuery),
+    responses(
+        (status = 101, description = "Switching Protocols: the connection is now a WebSocket carrying `ServerMessage`s (and accepting `ClientMessage`s).",
+            headers(
+                ("Upgrade" = String, description = "`websocket`"),
+                ("Connection" = String, description = "`upgrade`"),
+                ("Sec-WebSocket-Accept" = String, description = "Derived from the request's `Sec-WebSocket-Key`")
+            )),
+        (status = 400, description = "`afterSeq` is not a non-negative integer (`invalid_query`).", body = ErrorBody,
+            example = json!({"error": {"code": "invalid_query", "message": "`afterSeq` must be a non-negative integer, got \"x\""}})),
+        (status = 401, description = "A dashboard token is required and was missing or wrong.", body = ErrorBody,
+            example = json!({"error": {"code": "unauthorized", "message": "a dashboard token is required (?token= or Authorization: Bearer)"}})),
+        (status = 403, description = "The `Origin` header is not in `server.allowed_origins`.", body = ErrorBody,
+            example = json!({"error": {"code": "forbidden_origin", "message": "origin `https://evil.example` is not in server.allowed_origins"}})),
+        (status = 426, description = "Not a WebSocket upgrade request (`Upgrade: websocket` is sent back).", body = ErrorBody,
+            example = json!({"error": {"code": "invalid_query", "message": "this endpoint speaks WebSocket only (GET with Upgrade: websocket, version 13)"}})),
+        (status = 429, description = "Too many open connections from this address, or too many opened in the last minute.", body = ErrorBody,
+            example = json!({"error": {"code": "too_many_connections", "message": "10 connections are open from your address (ws.max_connections_per_ip)"}})),
+        (status = 503, description = "The server holds `ws.max_connections` connections.", body = ErrorBody,
+            example = json!({"error": {"code": "server_at_capacity", "message": "the server holds ws.max_connections dashboard connections"}})),
+    ),
+    security((), ("dashboard_token" = []))
+)]
+#[allow(dead_code)]
+fn dashboard_ws() {}
+
+/// The live dashboard WebSocket (alias)
+///
+/// The same WebSocket as `GET /api/v1/ws/dashboard`: same checks, same messages.
+#[utoipa::path(
+    get,
+    path = "/ws/dashboard",
+    operation_id = "dashboardWebSocketAlias",
+    tag = "dashboard",
+    params(WsQuery),
+    responses(
+        (status = 101, description = "Switching Protocols: the connection is now a WebSocket carrying `ServerMessage`s."),
+        (status = 400, description = "`afterSeq` is not a non-negative integer (`invalid_query`).", body = ErrorBody),
+        (status = 401, description = "A dashboard token is required and was missing or wrong.", body = ErrorBody),
+        (status = 403, description = "The `Origin` header is not in `server.allowed_origins`.", body = ErrorBody),
+        (status = 426, description = "Not a WebSocket upgrade request.", body = ErrorBody),
+        (status = 429, description = "Too many connections from this address.", body = ErrorBody),
+        (status = 503, description = "The server is at `ws.max_connections`.", body = ErrorBody),
+    ),
+    security((), ("dashboard_token" = []))
+)]
+#[allow(dead_code)]
+fn dashboard_ws_alias() {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn doc() -> Value {
+        serde_json::to_value(ApiDoc::openapi()).unwrap()
+    }
+
+    fn schema<'a>(doc: &'a Value, name: &str) -> &'a Value {
+        &doc["components"]["schemas"][name]
+    }
+
+    fn props(schema: &Value) -> Vec<String> {
+        let mut v: Vec<String> = schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn required(schema: &Value) -> Vec<String> {
+        let mut v: Vec<String> = schema["required"]
+            .as_array()
+            .map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    fn keys(v: &Value) -> Vec<String> {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    }
+
+    #[test]
+    fn is_openapi_31_with_the_crate_version() {
+        let d = doc();
+        assert!(
+            d["openapi"].as_str().unwrap().starts_with("3.1"),
+            "{}",
+            d["openapi"]
+        );
+        assert_eq!(d["info"]["version"], crate::VERSION);
+        assert_eq!(d["info"]["title"], "sidewire");
+    }
+
+    #[test]
+    fn ws_paths_match_the_ws_module() {
+        let d = doc();
+        for p in crate::ws::PATHS {
+            assert!(d["paths"][p]["get"].is_object(), "{p} is not documented");
+        }
+    }
+
+    #[test]
+    fn ingest_event_example_is_valid_and_all_fields_are_documented() {
+        let d = doc();
+        let s = schema(&d, "IngestEvent");
+        let example = s["examples"][0].clone();
+        let e = crate::event::NewEvent::from_value(example.clone(), 0, &Default::default())
+            .expect("example is valid");
+        assert_eq!(e.kind, "ingestion_complete");
+        assert_eq!(keys(&example), props(s), "example and schema disagree");
+        assert_eq!(required(s), vec!["type"]);
+        assert_eq!(s["additionalProperties"], false);
+    }
+
+    #[test]
+    fn event_schema_matches_the_wire_form() {
+        let d = doc();
+        let s = schema(&d, "Event");
+        let t = crate::event::now_ms();
+        let full = crate::event::Event::new(7, "a", t, Some("i"), Some("s"), "{}");
+        let full: Value = serde_json::from_slice(&full.json).unwrap();
+        assert_eq!(keys(&full), props(s));
+        let bare = crate::event::Event::new(7, "a", t, None, None, "{}");
+        let bare: Value = serde_json::from_slice(&bare.json).unwrap();
+        assert_eq!(keys(&bare), required(s));
+        // and the example parses as the schema's type
+        let _: Event = serde_json::from_value(s["examples"][0].clone()).unwrap();
+    }
+
+    #[test]
+    fn ingest_result_matches_the_pipeline_outcome() {
+        let d = doc();
+        let outcome = crate::pipeline::IngestOutcome {
+            accepted: 1,
+            duplicates: 0,
+            seqs: vec![1],
+        };
+        let v = serde_json::to_value(&outcome).unwrap();
+        let s = schema(&d, "IngestResult");
+        assert_eq!(keys(&v), props(s));
+        assert_eq!(keys(&v), required(s));
+    }
+
+    #[test]
+    fn stats_schema_matches_a_real_snapshot() {
+        let d = doc();
+        let s = schema(&d, "StatsSnapshot");
+        let stats = crate::stats::Stats::new(Default::default());
+        let counters = crate::config::Config::default().stats.counter_rules();
+        let snap = Value::Object(stats.snapshot(&counters));
+        // every built-in the server sends is documented and required; the
+        // default counters are documented (optional)
+        assert_eq!(
+            keys(&snap),
+            props(s),
+            "snapshot keys vs documented properties"
+        );
+        let mut builtins: Vec<String> = keys(&snap)
+            .into_iter()
+            .filter(|k| !counters.iter().any(|c| &c.name == k))
+            .collect();
+        builtins.sort();
+        assert_eq!(builtins, required(s));
+        assert_eq!(s["additionalProperties"]["type"], "number");
+        let _: StatsSnapshot = serde_json::from_value(snap).unwrap();
+    }
+
+    #[test]
+    fn error_schema_matches_api_error() {
+        let d = doc();
+        let e = crate::error::ApiError::new(ErrorCode::InvalidEvent, "bad").at(2);
+        let parsed: ErrorBody = serde_json::from_value(e.body()).unwrap();
+        assert_eq!(parsed.error.index, Some(2));
+        assert_eq!(keys(&e.body()["error"]), props(schema(&d, "ErrorDetail")));
+        let codes = schema(&d, "ErrorCode")["enum"].as_array().unwrap().len();
+        assert_eq!(codes, 14, "the contract lists 14 codes");
+    }
+
+    #[test]
+    fn activity_query_limits_match_the_handler() {
+        let d = doc();
+        let params = d["paths"]["/api/v1/activity/recent"]["get"]["parameters"]
+            .as_array()
+            .unwrap();
+        let limit = params.iter().find(|p| p["name"] == "limit").unwrap();
+        assert_eq!(
+            limit["schema"]["maximum"],
+            json!(crate::http::activity::MAX_LIMIT)
+        );
+        assert_eq!(
+            limit["schema"]["default"],
+            json!(crate::http::activity::DEFAULT_LIMIT)
+        );
+        let names: Vec<&str> = params.iter().map(|p| p["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["limit", "type", "before", "after", "token"]);
+        for n in names {
+            let q = format!("{n}=1");
+            let r = crate::http::activity::parse(&q);
+            assert!(
+                !matches!(&r, Err(e) if e.message.contains("unknown parameter")),
+                "{n} is documented but unknown"
+            );
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! `GET /api-docs/openapi.json` (the OpenAPI 3.1 document, see
+//! [`crate::api_docs`]) and `GET /docs` (Swagger UI). Swagger UI's files are
+//! vendored into the binary by `utoipa-swagger-ui` (feature `vendored`): the
+//! page loads nothing from the internet.
+
+use super::{bytes_response, named};
+use crate::api_docs::ApiDoc;
+use crate::error::{ApiError, ErrorCode};
+use bytes::Bytes;
+use std::sync::{Arc, LazyLock, OnceLock};
+use utoipa::OpenApi;
+use utoipa_swagger_ui::Config;
+use warp::path::{FullPath, Tail};
+use warp::reply::Response;
+use warp::Filter;
+
+pub const OPENAPI_ROUTE: &str = "/api-docs/openapi.json";
+pub const DOCS_ROUTE: &str = "/docs";
+pub const DOCS_INDEX_ROUTE: &str = "/docs/";
+/// Route label of every Swagger UI file (bounded: never the raw path).
+pub const DOCS_ASSET_ROUTE: &str = "/docs/{file}";
+
+/// The document, serialized once on first use.
+pub fn openapi_bytes() -> Bytes {
+    static JSON: OnceLock<Bytes> = OnceLock::new();
+    JSON.get_or_init(|| {
+        Bytes::from(
+            serde_json::to_vec(&ApiDoc::openapi()).expect("the OpenAPI document serializes"),
+        )
+    })
+    .clone()
+}
+
+static SWAGGER_CONFIG: LazyLock<Arc<Config<'static>>> = LazyLock::new(|| {
+    Arc::new(
+        Config::new([OPENAPI_ROUTE])
+            // no call to validator.swagger.io: the page works offline
+            .validator_url("none")
+            .persist_authorization(true)
+            .display_request_duration(true),
+    )
+});
+
+pub fn routes() -> warp::filters::BoxedFilter<(Response,)> {
+    let openapi = warp::path!("api-docs" / "openapi.json")
+        .and(warp::get())
+        .map(openapi_json);
+    let docs = warp::path("docs")
+        .and(warp::get())
+        .and(warp::path::full())
+        .and(warp::path::tail())
+        .map(|full: FullPath, tail: Tail| {
+            if full.as_str() == DOCS_ROUTE {
+                docs_redirect()
+            } else if tail.as_str().is_empty() {
+                docs_index()
+            } else {
+                docs_asset(tail.as_str())
+            }
+        });
+    openapi.or(docs).unify().boxed()
+}
+
+/// The OpenAPI document
+///
+/// This API as an OpenAPI 3.1 document, generated from the code: every HTTP endpoint and schema.
+#[utoipa::path(
+    get,
+    path = "/api-docs/openapi.json",
+    operation_id = "openApiDocument",
+    tag = "docs",
+    responses((status = 200, description = "The OpenAPI 3.1 document.", content((Object = "application/json"))))
+)]
+pub fn openapi_json() -> Response {
+    let mut res = bytes_response(http::StatusCode::OK, "application/json", Vec::new());
+    *res.body_mut() = openapi_bytes().into();
+    named(OPENAPI_ROUTE, res)
+}
+
+/// The interactive API docs (redirect)
+///
+/// Redirects to `/docs/`, the Swagger UI page, so that its relative asset links resolve.
+#[utoipa::path(
+    get,
+    path = "/docs",
+    operation_id = "docsRedirect",
+    tag = "docs",
+    responses((status = 302, description = "Found: go to `/docs/`.",
+        headers(("Location" = String, description = "`/docs/`"))))
+)]
+pub fn docs_redirect() -> Response {
+    let mut res = bytes_response(
+        http::StatusCode::FOUND,
+        "text/plain; charset=utf-8",
+        b"see /docs/\n".to_vec(),
+    );
+    res.headers_mut().insert(
+        http::header::LOCATION,
+        http::HeaderValue::from_static(DOCS_INDEX_ROUTE),
+    );
+    named(DOCS_ROUTE, res)
+}
+
+/// The interactive API docs
+///
+/// Swagger UI for this document. Every asset is served by sidewire itself (no CDN): it works with
+/// no internet access.
+#[utoipa::path(
+    get,
+    path = "/docs/",
+    operation_id = "docsPage",
+    tag = "docs",
+    responses((status = 200, description = "The Swagger UI page.", content((String = "text/html"))))
+)]
+pub fn docs_index() -> Response {
+    swagger_file(DOCS_INDEX_ROUTE, "")
+}
+
+/// A Swagger UI asset
+///
+/// The scripts, stylesheets and images of the docs page (`swagger-ui-bundle.js`,
+/// `swagger-ui.css`, `swagger-initializer.js`, ...), embedded in the binary.
+#[utoipa::path(
+    get,
+    path = "/docs/{file}",
+    operation_id = "docsAsset",
+    tag = "docs",
+    params(("file" = String, Path, description = "A file of the Swagger UI distribution.", example = "swagger-ui.css")),
+    responses(
+        (status = 200, description = "The file, with its content type (JavaScript, CSS, PNG, HTML)."),
+        (status = 404, description = "No such file.", body = crate::api_docs::ErrorBody,
+            example = json!({"error": {"code": "not_found", "message": "no Swagger UI file `nope.js`"}})),
+    )
+)]
+pub fn docs_asset(file: &str) -> Response {
+    swagger_file(DOCS_ASSET_ROUTE, file)
+}
+
+fn swagger_file(route: &'static str, file: &str) -> Response {
+    let res = match utoipa_swagger_ui::serve(file, SWAGGER_CONFIG.clone()) {
+        Ok(Some(f)) => {
+            let mut res = Response::new(
+                match f.bytes {
+                    std::borrow::Cow::Borrowed(b) => Bytes::from_static(b),
+                    std::borrow::Cow::Owned(v) => Bytes::from(v),
+                }
+                .into(),
+            );
+            let h = res.headers_mut();
+            if let Ok(ct) = http::HeaderValue::from_str(&f.content_type) {
+                h.insert(http::header::CONTENT_TYPE, ct);
+            }
+            if f.gzpipped {
+                h.insert(
+                    http::header::CONTENT_ENCODING,
+                    http::HeaderValue::from_static("gzip"),
+                );
+            }
+            // The page and its config change with the binary; the big bundles
+            // may be cached for a while.
+            let cache =
+                if file.is_empty() || file.ends_with(".html") || file == "swagger-initializer.js" {
+                    "no-cache"
+                } else {
+                    "public, max-age=3600"
+                };
+            h.insert(
+                http::header::CACHE_CONTROL,
+                http::HeaderValue::from_static(cache),
+            );
+            res
+        }
+        Ok(None) => {
+            ApiError::new(ErrorCode::NotFound, format!("no Swagger UI file `{file}`")).to_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, file, "cannot serve a Swagger UI file");
+            let mut res = bytes_response(
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain; charset=utf-8",
+                format!("cannot serve {file}: {e}").into_bytes(),
+            );
+            res.headers_mut().insert(
+                http::header::CACHE_CONTROL,
+                http::HeaderValue::from_static("no-store"),
+            );
+            res
+        }
+    };
+    named(route, res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn document_is_cached_json() {
+        let a = openapi_bytes();
+        let b = openapi_bytes();
+        assert_eq!(a.as_ptr(), b.as_ptr(), "serialized once");
+        let v: serde_json::Value = serde_json::from_slice(&a).unwrap();
+        assert!(v["openapi"].as_str().unwrap().starts_with("3.1"));
+    }
+
+    #[test]
+    fn swagger_files_are_embedded_and_configured() {
+        let index = docs_index();
+        assert_eq!(index.status(), 200);
+        assert!(index.headers()[http::header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html"));
+        let init = docs_asset("swagger-initializer.js");
+        assert_eq!(init.status(), 200);
+        assert_eq!(docs_asset("swagger-ui-bundle.js").status(), 200);
+        assert_eq!(docs_asset("no-such-file.js").status(), 404);
+        let redirect = docs_redirect();
+        assert_eq!(redirect.status(), 302);
+        assert_eq!(redirect.headers()[http::header::LOCATION], "/docs/");
+    }
+}
