@@ -433,16 +433,21 @@ impl Config {
         };
         let mut issues = apply_env(&mut table, env);
         let mut unknown = Vec::new();
-        let parsed: Result<Config, _> =
-            serde_ignored::deserialize(toml::Value::Table(table), |path| unknown.push(path.to_string()));
+        // serde_ignored collects every unknown key; serde_path_to_error names
+        // the key of a type error.
+        let parsed: Result<Config, _> = serde_path_to_error::deserialize(serde_ignored::Deserializer::new(
+            toml::Value::Table(table),
+            &mut |path: serde_ignored::Path<'_>| unknown.push(path.to_string()),
+        ));
         for key in unknown {
             issues.push(ConfigIssue { line: line_of(text, &key), key, message: "unknown key".into() });
         }
         let config = match parsed {
             Ok(c) => c,
             Err(e) => {
-                let key = error_key(&e.to_string());
-                issues.push(ConfigIssue { line: line_of(text, &key), message: clean_message(&e.to_string()), key });
+                let key = e.path().to_string();
+                let message = clean_message(&e.inner().to_string());
+                issues.push(ConfigIssue { line: line_of(text, &key), message, key });
                 return Err(issues);
             }
         };
@@ -650,11 +655,6 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Vec<ConfigIss
 fn issue_from_toml(text: &str, key: &str, e: &toml::de::Error) -> ConfigIssue {
     let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
     ConfigIssue { key: key.to_string(), line, message: clean_message(e.message()) }
-}
-
-/// The dotted key a serde error message names (`... for key `ws.x` ...`).
-fn error_key(msg: &str) -> String {
-    msg.split("for key `").nth(1).and_then(|r| r.split('`').next()).unwrap_or("").to_string()
 }
 
 fn clean_message(msg: &str) -> String {
