@@ -14,17 +14,10 @@ async fn accepts_a_batch_and_reports_seqs_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(config_in(dir.path())).await;
     let c = client();
-    let (status, body) = ingest(
-        &c,
-        &srv.base,
-        &json!([{"type": "a"}, {"type": "b", "id": "x1"}, {"type": "c", "id": "x1"}]),
-    )
-    .await;
+    let (status, body) =
+        ingest(&c, &srv.base, &json!([{"type": "a"}, {"type": "b", "id": "x1"}, {"type": "c", "id": "x1"}])).await;
     assert_eq!(status, 202, "{body}");
-    assert_eq!(
-        body,
-        json!({"accepted": 2, "duplicates": 1, "seqs": [1, 2, 2]})
-    );
+    assert_eq!(body, json!({"accepted": 2, "duplicates": 1, "seqs": [1, 2, 2]}));
     srv.stop().await;
 }
 
@@ -33,44 +26,19 @@ async fn single_object_and_ndjson_bodies_are_accepted() {
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(config_in(dir.path())).await;
     let c = client();
-    let r = post_json(
-        &c,
-        &srv.base,
-        &json!({"type": "ingestion_complete", "data": {"file": "a.pdf"}}),
-    )
-    .await;
+    let r = post_json(&c, &srv.base, &json!({"type": "ingestion_complete", "data": {"file": "a.pdf"}})).await;
     assert_eq!(r.status, 202, "{}", r.text);
     assert_eq!(r.body, json!({"accepted": 1, "duplicates": 0, "seqs": [1]}));
     // NDJSON: blank lines are skipped, a charset parameter is fine.
     let nd = "{\"type\":\"a\"}\n\n{\"type\":\"b\",\"id\":\"n-1\"}\r\n{\"type\":\"c\"}\n";
-    let r = post_ingest(
-        &c,
-        &srv.base,
-        Some("application/x-ndjson; charset=utf-8"),
-        None,
-        nd,
-    )
-    .await;
+    let r = post_ingest(&c, &srv.base, Some("application/x-ndjson; charset=utf-8"), None, nd).await;
     assert_eq!(r.status, 202, "{}", r.text);
-    assert_eq!(
-        r.body,
-        json!({"accepted": 3, "duplicates": 0, "seqs": [2, 3, 4]})
-    );
-    let r = post_ingest(
-        &c,
-        &srv.base,
-        Some("application/json; charset=utf-8"),
-        None,
-        r#"[{"type":"d"}]"#,
-    )
-    .await;
+    assert_eq!(r.body, json!({"accepted": 3, "duplicates": 0, "seqs": [2, 3, 4]}));
+    let r = post_ingest(&c, &srv.base, Some("application/json; charset=utf-8"), None, r#"[{"type":"d"}]"#).await;
     assert_eq!(r.status, 202, "{}", r.text);
     assert_eq!(r.body["seqs"], json!([5]));
     let s = stats_of(&c, &srv.base).await;
-    assert_eq!(
-        (s["eventsTotal"].as_u64(), s["lastSeq"].as_u64()),
-        (Some(5), Some(5))
-    );
+    assert_eq!((s["eventsTotal"].as_u64(), s["lastSeq"].as_u64()), (Some(5), Some(5)));
     srv.stop().await;
 }
 
@@ -105,21 +73,10 @@ async fn stored_event_shape_and_utc_millisecond_timestamps() {
     );
     // No timestamp: the receive time, in the same normalized form.
     let ts = items[0]["timestamp"].as_str().unwrap();
-    assert!(
-        ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[19] == b'.',
-        "{ts}"
-    );
+    assert!(ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[19] == b'.', "{ts}");
     let t = chrono::DateTime::parse_from_rfc3339(ts).unwrap();
-    assert!(
-        (before - t.with_timezone(&chrono::Utc)).num_seconds().abs() < 60,
-        "{ts}"
-    );
-    assert_eq!(
-        items[0].as_object().unwrap().len(),
-        4,
-        "no id/source keys when absent: {}",
-        items[0]
-    );
+    assert!((before - t.with_timezone(&chrono::Utc)).num_seconds().abs() < 60, "{ts}");
+    assert_eq!(items[0].as_object().unwrap().len(), 4, "no id/source keys when absent: {}", items[0]);
     srv.stop().await;
 }
 
@@ -130,27 +87,14 @@ async fn invalid_json_has_no_index_but_a_bad_ndjson_line_does() {
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(config_in(dir.path())).await;
     let c = client();
-    for body in [
-        r#"{"type": "a""#,
-        r#"{"type":"a"} {"type":"b"}"#,
-        "not json",
-        r#"[{"type":"a"},]"#,
-        "",
-    ] {
+    for body in [r#"{"type": "a""#, r#"{"type":"a"} {"type":"b"}"#, "not json", r#"[{"type":"a"},]"#, ""] {
         let r = post_ingest(&c, &srv.base, Some("application/json"), None, body).await;
         assert_reply_error(&r, 400, "invalid_json", None);
     }
     let nd = "{\"type\":\"a\"}\n\n{\"type\": broken\n{\"type\":\"c\"}\n";
     let r = post_ingest(&c, &srv.base, Some("application/x-ndjson"), None, nd).await;
     assert_reply_error(&r, 400, "invalid_json", Some(2));
-    let r = post_ingest(
-        &c,
-        &srv.base,
-        Some("application/x-ndjson"),
-        None,
-        "[{\"type\":\"a\"}\n",
-    )
-    .await;
+    let r = post_ingest(&c, &srv.base, Some("application/x-ndjson"), None, "[{\"type\":\"a\"}\n").await;
     assert_eq!(r.status, 400, "{}", r.text);
     assert_eq!(r.body["error"]["index"], json!(0), "{}", r.text);
     let s = stats_of(&c, &srv.base).await;
@@ -177,53 +121,32 @@ async fn every_event_rule_is_an_invalid_event_with_its_index() {
         ("type uppercase", json!({"type": "Bad"})),
         ("type starts with digit", json!({"type": "1a"})),
         ("type empty", json!({"type": ""})),
-        (
-            "type too long",
-            json!({"type": format!("a{}", "b".repeat(64))}),
-        ),
+        ("type too long", json!({"type": format!("a{}", "b".repeat(64))})),
         ("type with space", json!({"type": "a b"})),
         ("type not a string", json!({"type": 5})),
         ("unknown field", json!({"tpye": "a", "type": "a"})),
         ("data not an object", json!({"type": "a", "data": [1]})),
         ("data a string", json!({"type": "a", "data": "x"})),
         ("data too deep", json!({"type": "a", "data": {"x": deep}})),
-        (
-            "data too big",
-            json!({"type": "a", "data": {"x": "y".repeat(64 * 1024)}}),
-        ),
-        (
-            "timestamp not rfc3339",
-            json!({"type": "a", "timestamp": "yesterday"}),
-        ),
-        (
-            "timestamp a number",
-            json!({"type": "a", "timestamp": 1767211200}),
-        ),
+        ("data too big", json!({"type": "a", "data": {"x": "y".repeat(64 * 1024)}})),
+        ("timestamp not rfc3339", json!({"type": "a", "timestamp": "yesterday"})),
+        ("timestamp a number", json!({"type": "a", "timestamp": 1767211200})),
         ("id with space", json!({"type": "a", "id": "a b"})),
         ("id empty", json!({"type": "a", "id": ""})),
         ("id too long", json!({"type": "a", "id": "x".repeat(129)})),
         ("id not ascii", json!({"type": "a", "id": "é"})),
         ("id a number", json!({"type": "a", "id": 7})),
-        (
-            "source too long",
-            json!({"type": "a", "source": "s".repeat(65)}),
-        ),
+        ("source too long", json!({"type": "a", "source": "s".repeat(65)})),
         ("source with tab", json!({"type": "a", "source": "a\tb"})),
         ("event not an object", json!("a")),
-        (
-            "gauge name invalid",
-            json!({"type": "stats_update", "data": {"1bad": 3}}),
-        ),
+        ("gauge name invalid", json!({"type": "stats_update", "data": {"1bad": 3}})),
     ];
     for (what, ev) in &bad {
         let body = json!([{"type": "ok"}, {"type": "ok2"}, ev, {"type": "ok3"}]);
         let r = post_json(&c, &srv.base, &body).await;
         assert_eq!(r.status, 400, "{what}: {}", r.text);
         assert_reply_error(&r, 400, "invalid_event", Some(2));
-        assert!(
-            r.body["error"]["message"].as_str().unwrap().len() > 5,
-            "{what}"
-        );
+        assert!(r.body["error"]["message"].as_str().unwrap().len() > 5, "{what}");
         // A single event is index 0.
         if ev.is_object() {
             let r = post_json(&c, &srv.base, ev).await;
@@ -289,12 +212,7 @@ async fn server_only_types_are_reserved() {
     let r = post_ingest(&c, &srv.base, Some("application/x-ndjson"), None, nd).await;
     assert_reply_error(&r, 400, "reserved_type", Some(1));
     // Types that only look alike are fine.
-    let r = post_json(
-        &c,
-        &srv.base,
-        &json!([{"type": "ping"}, {"type": "pong2"}, {"type": "error"}]),
-    )
-    .await;
+    let r = post_json(&c, &srv.base, &json!([{"type": "ping"}, {"type": "pong2"}, {"type": "error"}])).await;
     assert_eq!(r.status, 202, "{}", r.text);
     assert_eq!(stats_of(&c, &srv.base).await["eventsTotal"], json!(3));
     srv.stop().await;
@@ -305,22 +223,20 @@ async fn gauges_named_like_stats_or_counters_are_reserved() {
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(config_in(dir.path())).await;
     let c = client();
-    for name in [
-        "eventsTotal",
-        "lastSeq",
-        "activeConnections",
-        "generatedAt",
-        "filesProcessed",
-        "queriesCompleted",
-        "errors",
-    ] {
-        let body =
-            json!([{"type": "a"}, {"type": "stats_update", "data": {"totalNodes": 1, name: 5}}]);
+    for name in
+        ["eventsTotal", "lastSeq", "activeConnections", "generatedAt", "filesProcessed", "queriesCompleted", "errors"]
+    {
+        let body = json!([{"type": "a"}, {"type": "stats_update", "data": {"totalNodes": 1, name: 5}}]);
         let r = post_json(&c, &srv.base, &body).await;
         assert_reply_error(&r, 400, "reserved_stat", Some(1));
     }
     // Non-numeric fields are ignored, also under reserved names.
-    let r = post_json(&c, &srv.base, &json!({"type": "stats_update", "data": {"totalNodes": 45, "eventsTotal": "x", "note": "hi"}})).await;
+    let r = post_json(
+        &c,
+        &srv.base,
+        &json!({"type": "stats_update", "data": {"totalNodes": 45, "eventsTotal": "x", "note": "hi"}}),
+    )
+    .await;
     assert_eq!(r.status, 202, "{}", r.text);
     let s = stats_of(&c, &srv.base).await;
     assert_eq!(s["totalNodes"], json!(45));
@@ -336,20 +252,10 @@ async fn gauges_named_like_stats_or_counters_are_reserved() {
         default: 1.0,
     }]);
     let srv2 = TestServer::start(cfg).await;
-    let r = post_json(
-        &c,
-        &srv2.base,
-        &json!({"type": "stats_update", "data": {"uploads": 3}}),
-    )
-    .await;
+    let r = post_json(&c, &srv2.base, &json!({"type": "stats_update", "data": {"uploads": 3}})).await;
     assert_reply_error(&r, 400, "reserved_stat", Some(0));
     // ... while the default counters are not, since `counters` replaces them.
-    let r = post_json(
-        &c,
-        &srv2.base,
-        &json!({"type": "stats_update", "data": {"filesProcessed": 3}}),
-    )
-    .await;
+    let r = post_json(&c, &srv2.base, &json!({"type": "stats_update", "data": {"filesProcessed": 3}})).await;
     assert_eq!(r.status, 202, "{}", r.text);
     srv2.stop().await;
     srv.stop().await;
@@ -417,9 +323,7 @@ async fn bodies_and_batches_over_their_limits_are_413() {
     let r = post_ingest(&c, &srv.base, Some("application/json"), None, exact).await;
     assert_eq!(r.status, 202, "{}", r.text);
     // Batch over max_batch, in both formats.
-    let six: Vec<Value> = (0..6)
-        .map(|i| json!({"type": "b", "id": format!("b{i}")}))
-        .collect();
+    let six: Vec<Value> = (0..6).map(|i| json!({"type": "b", "id": format!("b{i}")})).collect();
     let r = post_json(&c, &srv.base, &Value::Array(six.clone())).await;
     assert_reply_error(&r, 413, "payload_too_large", None);
     let nd: String = six.iter().map(|e| format!("{e}\n")).collect();
@@ -434,10 +338,7 @@ async fn bodies_and_batches_over_their_limits_are_413() {
 
 /// Reads an HTTP/1.1 response head from `sock` (and whatever body follows
 /// within `Content-Length`), giving up at `deadline`.
-async fn read_response(
-    sock: &mut tokio::net::tcp::OwnedReadHalf,
-    deadline: Instant,
-) -> Option<(u16, String)> {
+async fn read_response(sock: &mut tokio::net::tcp::OwnedReadHalf, deadline: Instant) -> Option<(u16, String)> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
@@ -453,9 +354,7 @@ async fn read_response(
             let len = head
                 .lines()
                 .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse::<usize>().unwrap())
+                    l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap())
                 })
                 .unwrap_or(0);
             if buf.len() >= end + 4 + len {
@@ -507,15 +406,11 @@ async fn a_chunked_body_much_larger_than_the_limit_is_refused_early() {
     writer.abort();
     let (status, text) = got.expect("an HTTP response before the body ended");
     assert_eq!(status, 413, "{text}");
-    let body: Value =
-        serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap_or(Value::Null);
+    let body: Value = serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap_or(Value::Null);
     assert_error(status, &body, 413, "payload_too_large", None);
     // Answered long before the client could have sent everything: the server
     // stopped reading near the limit instead of taking it all in.
-    assert!(
-        sent_at_answer < TOTAL / 8,
-        "client had sent {sent_at_answer} bytes before the 413"
-    );
+    assert!(sent_at_answer < TOTAL / 8, "client had sent {sent_at_answer} bytes before the 413");
     assert!(started.elapsed() < Duration::from_secs(20));
     // The server is fine afterwards and counted nothing.
     let c = client();
@@ -550,25 +445,13 @@ async fn unknown_paths_are_404_with_the_error_body() {
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(config_in(dir.path())).await;
     let c = client();
-    for path in [
-        "/nope",
-        "/api/v1/nope",
-        "/api/v2/ingest",
-        "/api/v1/ingest/extra",
-        "/api/v1/activity",
-        "/api/v1/stats/x",
-    ] {
+    for path in
+        ["/nope", "/api/v1/nope", "/api/v2/ingest", "/api/v1/ingest/extra", "/api/v1/activity", "/api/v1/stats/x"]
+    {
         let r = get_reply(&c, &srv.url(path)).await;
         assert_reply_error(&r, 404, "not_found", None);
     }
-    let r = Reply::from(
-        c.post(srv.url("/api/v1/events"))
-            .body("{}")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let r = Reply::from(c.post(srv.url("/api/v1/events")).body("{}").send().await.unwrap()).await;
     assert_reply_error(&r, 404, "not_found", None);
     srv.stop().await;
 }
@@ -597,14 +480,7 @@ async fn bad_activity_parameters_are_invalid_query() {
         assert_eq!(r.status, 400, "{q}: {}", r.text);
         assert_reply_error(&r, 400, "invalid_query", None);
     }
-    for q in [
-        "limit=1",
-        "limit=500",
-        "before=0",
-        "after=0",
-        "type=a&type=b",
-        "",
-    ] {
+    for q in ["limit=1", "limit=500", "before=0", "after=0", "type=a&type=b", ""] {
         let r = get_reply(&c, &srv.url(&format!("/api/v1/activity/recent?{q}"))).await;
         assert_eq!(r.status, 200, "{q}: {}", r.text);
     }
@@ -618,12 +494,7 @@ async fn a_bad_event_anywhere_rejects_the_whole_request() {
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(config_in(dir.path())).await;
     let c = client();
-    let r = post_json(
-        &c,
-        &srv.base,
-        &json!([{"type": "ingestion_complete"}, {"type": "x", "id": "keep-1"}]),
-    )
-    .await;
+    let r = post_json(&c, &srv.base, &json!([{"type": "ingestion_complete"}, {"type": "x", "id": "keep-1"}])).await;
     assert_eq!(r.status, 202, "{}", r.text);
     let before = stats_of(&c, &srv.base).await;
     let before_items = activity_all(&c, &srv.base, "", 50).await;
@@ -632,10 +503,7 @@ async fn a_bad_event_anywhere_rejects_the_whole_request() {
             json!([{"type": "ingestion_complete"}, {"type": "x", "id": "new-1"}, {"type": "BAD"}, {"type": "y"}]),
             "invalid_event",
         ),
-        (
-            json!([{"type": "ingestion_complete"}, {"type": "x", "id": "new-2"}, {"type": "pong"}]),
-            "reserved_type",
-        ),
+        (json!([{"type": "ingestion_complete"}, {"type": "x", "id": "new-2"}, {"type": "pong"}]), "reserved_type"),
         (
             json!([{"type": "stats_update", "data": {"g": 1}}, {"type": "error"}, {"type": "stats_update", "data": {"errors": 1}}]),
             "reserved_stat",
@@ -649,34 +517,16 @@ async fn a_bad_event_anywhere_rejects_the_whole_request() {
     let r = post_ingest(&c, &srv.base, Some("application/x-ndjson"), None, nd).await;
     assert_reply_error(&r, 400, "invalid_json", Some(2));
     let after = stats_of(&c, &srv.base).await;
-    for k in [
-        "eventsTotal",
-        "lastSeq",
-        "eventsByType",
-        "filesProcessed",
-        "errors",
-        "lastEventAt",
-    ] {
+    for k in ["eventsTotal", "lastSeq", "eventsByType", "filesProcessed", "errors", "lastEventAt"] {
         assert_eq!(after[k], before[k], "{k} moved");
     }
-    assert!(
-        after.get("g").is_none(),
-        "a gauge of a refused request was set: {after}"
-    );
+    assert!(after.get("g").is_none(), "a gauge of a refused request was set: {after}");
     assert_eq!(after["eventsTotal"], json!(2));
     assert_eq!(activity_all(&c, &srv.base, "", 50).await, before_items);
     // Ids of refused requests were not remembered; no seq was taken.
-    let r = post_json(
-        &c,
-        &srv.base,
-        &json!([{"type": "x", "id": "new-1"}, {"type": "x", "id": "keep-1"}]),
-    )
-    .await;
+    let r = post_json(&c, &srv.base, &json!([{"type": "x", "id": "new-1"}, {"type": "x", "id": "keep-1"}])).await;
     assert_eq!(r.status, 202, "{}", r.text);
-    assert_eq!(
-        r.body,
-        json!({"accepted": 1, "duplicates": 1, "seqs": [3, 2]})
-    );
+    assert_eq!(r.body, json!({"accepted": 1, "duplicates": 1, "seqs": [3, 2]}));
     srv.stop().await;
 }
 
@@ -687,18 +537,9 @@ async fn a_duplicate_id_reports_its_first_seq_and_counts_once() {
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(config_in(dir.path())).await;
     let c = client();
-    let r = post_json(
-        &c,
-        &srv.base,
-        &json!([{"type": "ingestion_complete", "id": "f-1"}, {"type": "b", "id": "f-2"}]),
-    )
-    .await;
-    assert_eq!(
-        r.body,
-        json!({"accepted": 2, "duplicates": 0, "seqs": [1, 2]}),
-        "{}",
-        r.text
-    );
+    let r = post_json(&c, &srv.base, &json!([{"type": "ingestion_complete", "id": "f-1"}, {"type": "b", "id": "f-2"}]))
+        .await;
+    assert_eq!(r.body, json!({"accepted": 2, "duplicates": 0, "seqs": [1, 2]}), "{}", r.text);
     // Same ids again (a client retry), a new one between, and a repeat inside the request.
     let r = post_json(
         &c,
@@ -713,38 +554,20 @@ async fn a_duplicate_id_reports_its_first_seq_and_counts_once() {
     )
     .await;
     assert_eq!(r.status, 202, "{}", r.text);
-    assert_eq!(
-        r.body,
-        json!({"accepted": 2, "duplicates": 3, "seqs": [2, 3, 1, 3, 4]})
-    );
+    assert_eq!(r.body, json!({"accepted": 2, "duplicates": 3, "seqs": [2, 3, 1, 3, 4]}));
     // A request of only duplicates.
-    let r = post_json(
-        &c,
-        &srv.base,
-        &json!({"type": "ingestion_complete", "id": "f-1"}),
-    )
-    .await;
+    let r = post_json(&c, &srv.base, &json!({"type": "ingestion_complete", "id": "f-1"})).await;
     assert_eq!(r.body, json!({"accepted": 0, "duplicates": 1, "seqs": [1]}));
     let s = stats_of(&c, &srv.base).await;
     assert_eq!(s["eventsTotal"], json!(4));
     assert_eq!(s["lastSeq"], json!(4));
     assert_eq!(s["filesProcessed"], json!(1));
-    assert_eq!(
-        s["eventsByType"],
-        json!({"ingestion_complete": 1, "b": 1, "c": 1, "no_id": 1})
-    );
+    assert_eq!(s["eventsByType"], json!({"ingestion_complete": 1, "b": 1, "c": 1, "no_id": 1}));
     let items = activity_all(&c, &srv.base, "", 50).await;
     assert_eq!(seqs_of(&items), vec![4, 3, 2, 1]);
-    assert_eq!(
-        items[3]["type"],
-        json!("ingestion_complete"),
-        "the first version is kept"
-    );
+    assert_eq!(items[3]["type"], json!("ingestion_complete"), "the first version is kept");
     let m = get_reply(&c, &srv.url("/metrics")).await.text;
-    assert!(
-        m.lines().any(|l| l == "sidewire_ingest_duplicates_total 4"),
-        "duplicates metric:\n{m}"
-    );
+    assert!(m.lines().any(|l| l == "sidewire_ingest_duplicates_total 4"), "duplicates metric:\n{m}");
     srv.stop().await;
 }
 
@@ -792,12 +615,7 @@ async fn sixty_four_concurrent_producers_get_unique_dense_seqs() {
     let s = stats_of(&c, &srv.base).await;
     assert_eq!(s["eventsTotal"], json!(n));
     assert_eq!(s["lastSeq"], json!(n));
-    let by_type: u64 = s["eventsByType"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|v| v.as_u64().unwrap())
-        .sum();
+    let by_type: u64 = s["eventsByType"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
     assert_eq!(by_type, n);
     // What is stored matches what each producer was told.
     let items = activity_all(&c, &srv.base, "", 500).await;

@@ -67,24 +67,16 @@ impl PersistCallback for Flaky {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         if self.fail.load(Ordering::SeqCst) {
-            return Err(PersistError::unavailable(
-                "flaky",
-                "switched off by the test",
-            ));
+            return Err(PersistError::unavailable("flaky", "switched off by the test"));
         }
         self.inner.persist(batch).await?;
-        self.stored
-            .lock()
-            .extend(batch.events.iter().map(|e| e.seq));
+        self.stored.lock().extend(batch.events.iter().map(|e| e.seq));
         Ok(())
     }
 
     async fn health(&self) -> Result<(), PersistError> {
         if self.unhealthy.load(Ordering::SeqCst) {
-            Err(PersistError::unavailable(
-                "flaky",
-                "health switched off by the test",
-            ))
+            Err(PersistError::unavailable("flaky", "health switched off by the test"))
         } else {
             Ok(())
         }
@@ -100,10 +92,7 @@ impl PersistCallback for Flaky {
 
     async fn lookup_ids(&self, _ids: &[&str]) -> Result<HashMap<String, u64>, PersistError> {
         if self.fail_lookup.load(Ordering::SeqCst) {
-            Err(PersistError::unavailable(
-                "flaky",
-                "lookup switched off by the test",
-            ))
+            Err(PersistError::unavailable("flaky", "lookup switched off by the test"))
         } else {
             Ok(HashMap::new())
         }
@@ -117,18 +106,13 @@ async fn start(
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config_in(dir.path());
     configure(&mut cfg);
-    let srv =
-        TestServer::start_with(sidewire::ServerBuilder::new(cfg).persist(plugin.clone())).await;
+    let srv = TestServer::start_with(sidewire::ServerBuilder::new(cfg).persist(plugin.clone())).await;
     (srv, dir)
 }
 
 fn retry_after(r: &Reply) -> u64 {
-    let v = r
-        .header("retry-after")
-        .unwrap_or_else(|| panic!("no Retry-After on a 503: {:?}", r.headers));
-    let secs: u64 = v
-        .parse()
-        .unwrap_or_else(|_| panic!("Retry-After must be whole seconds: {v}"));
+    let v = r.header("retry-after").unwrap_or_else(|| panic!("no Retry-After on a 503: {:?}", r.headers));
+    let secs: u64 = v.parse().unwrap_or_else(|_| panic!("Retry-After must be whole seconds: {v}"));
     assert!((1..=3600).contains(&secs), "Retry-After {secs}");
     secs
 }
@@ -136,26 +120,16 @@ fn retry_after(r: &Reply) -> u64 {
 /// The value of one metric sample line (exact name and labels).
 async fn metric(c: &reqwest::Client, base: &str, sample: &str) -> Option<f64> {
     let text = get_reply(c, &format!("{base}/metrics")).await.text;
-    text.lines().find_map(|l| {
-        l.strip_prefix(sample)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
+    text.lines().find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// The next message that is not a `stats_update`, if one comes in `within`.
 async fn next_event(ws: &mut Ws, within: Duration) -> Option<Value> {
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        let msg = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .ok()??
-            .unwrap();
+        let msg = tokio::time::timeout_at(deadline, ws.next()).await.ok()??.unwrap();
         if let Message::Text(t) = msg {
             let v: Value = serde_json::from_str(&t).unwrap();
             if v["type"] != "stats_update" {
@@ -170,12 +144,8 @@ async fn a_failing_store_answers_503_and_accepts_nothing_until_it_recovers() {
     let plugin = Flaky::new(true);
     let (srv, _dir) = start(&plugin, |_| {}).await;
     let c = client();
-    let (mut ws, _) = tokio_tungstenite::connect_async(srv.ws_url("/api/v1/ws/dashboard"))
-        .await
-        .unwrap();
-    let ack = next_event(&mut ws, Duration::from_secs(5))
-        .await
-        .expect("connection_ack");
+    let (mut ws, _) = tokio_tungstenite::connect_async(srv.ws_url("/api/v1/ws/dashboard")).await.unwrap();
+    let ack = next_event(&mut ws, Duration::from_secs(5)).await.expect("connection_ack");
     assert_eq!(ack["type"], json!("connection_ack"));
 
     let batch = json!([
@@ -188,101 +158,43 @@ async fn a_failing_store_answers_503_and_accepts_nothing_until_it_recovers() {
         assert_reply_error(&r, 503, "persist_unavailable", None);
         retry_after(&r);
     }
-    assert!(
-        plugin.attempts.load(Ordering::SeqCst) >= 2,
-        "the store was tried"
-    );
+    assert!(plugin.attempts.load(Ordering::SeqCst) >= 2, "the store was tried");
     assert!(plugin.stored().is_empty());
     // Nothing counted...
     let s = stats_of(&c, &srv.base).await;
-    assert_eq!(
-        (s["eventsTotal"].clone(), s["lastSeq"].clone()),
-        (json!(0), json!(0))
-    );
+    assert_eq!((s["eventsTotal"].clone(), s["lastSeq"].clone()), (json!(0), json!(0)));
     assert_eq!(s["eventsByType"], json!({}));
-    assert_eq!(
-        (s["filesProcessed"].clone(), s["errors"].clone()),
-        (json!(0), json!(0))
-    );
+    assert_eq!((s["filesProcessed"].clone(), s["errors"].clone()), (json!(0), json!(0)));
     assert!(s.get("totalNodes").is_none(), "{s}");
     assert_eq!(s["lastEventAt"], Value::Null);
     assert_eq!(s["eventsPerMinute"], json!(0));
     let (items, _) = activity_page(&c, &srv.base, "").await;
     assert!(items.is_empty());
-    assert_eq!(
-        metric(
-            &c,
-            &srv.base,
-            r#"sidewire_ingest_requests_total{status="503"}"#
-        )
-        .await,
-        Some(2.0)
-    );
-    assert!(
-        metric(
-            &c,
-            &srv.base,
-            r#"sidewire_persist_failures_total{plugin="flaky"}"#
-        )
-        .await
-        .unwrap_or(0.0)
-            >= 2.0
-    );
+    assert_eq!(metric(&c, &srv.base, r#"sidewire_ingest_requests_total{status="503"}"#).await, Some(2.0));
+    assert!(metric(&c, &srv.base, r#"sidewire_persist_failures_total{plugin="flaky"}"#).await.unwrap_or(0.0) >= 2.0);
     let m = get_reply(&c, &srv.url("/metrics")).await.text;
-    assert!(
-        !m.lines()
-            .any(|l| l.starts_with("sidewire_ingest_events_total{") && !l.ends_with(" 0")),
-        "{m}"
-    );
+    assert!(!m.lines().any(|l| l.starts_with("sidewire_ingest_events_total{") && !l.ends_with(" 0")), "{m}");
     // ... nor broadcast.
-    assert_eq!(
-        next_event(&mut ws, Duration::from_millis(300)).await,
-        None,
-        "an event of a refused request went out"
-    );
+    assert_eq!(next_event(&mut ws, Duration::from_millis(300)).await, None, "an event of a refused request went out");
 
     // Recovery: the same request now goes through, its ids were not taken.
     plugin.fail.store(false, Ordering::SeqCst);
     let r = post_json(&c, &srv.base, &batch).await;
     assert_eq!(r.status, 202, "{}", r.text);
-    assert_eq!(
-        (r.body["accepted"].clone(), r.body["duplicates"].clone()),
-        (json!(3), json!(0))
-    );
-    let seqs: Vec<u64> = r.body["seqs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap())
-        .collect();
-    assert!(
-        seqs.windows(2).all(|w| w[0] < w[1]) && seqs[0] >= 1,
-        "{seqs:?}"
-    );
+    assert_eq!((r.body["accepted"].clone(), r.body["duplicates"].clone()), (json!(3), json!(0)));
+    let seqs: Vec<u64> = r.body["seqs"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]) && seqs[0] >= 1, "{seqs:?}");
     assert_eq!(plugin.stored(), seqs);
     let s = stats_of(&c, &srv.base).await;
+    assert_eq!((s["eventsTotal"].clone(), s["lastSeq"].clone()), (json!(3), json!(seqs[2])));
     assert_eq!(
-        (s["eventsTotal"].clone(), s["lastSeq"].clone()),
-        (json!(3), json!(seqs[2]))
-    );
-    assert_eq!(
-        (
-            s["filesProcessed"].clone(),
-            s["errors"].clone(),
-            s["totalNodes"].clone()
-        ),
+        (s["filesProcessed"].clone(), s["errors"].clone(), s["totalNodes"].clone()),
         (json!(1), json!(1), json!(3))
     );
     // The dashboard gets the two plain events (not the gauge report), in order.
     for (seq, kind) in [(seqs[0], "ingestion_complete"), (seqs[1], "error")] {
-        let e = next_event(&mut ws, Duration::from_secs(5))
-            .await
-            .expect("event broadcast after recovery");
-        assert_eq!(
-            (e["seq"].as_u64(), e["type"].as_str()),
-            (Some(seq), Some(kind)),
-            "{e}"
-        );
+        let e = next_event(&mut ws, Duration::from_secs(5)).await.expect("event broadcast after recovery");
+        assert_eq!((e["seq"].as_u64(), e["type"].as_str()), (Some(seq), Some(kind)), "{e}");
     }
     assert_eq!(next_event(&mut ws, Duration::from_millis(200)).await, None);
     // And a retry of it is now a duplicate.
@@ -297,23 +209,13 @@ async fn a_failing_dedupe_lookup_is_a_503_too() {
     plugin.fail_lookup.store(true, Ordering::SeqCst);
     let (srv, _dir) = start(&plugin, |_| {}).await;
     let c = client();
-    let r = post_json(
-        &c,
-        &srv.base,
-        &json!([{"type": "a"}, {"type": "a", "id": "needs-lookup"}]),
-    )
-    .await;
+    let r = post_json(&c, &srv.base, &json!([{"type": "a"}, {"type": "a", "id": "needs-lookup"}])).await;
     assert_reply_error(&r, 503, "persist_unavailable", None);
     retry_after(&r);
     assert!(plugin.stored().is_empty());
     assert_eq!(stats_of(&c, &srv.base).await["eventsTotal"], json!(0));
     plugin.fail_lookup.store(false, Ordering::SeqCst);
-    let r = post_json(
-        &c,
-        &srv.base,
-        &json!([{"type": "a"}, {"type": "a", "id": "needs-lookup"}]),
-    )
-    .await;
+    let r = post_json(&c, &srv.base, &json!([{"type": "a"}, {"type": "a", "id": "needs-lookup"}])).await;
     assert_eq!(r.status, 202, "{}", r.text);
     assert_eq!(stats_of(&c, &srv.base).await["eventsTotal"], json!(2));
     srv.stop().await;
@@ -332,11 +234,7 @@ async fn readyz_follows_the_plugin_health_check() {
     assert_eq!(r.status, 503, "{}", r.text);
     assert_eq!(r.body["status"], json!("unavailable"));
     assert!(r.body["checks"].is_object(), "{}", r.text);
-    assert!(
-        r.text.contains("flaky"),
-        "the failing check is named: {}",
-        r.text
-    );
+    assert!(r.text.contains("flaky"), "the failing check is named: {}", r.text);
     // Liveness is not readiness.
     let r = get_reply(&c, &srv.url("/healthz")).await;
     assert_eq!((r.status, r.body.clone()), (200, json!({"status": "ok"})));
@@ -355,23 +253,12 @@ async fn durable_ack_with_a_full_queue_is_a_503() {
     let c = client();
     let first = {
         let (c, base) = (c.clone(), srv.base.clone());
-        tokio::spawn(async move {
-            post_json(
-                &c,
-                &base,
-                &json!([{"type": "a"}, {"type": "a"}, {"type": "a"}]),
-            )
-            .await
-        })
+        tokio::spawn(async move { post_json(&c, &base, &json!([{"type": "a"}, {"type": "a"}, {"type": "a"}])).await })
     };
-    wait_until(
-        "the first request reached the store",
-        Duration::from_secs(5),
-        || {
-            let n = plugin.attempts.load(Ordering::SeqCst);
-            async move { n >= 1 }
-        },
-    )
+    wait_until("the first request reached the store", Duration::from_secs(5), || {
+        let n = plugin.attempts.load(Ordering::SeqCst);
+        async move { n >= 1 }
+    })
     .await;
     let r = post_json(&c, &srv.base, &json!([{"type": "b"}, {"type": "b"}])).await;
     assert_reply_error(&r, 503, "persist_unavailable", None);
@@ -392,12 +279,7 @@ async fn durable_ack_with_a_full_queue_is_a_503() {
     assert_eq!(s["eventsTotal"], json!(4));
     assert_eq!(s["eventsByType"], json!({"a": 3, "c": 1}));
     // Drained: room again.
-    let r = post_json(
-        &c,
-        &srv.base,
-        &json!([{"type": "b"}, {"type": "b"}, {"type": "b"}, {"type": "b"}]),
-    )
-    .await;
+    let r = post_json(&c, &srv.base, &json!([{"type": "b"}, {"type": "b"}, {"type": "b"}, {"type": "b"}])).await;
     assert_eq!(r.status, 202, "{}", r.text);
     srv.stop().await;
 }
@@ -407,29 +289,16 @@ async fn queued_ack_answers_at_once_and_stores_after_recovery() {
     let plugin = Flaky::new(true);
     let (srv, _dir) = start(&plugin, |c| c.persist.ack = AckMode::Queued).await;
     let c = client();
-    let r1 = post_json(
-        &c,
-        &srv.base,
-        &json!([{"type": "ingestion_complete", "id": "q-1"}, {"type": "a"}, {"type": "a"}]),
-    )
-    .await;
+    let r1 =
+        post_json(&c, &srv.base, &json!([{"type": "ingestion_complete", "id": "q-1"}, {"type": "a"}, {"type": "a"}]))
+            .await;
     assert_eq!(r1.status, 202, "{}", r1.text);
-    assert_eq!(
-        r1.body,
-        json!({"accepted": 3, "duplicates": 0, "seqs": [1, 2, 3]})
-    );
-    let r2 = post_json(
-        &c,
-        &srv.base,
-        &json!([{"type": "b"}, {"type": "ingestion_complete", "id": "q-1"}, {"type": "b"}]),
-    )
-    .await;
+    assert_eq!(r1.body, json!({"accepted": 3, "duplicates": 0, "seqs": [1, 2, 3]}));
+    let r2 =
+        post_json(&c, &srv.base, &json!([{"type": "b"}, {"type": "ingestion_complete", "id": "q-1"}, {"type": "b"}]))
+            .await;
     assert_eq!(r2.status, 202, "{}", r2.text);
-    assert_eq!(
-        r2.body,
-        json!({"accepted": 2, "duplicates": 1, "seqs": [4, 1, 5]}),
-        "queued ids dedupe too"
-    );
+    assert_eq!(r2.body, json!({"accepted": 2, "duplicates": 1, "seqs": [4, 1, 5]}), "queued ids dedupe too");
     // The store keeps failing; the server keeps retrying.
     wait_until("retries", Duration::from_secs(10), || {
         let n = plugin.attempts.load(Ordering::SeqCst);
@@ -438,20 +307,12 @@ async fn queued_ack_answers_at_once_and_stores_after_recovery() {
     .await;
     assert!(plugin.stored().is_empty());
     plugin.fail.store(false, Ordering::SeqCst);
-    wait_until(
-        "queued events stored after recovery",
-        Duration::from_secs(20),
-        || {
-            let n = plugin.stored().len();
-            async move { n >= 5 }
-        },
-    )
+    wait_until("queued events stored after recovery", Duration::from_secs(20), || {
+        let n = plugin.stored().len();
+        async move { n >= 5 }
+    })
     .await;
-    assert_eq!(
-        plugin.stored(),
-        vec![1, 2, 3, 4, 5],
-        "each stored once, in seq order"
-    );
+    assert_eq!(plugin.stored(), vec![1, 2, 3, 4, 5], "each stored once, in seq order");
     wait_until("stats caught up", Duration::from_secs(5), || {
         let c = c.clone();
         let base = srv.base.clone();
@@ -459,14 +320,8 @@ async fn queued_ack_answers_at_once_and_stores_after_recovery() {
     })
     .await;
     let s = stats_of(&c, &srv.base).await;
-    assert_eq!(
-        (s["lastSeq"].clone(), s["filesProcessed"].clone()),
-        (json!(5), json!(1))
-    );
-    assert_eq!(
-        seqs_of(&activity_all(&c, &srv.base, "", 50).await),
-        vec![5, 4, 3, 2, 1]
-    );
+    assert_eq!((s["lastSeq"].clone(), s["filesProcessed"].clone()), (json!(5), json!(1)));
+    assert_eq!(seqs_of(&activity_all(&c, &srv.base, "", 50).await), vec![5, 4, 3, 2, 1]);
     // New events go straight through now.
     let r = post_json(&c, &srv.base, &json!({"type": "c"})).await;
     assert_eq!(r.body["seqs"], json!([6]), "{}", r.text);
@@ -497,10 +352,7 @@ async fn queued_ack_with_a_full_queue_is_a_503() {
     assert_eq!(r.status, 202, "2 more fit: {}", r.text);
     let r = post_json(&c, &srv.base, &json!({"type": "c"})).await;
     assert_reply_error(&r, 503, "persist_unavailable", None);
-    assert_eq!(
-        metric(&c, &srv.base, "sidewire_persist_queue_depth").await,
-        Some(5.0)
-    );
+    assert_eq!(metric(&c, &srv.base, "sidewire_persist_queue_depth").await, Some(5.0));
     // A batch larger than the whole queue can never fit.
     let big: Vec<Value> = (0..6).map(|_| json!({"type": "d"})).collect();
     let r = post_json(&c, &srv.base, &Value::Array(big)).await;
@@ -515,11 +367,7 @@ async fn queued_ack_with_a_full_queue_is_a_503() {
     assert_eq!(plugin.stored(), vec![1, 2, 3, 4, 5]);
     let r = post_json(&c, &srv.base, &three).await;
     assert_eq!(r.status, 202, "room again: {}", r.text);
-    assert_eq!(
-        r.body["seqs"],
-        json!([6, 7, 8]),
-        "refused requests took no seqs"
-    );
+    assert_eq!(r.body["seqs"], json!([6, 7, 8]), "refused requests took no seqs");
     srv.stop().await;
 }
 
@@ -531,10 +379,7 @@ async fn queue_depth_metric_falls_back_to_zero_after_the_queue_drains() {
     let c = client();
     let r = post_json(&c, &srv.base, &json!([{"type": "a"}, {"type": "a"}])).await;
     assert_eq!(r.status, 202, "{}", r.text);
-    assert_eq!(
-        metric(&c, &srv.base, "sidewire_persist_queue_depth").await,
-        Some(2.0)
-    );
+    assert_eq!(metric(&c, &srv.base, "sidewire_persist_queue_depth").await, Some(2.0));
     plugin.fail.store(false, Ordering::SeqCst);
     wait_until("stored", Duration::from_secs(10), || {
         let n = plugin.stored().len();

@@ -62,20 +62,13 @@ async fn fill(c: &reqwest::Client, base: &str) -> Vec<Sent> {
             });
         }
     }
-    assert!(
-        sent.windows(2).all(|w| w[0].seq < w[1].seq),
-        "seqs increase in acceptance order"
-    );
+    assert!(sent.windows(2).all(|w| w[0].seq < w[1].seq), "seqs increase in acceptance order");
     sent
 }
 
 /// The expected items for a filter, newest first.
 fn expect(sent: &[Sent], keep: impl Fn(&Sent) -> bool) -> Vec<u64> {
-    sent.iter()
-        .rev()
-        .filter(|s| keep(s))
-        .map(|s| s.seq)
-        .collect()
+    sent.iter().rev().filter(|s| keep(s)).map(|s| s.seq).collect()
 }
 
 async fn seqs(c: &reqwest::Client, base: &str, query: &str) -> (Vec<u64>, Option<u64>) {
@@ -92,11 +85,7 @@ async fn activity_contract(config: Config) {
     assert!(items.is_empty() && next.is_none(), "a fresh store is empty");
     let s = stats_of(&c, b).await;
     assert_eq!(
-        (
-            s["eventsTotal"].clone(),
-            s["lastSeq"].clone(),
-            s["lastEventAt"].clone()
-        ),
+        (s["eventsTotal"].clone(), s["lastSeq"].clone(), s["lastEventAt"].clone()),
         (json!(0), json!(0), Value::Null)
     );
 
@@ -111,10 +100,7 @@ async fn activity_contract(config: Config) {
     assert_eq!(next, None);
     // Each item is the stored event.
     for item in &items {
-        let s = sent
-            .iter()
-            .find(|s| s.seq == item["seq"].as_u64().unwrap())
-            .unwrap();
+        let s = sent.iter().find(|s| s.seq == item["seq"].as_u64().unwrap()).unwrap();
         assert_eq!(item["type"], json!(s.kind));
         assert_eq!(item["data"], s.data);
         assert_eq!(item.get("id").and_then(Value::as_str), s.id.as_deref());
@@ -137,11 +123,7 @@ async fn activity_contract(config: Config) {
     let (page, next) = seqs(&c, b, &format!("limit=25&before={}", all_plain[24])).await;
     assert_eq!((page, next), (vec![all_plain[25]], None));
     for size in [1, 3, 7, 500] {
-        assert_eq!(
-            seqs_of(&activity_all(&c, b, "", size).await),
-            all_plain,
-            "pages of {size}"
-        );
+        assert_eq!(seqs_of(&activity_all(&c, b, "", size).await), all_plain, "pages of {size}");
     }
 
     // type filters.
@@ -153,18 +135,11 @@ async fn activity_contract(config: Config) {
     assert_eq!(page, expect(&sent, |s| s.kind == "stats_update"));
     assert_eq!(page.len(), 4);
     let (page, _) = seqs(&c, b, "type=stats_update&type=b").await;
-    assert_eq!(
-        page,
-        expect(&sent, |s| s.kind == "stats_update" || s.kind == "b")
-    );
+    assert_eq!(page, expect(&sent, |s| s.kind == "stats_update" || s.kind == "b"));
     let (page, next) = seqs(&c, b, "type=nothing_like_it").await;
     assert_eq!((page, next), (vec![], None));
     let bs = expect(&sent, |s| s.kind == "b");
-    assert_eq!(
-        seqs_of(&activity_all(&c, b, "type=b", 2).await),
-        bs,
-        "paging within a type"
-    );
+    assert_eq!(seqs_of(&activity_all(&c, b, "type=b", 2).await), bs, "paging within a type");
     let (page, next) = seqs(&c, b, "type=b&limit=2").await;
     assert_eq!((page, next), (bs[..2].to_vec(), Some(bs[1])));
 
@@ -176,29 +151,12 @@ async fn activity_contract(config: Config) {
     let (page, _) = seqs(&c, b, &format!("after={mid}")).await;
     assert_eq!(page, expect(&sent, |s| plain(s) && s.seq > mid));
     let (page, _) = seqs(&c, b, &format!("after={low}&before={mid}")).await;
-    assert_eq!(
-        page,
-        expect(&sent, |s| plain(s) && s.seq > low && s.seq < mid)
-    );
+    assert_eq!(page, expect(&sent, |s| plain(s) && s.seq > low && s.seq < mid));
     let (page, next) = seqs(&c, b, &format!("after={low}&limit=3")).await;
     let newer = expect(&sent, |s| plain(s) && s.seq > low);
-    assert_eq!(
-        (page, next),
-        (newer[..3].to_vec(), Some(newer[2])),
-        "after + limit: the newest ones"
-    );
-    let (page, _) = seqs(
-        &c,
-        b,
-        &format!("after={low}&before={mid}&type=a&type=stats_update"),
-    )
-    .await;
-    assert_eq!(
-        page,
-        expect(&sent, |s| (s.kind == "a" || s.kind == "stats_update")
-            && s.seq > low
-            && s.seq < mid)
-    );
+    assert_eq!((page, next), (newer[..3].to_vec(), Some(newer[2])), "after + limit: the newest ones");
+    let (page, _) = seqs(&c, b, &format!("after={low}&before={mid}&type=a&type=stats_update")).await;
+    assert_eq!(page, expect(&sent, |s| (s.kind == "a" || s.kind == "stats_update") && s.seq > low && s.seq < mid));
     let (page, next) = seqs(&c, b, &format!("before={}", sent[0].seq)).await;
     assert_eq!((page, next), (vec![], None));
     let (page, next) = seqs(&c, b, &format!("after={}", sent[29].seq)).await;
@@ -218,10 +176,7 @@ async fn activity_contract(config: Config) {
     assert_eq!(by_type.len(), 4);
     assert_eq!(s["eventsByType"], Value::Object(by_type));
     assert_eq!(s["g1"], json!(28), "the last gauge value");
-    assert!(
-        s.get("label").is_none(),
-        "non-numeric gauge fields are ignored"
-    );
+    assert!(s.get("label").is_none(), "non-numeric gauge fields are ignored");
     assert!(s["lastEventAt"].as_str().is_some_and(|t| t.ends_with('Z')));
     assert_eq!(s["eventsPerMinute"], json!(30));
     for k in ["filesProcessed", "queriesCompleted", "errors"] {
@@ -235,26 +190,13 @@ async fn dedupe_contract(config: Config) {
     let c = client();
     let srv = TestServer::start(config).await;
     let b = srv.base.as_str();
-    let r = post_json(
-        &c,
-        b,
-        &json!([{"type": "a", "id": "d-1"}, {"type": "a", "id": "d-2"}]),
-    )
-    .await;
-    let first: Vec<u64> = r.body["seqs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap())
-        .collect();
-    let r = post_json(&c, b, &json!([{"type": "a", "id": "d-2"}, {"type": "b", "id": "d-3"}, {"type": "b", "id": "d-1"}])).await;
+    let r = post_json(&c, b, &json!([{"type": "a", "id": "d-1"}, {"type": "a", "id": "d-2"}])).await;
+    let first: Vec<u64> = r.body["seqs"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    let r =
+        post_json(&c, b, &json!([{"type": "a", "id": "d-2"}, {"type": "b", "id": "d-3"}, {"type": "b", "id": "d-1"}]))
+            .await;
     assert_eq!(r.status, 202, "{}", r.text);
-    let seqs = r.body["seqs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap())
-        .collect::<Vec<_>>();
+    let seqs = r.body["seqs"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect::<Vec<_>>();
     assert_eq!(r.body["accepted"], json!(1));
     assert_eq!(r.body["duplicates"], json!(2));
     assert_eq!((seqs[0], seqs[2]), (first[1], first[0]));
@@ -287,25 +229,15 @@ async fn restart_contract(make: fn(&std::path::Path) -> Config) {
 
     let srv = TestServer::start(make(dir.path())).await;
     let after = stats_of(&c, &srv.base).await;
-    for k in [
-        "eventsTotal",
-        "eventsByType",
-        "lastSeq",
-        "lastEventAt",
-        "g1",
-        "filesProcessed",
-        "errors",
-        "queriesCompleted",
-    ] {
+    for k in
+        ["eventsTotal", "eventsByType", "lastSeq", "lastEventAt", "g1", "filesProcessed", "errors", "queriesCompleted"]
+    {
         assert_eq!(after[k], before[k], "{k} after restart");
     }
     assert_eq!(after["eventsTotal"], json!(32));
     assert_eq!(after["filesProcessed"], json!(4));
     assert_eq!(activity_all(&c, &srv.base, "", 50).await, items);
-    assert_eq!(
-        activity_all(&c, &srv.base, "type=stats_update", 50).await,
-        gauges
-    );
+    assert_eq!(activity_all(&c, &srv.base, "type=stats_update", 50).await, gauges);
     let r = post_json(&c, &srv.base, &json!({"type": "a"})).await;
     assert_eq!(r.body["seqs"], json!([last + 1]), "{}", r.text);
     assert!(sent.iter().all(|s| s.seq < last));
@@ -317,33 +249,16 @@ async fn dedupe_across_restart_contract(make: fn(&std::path::Path) -> Config) {
     let dir = tempfile::tempdir().unwrap();
     let c = client();
     let srv = TestServer::start(make(dir.path())).await;
-    let r = post_json(
-        &c,
-        &srv.base,
-        &json!([{"type": "a", "id": "r-1"}, {"type": "a", "id": "r-2"}]),
-    )
-    .await;
+    let r = post_json(&c, &srv.base, &json!([{"type": "a", "id": "r-1"}, {"type": "a", "id": "r-2"}])).await;
     assert_eq!(r.status, 202, "{}", r.text);
     let first = r.body["seqs"].clone();
     srv.stop().await;
     let srv = TestServer::start(make(dir.path())).await;
-    let r = post_json(
-        &c,
-        &srv.base,
-        &json!([{"type": "a", "id": "r-1"}, {"type": "a", "id": "r-2"}]),
-    )
-    .await;
+    let r = post_json(&c, &srv.base, &json!([{"type": "a", "id": "r-1"}, {"type": "a", "id": "r-2"}])).await;
     assert_eq!(r.status, 202, "{}", r.text);
-    assert_eq!(
-        r.body,
-        json!({"accepted": 0, "duplicates": 2, "seqs": first})
-    );
+    assert_eq!(r.body, json!({"accepted": 0, "duplicates": 2, "seqs": first}));
     assert_eq!(stats_of(&c, &srv.base).await["eventsTotal"], json!(2));
-    assert_eq!(
-        activity_all(&c, &srv.base, "", 50).await.len(),
-        2,
-        "stored once"
-    );
+    assert_eq!(activity_all(&c, &srv.base, "", 50).await.len(), 2, "stored once");
     srv.stop().await;
 }
 
@@ -396,11 +311,7 @@ async fn memory_seqs_are_never_reused_across_restarts() {
     let srv = TestServer::start(memory(dir.path())).await;
     let r = post_json(&c, &srv.base, &json!({"type": "a"})).await;
     assert_eq!(r.status, 202, "{}", r.text);
-    assert!(
-        r.body["seqs"][0].as_u64().unwrap() > old,
-        "{} after {old}",
-        r.body
-    );
+    assert!(r.body["seqs"][0].as_u64().unwrap() > old, "{} after {old}", r.body);
     srv.stop().await;
 }
 
@@ -411,26 +322,12 @@ async fn memory_keeps_at_most_its_capacity() {
     cfg.persist.memory_capacity = 10;
     let c = client();
     let srv = TestServer::start(cfg).await;
-    let batch: Vec<Value> = (0..25)
-        .map(|i| json!({"type": "a", "data": {"i": i}}))
-        .collect();
+    let batch: Vec<Value> = (0..25).map(|i| json!({"type": "a", "data": {"i": i}})).collect();
     let r = post_json(&c, &srv.base, &Value::Array(batch)).await;
-    let seqs: Vec<u64> = r.body["seqs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap())
-        .collect();
+    let seqs: Vec<u64> = r.body["seqs"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
     let items = activity_all(&c, &srv.base, "", 50).await;
-    assert_eq!(
-        seqs_of(&items),
-        seqs[15..].iter().rev().copied().collect::<Vec<_>>()
-    );
-    assert_eq!(
-        stats_of(&c, &srv.base).await["eventsTotal"],
-        json!(25),
-        "stats count every event"
-    );
+    assert_eq!(seqs_of(&items), seqs[15..].iter().rev().copied().collect::<Vec<_>>());
+    assert_eq!(stats_of(&c, &srv.base).await["eventsTotal"], json!(25), "stats count every event");
     srv.stop().await;
 }
 
@@ -475,10 +372,7 @@ async fn jsonl_writes_one_wire_json_line_per_event() {
     assert_eq!(r.status, 202, "{}", r.text);
     // Durable ack: the lines are in the file when the 202 arrives.
     let text = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
-    let lines: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let items = activity_all(&c, &srv.base, "", 50).await;
     assert_eq!(lines, items.into_iter().rev().collect::<Vec<_>>());
     assert!(text.ends_with('\n'));
@@ -492,9 +386,7 @@ async fn jsonl_ring_is_bounded_by_activity_buffer_size() {
     cfg.activity.buffer_size = 8;
     let c = client();
     let srv = TestServer::start(cfg.clone()).await;
-    let batch: Vec<Value> = (0..20)
-        .map(|i| json!({"type": "a", "data": {"i": i}}))
-        .collect();
+    let batch: Vec<Value> = (0..20).map(|i| json!({"type": "a", "data": {"i": i}})).collect();
     let r = post_json(&c, &srv.base, &Value::Array(batch)).await;
     assert_eq!(r.status, 202, "{}", r.text);
     let items = activity_all(&c, &srv.base, "", 50).await;
@@ -502,10 +394,6 @@ async fn jsonl_ring_is_bounded_by_activity_buffer_size() {
     srv.stop().await;
     let srv = TestServer::start(cfg).await;
     let items = activity_all(&c, &srv.base, "", 50).await;
-    assert_eq!(
-        seqs_of(&items),
-        (13..=20).rev().collect::<Vec<u64>>(),
-        "refilled from the file"
-    );
+    assert_eq!(seqs_of(&items), (13..=20).rev().collect::<Vec<u64>>(), "refilled from the file");
     srv.stop().await;
 }

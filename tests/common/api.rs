@@ -21,12 +21,7 @@ impl Reply {
         let headers = r.headers().clone();
         let text = r.text().await.unwrap();
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Reply {
-            status,
-            headers,
-            text,
-            body,
-        }
+        Reply { status, headers, text, body }
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -63,43 +58,19 @@ pub async fn get_reply(c: &reqwest::Client, url: &str) -> Reply {
 
 /// Asserts the contract's error body exactly:
 /// `{"error": {"code", "message", "index"?}}`, and the status.
-pub fn assert_error(
-    status: u16,
-    body: &Value,
-    want_status: u16,
-    want_code: &str,
-    want_index: Option<u64>,
-) {
+pub fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str, want_index: Option<u64>) {
     assert_eq!(status, want_status, "status; body: {body}");
-    let top = body
-        .as_object()
-        .unwrap_or_else(|| panic!("error body is not an object: {body}"));
+    let top = body.as_object().unwrap_or_else(|| panic!("error body is not an object: {body}"));
     assert_eq!(top.len(), 1, "error body must hold only `error`: {body}");
-    let err = top["error"]
-        .as_object()
-        .unwrap_or_else(|| panic!("`error` is not an object: {body}"));
+    let err = top["error"].as_object().unwrap_or_else(|| panic!("`error` is not an object: {body}"));
     for k in err.keys() {
-        assert!(
-            ["code", "message", "index"].contains(&k.as_str()),
-            "unexpected key `{k}` in {body}"
-        );
+        assert!(["code", "message", "index"].contains(&k.as_str()), "unexpected key `{k}` in {body}");
     }
-    assert_eq!(
-        err.get("code").and_then(Value::as_str),
-        Some(want_code),
-        "code; body: {body}"
-    );
-    let msg = err
-        .get("message")
-        .and_then(Value::as_str)
-        .unwrap_or_else(|| panic!("no message string: {body}"));
+    assert_eq!(err.get("code").and_then(Value::as_str), Some(want_code), "code; body: {body}");
+    let msg = err.get("message").and_then(Value::as_str).unwrap_or_else(|| panic!("no message string: {body}"));
     assert!(!msg.trim().is_empty(), "empty message: {body}");
     match want_index {
-        Some(i) => assert_eq!(
-            err.get("index"),
-            Some(&Value::from(i)),
-            "index; body: {body}"
-        ),
+        Some(i) => assert_eq!(err.get("index"), Some(&Value::from(i)), "index; body: {body}"),
         None => assert!(err.get("index").is_none(), "index must be absent: {body}"),
     }
 }
@@ -107,8 +78,7 @@ pub fn assert_error(
 /// [`assert_error`] on a [`Reply`].
 pub fn assert_reply_error(r: &Reply, want_status: u16, want_code: &str, want_index: Option<u64>) {
     assert!(
-        r.header("content-type")
-            .is_some_and(|ct| ct.starts_with("application/json")),
+        r.header("content-type").is_some_and(|ct| ct.starts_with("application/json")),
         "error content type: {:?}",
         r.headers
     );
@@ -123,31 +93,13 @@ pub async fn stats_of(c: &reqwest::Client, base: &str) -> Value {
 }
 
 /// One page of /api/v1/activity/recent (must be 200): (items, nextBefore).
-pub async fn activity_page(
-    c: &reqwest::Client,
-    base: &str,
-    query: &str,
-) -> (Vec<Value>, Option<u64>) {
+pub async fn activity_page(c: &reqwest::Client, base: &str, query: &str) -> (Vec<Value>, Option<u64>) {
     let r = get_reply(c, &format!("{base}/api/v1/activity/recent?{query}")).await;
     assert_eq!(r.status, 200, "{query}: {}", r.text);
-    let items = r.body["items"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no items: {}", r.text))
-        .clone();
+    let items = r.body["items"].as_array().unwrap_or_else(|| panic!("no items: {}", r.text)).clone();
     let next = &r.body["nextBefore"];
-    assert!(
-        r.body.as_object().unwrap().contains_key("nextBefore"),
-        "nextBefore missing: {}",
-        r.text
-    );
-    (
-        items,
-        if next.is_null() {
-            None
-        } else {
-            Some(next.as_u64().expect("nextBefore is a seq"))
-        },
-    )
+    assert!(r.body.as_object().unwrap().contains_key("nextBefore"), "nextBefore missing: {}", r.text);
+    (items, if next.is_null() { None } else { Some(next.as_u64().expect("nextBefore is a seq")) })
 }
 
 /// Every item of /api/v1/activity/recent?{query}, newest first, following
@@ -168,11 +120,7 @@ pub async fn activity_all(c: &reqwest::Client, base: &str, query: &str, page: us
         assert!(items.len() <= page, "page over limit");
         if let Some(n) = next {
             assert_eq!(items.len(), page, "a page with a nextBefore must be full");
-            assert_eq!(
-                Some(n),
-                items.last().and_then(|e| e["seq"].as_u64()),
-                "nextBefore = last seq of the page"
-            );
+            assert_eq!(Some(n), items.last().and_then(|e| e["seq"].as_u64()), "nextBefore = last seq of the page");
         }
         out.extend(items);
         match next {
@@ -185,10 +133,7 @@ pub async fn activity_all(c: &reqwest::Client, base: &str, query: &str, page: us
 
 /// The seqs of items.
 pub fn seqs_of(items: &[Value]) -> Vec<u64> {
-    items
-        .iter()
-        .map(|e| e["seq"].as_u64().expect("seq"))
-        .collect()
+    items.iter().map(|e| e["seq"].as_u64().expect("seq")).collect()
 }
 
 /// Polls `check` until it is true or `timeout` passes (then panics with `what`).
