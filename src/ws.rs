@@ -474,6 +474,10 @@ async fn connection(app: Arc<App>, socket: Socket, after_seq: Option<u64>, id: S
         // Let the writer flush tungstenite's reply to the client's close.
         close(CloseCode::Normal, "");
     }
+    // Ends that asked for no close frame (a broken socket): tell the writer
+    // none is coming, so it stops now rather than at its timeout (which kept
+    // the connection's slot and gauges for 6 s after an abrupt disconnect).
+    drop(close_tx.take());
     finish(&mut writer).await;
     end
 }
@@ -489,8 +493,10 @@ fn invalid(app: &App, what: &str) {
     tracing::warn!(what, "ignored an invalid client message");
 }
 
-/// Replays stored events with seq > `after` (newest `max` of them, oldest
-/// first), then `resume_complete`. Returns the highest seq replayed.
+/// Replays stored events with seq > `after` (and < `before`, when live
+/// events from `before` on went out already; newest `max` of them, oldest
+/// first), then `resume_complete`. Returns the seq up to which later live
+/// events are to be skipped as already sent or already known to the client.
 async fn replay(
     app: &App,
     out: &mpsc::Sender<Out>,
@@ -506,6 +512,9 @@ async fn replay(
         limit: max + 1,
         ascending: false,
     };
+    // Everything up to here is stored (stats follow the store), so a live
+    // event up to here that is not replayed has seq <= `after`.
+    let stored = app.stats.last_seq();
     let mut events = app.activity.query(&q).await.map_err(|e| {
         tracing::warn!(error = %e, "resume replay failed");
         End::Error
@@ -513,7 +522,17 @@ async fn replay(
     let truncated = events.len() > max;
     events.truncate(max);
     events.reverse();
-    let upto = events.last().map_or(after, |e| e.seq).max(after);
+    let newest = events.last().map_or(0, |e| e.seq);
+    // Skip live events the client has (<= `after`) or gets here, but never
+    // beyond what this server had stored: a client whose `after` is ahead of
+    // the server (a store that was reset, another server) must still get the
+    // new events, not lose every one up to its `after`. With live events
+    // already sent from `before` on, the hub only holds later ones: skip none.
+    let cap = match before {
+        Some(first_live) => first_live.saturating_sub(1),
+        None => stored.max(newest),
+    };
+    let upto = newest.max(after).min(cap);
     let replayed = events.len();
     for e in events {
         if out.send(Out::Event(Frame::new(e))).await.is_err() {
@@ -594,10 +613,7 @@ async fn writer(
             biased;
             frame = &mut close_rx => {
                 if let Ok(frame) = frame {
-                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-                        sink.send(Message::Close(Some(frame))).await?;
-                        sink.close().await
-                    }).await;
+                    close_sink(&mut sink, Some(frame)).await;
                 }
                 return;
             }
@@ -609,12 +625,7 @@ async fn writer(
                 Some(item) => item.into_message(),
                 // The dispatcher is gone: wait for its close frame (or none).
                 None => {
-                    if let Ok(frame) = close_rx.await {
-                        if frame.code != CloseCode::Normal {
-                            let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
-                        }
-                    }
-                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+                    close_sink(&mut sink, close_rx.await.ok()).await;
                     return;
                 }
             },
@@ -625,10 +636,7 @@ async fn writer(
             biased;
             frame = &mut close_rx => {
                 if let Ok(frame) = frame {
-                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-                        sink.send(Message::Close(Some(frame))).await?;
-                        sink.close().await
-                    }).await;
+                    close_sink(&mut sink, Some(frame)).await;
                 }
                 return;
             }
@@ -637,6 +645,21 @@ async fn writer(
             }
         }
     }
+}
+
+/// Ends the closing handshake from our side, within [`CLOSE_TIMEOUT`]: sends
+/// `frame` (if any) and flushes. After the client's own close, tungstenite
+/// refuses a second close frame (`SendAfterClosing`) but has queued its reply
+/// to the client's; the flush in `close()` is what sends that reply, so it
+/// must run whether or not the send succeeded.
+async fn close_sink(sink: &mut futures::stream::SplitSink<Socket, Message>, frame: Option<CloseFrame>) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        if let Some(frame) = frame {
+            let _ = sink.send(Message::Close(Some(frame))).await;
+        }
+        let _ = sink.close().await;
+    })
+    .await;
 }
 
 /// Sends one message plus whatever is already queued behind it (up to 64),
