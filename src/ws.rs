@@ -306,6 +306,17 @@ enum End {
 }
 
 impl End {
+    /// The close frame for an end the server decides on.
+    fn close_frame(self) -> (CloseCode, &'static str) {
+        match self {
+            End::SlowConsumer => (CloseCode::Policy, "slow consumer"),
+            End::HeartbeatTimeout => (CloseCode::Policy, "heartbeat timeout"),
+            End::Shutdown => (CloseCode::Away, "server shutting down"),
+            End::ClientClose => (CloseCode::Normal, ""),
+            End::Error => (CloseCode::Error, "replay failed"),
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             End::ClientClose => "client_close",
@@ -373,11 +384,14 @@ async fn connection(app: Arc<App>, socket: Socket, after_seq: Option<u64>, id: S
 
     if let Some(after) = after_seq {
         resumed = true;
-        match replay(&app, &out_tx, after, None, &filter, ws_cfg.max_replay).await {
+        match replay(&app, &out_tx, after, None, &filter, &ws_cfg, &mut shutdown_rx).await {
             Ok(upto) => replayed_upto = upto,
             Err(end) => {
-                close(CloseCode::Error, "replay failed");
-                let _ = finish(&mut writer).await;
+                let (code, reason) = end.close_frame();
+                close(code, reason);
+                drop(out_tx);
+                drop(close_tx.take());
+                finish(&mut writer).await;
                 return end;
             }
         }
@@ -432,10 +446,11 @@ async fn connection(app: Arc<App>, socket: Socket, after_seq: Option<u64>, id: S
                         Ok(ClientMessage::Subscribe(types)) => filter = types,
                         Ok(ClientMessage::Resume(after)) if !resumed && client_messages == 1 => {
                             resumed = true;
-                            match replay(&app, &out_tx, after, first_live_sent, &filter, ws_cfg.max_replay).await {
+                            match replay(&app, &out_tx, after, first_live_sent, &filter, &ws_cfg, &mut shutdown_rx).await {
                                 Ok(upto) => replayed_upto = upto,
                                 Err(end) => {
-                                    close(CloseCode::Error, "replay failed");
+                                    let (code, reason) = end.close_frame();
+                                    close(code, reason);
                                     break end;
                                 }
                             }
@@ -494,17 +509,37 @@ fn invalid(app: &App, what: &str) {
 }
 
 /// Replays stored events with seq > `after` (and < `before`, when live
-/// events from `before` on went out already; newest `max` of them, oldest
-/// first), then `resume_complete`. Returns the seq up to which later live
-/// events are to be skipped as already sent or already known to the client.
+/// events from `before` on went out already; newest `ws.max_replay` of them,
+/// oldest first), then `resume_complete`. Returns the seq up to which later
+/// live events are to be skipped as already sent or already known to the
+/// client.
+///
+/// Replay waits for room in the queue (a replay is larger than the queue by
+/// design), but not forever: a client that takes nothing for
+/// `ws.pong_timeout_secs` is a slow consumer (the heartbeat, which cannot
+/// run meanwhile, would have closed it by then), and shutdown interrupts it.
 async fn replay(
     app: &App,
     out: &mpsc::Sender<Out>,
     after: u64,
     before: Option<u64>,
     filter: &Option<HashSet<String>>,
-    max: usize,
+    ws: &crate::config::WsConfig,
+    shutdown: &mut watch::Receiver<bool>,
 ) -> Result<u64, End> {
+    let max = ws.max_replay;
+    let stall = Duration::from_secs(ws.pong_timeout_secs);
+    let mut push = async |item: Out| -> Result<(), End> {
+        tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|s| *s) => Err(End::Shutdown),
+            sent = tokio::time::timeout(stall, out.send(item)) => match sent {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(End::Error), // the writer is gone
+                Err(_) => Err(End::SlowConsumer),
+            },
+        }
+    };
     let q = EventQuery {
         types: filter.as_ref().map(|s| s.iter().cloned().collect()).unwrap_or_default(),
         before,
@@ -535,15 +570,13 @@ async fn replay(
     let upto = newest.max(after).min(cap);
     let replayed = events.len();
     for e in events {
-        if out.send(Out::Event(Frame::new(e))).await.is_err() {
-            return Err(End::Error);
-        }
+        push(Out::Event(Frame::new(e))).await?;
     }
     let done = message(
         "resume_complete",
         json!({"replayed": replayed, "lastSeq": app.stats.last_seq().max(upto), "truncated": truncated}),
     );
-    out.send(Out::Text("resume_complete", done)).await.map_err(|_| End::Error)?;
+    push(Out::Text("resume_complete", done)).await?;
     Ok(upto)
 }
 

@@ -751,6 +751,49 @@ async fn a_client_that_does_not_read_is_closed_and_others_get_everything() {
     srv.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resuming_client_that_does_not_read_is_closed_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config_in(dir.path());
+    cfg.ws.send_queue_len = 16;
+    cfg.ws.ping_interval_secs = 1;
+    cfg.ws.pong_timeout_secs = 1;
+    let srv = TestServer::start(cfg).await;
+    let c = client();
+    let blob = "x".repeat(8 * 1024);
+    for r in 0..10 {
+        let batch: Vec<Value> =
+            (0..60).map(|k| json!({"type": "bulk", "data": {"i": r * 60 + k, "blob": blob}})).collect();
+        ingest_ok(&c, &srv, Value::Array(batch)).await;
+    }
+    // 600 events of 8 KiB to replay through a queue of 16: a client that
+    // reads gets them all (waiting for queue room is not being slow)...
+    let (mut ws, _) = connect_ready(&srv, &format!("{WS}?afterSeq=0")).await;
+    let mut got = Vec::new();
+    loop {
+        let v = next_event(&mut ws).await;
+        if v["type"] == "resume_complete" {
+            assert_eq!(v["data"], json!({"replayed": 600, "lastSeq": 600, "truncated": false}));
+            break;
+        }
+        got.push(seq(&v));
+    }
+    assert_consecutive(&got, 1, "replay through a small queue");
+    close_normally(&mut ws).await;
+
+    // ...one that reads nothing is closed: the replay does not wait forever.
+    let mut slow = rawws::connect(srv.addr, &format!("{WS}?afterSeq=0"), &[], Some(4096)).await.unwrap().upgraded();
+    let started = Instant::now();
+    wait_metric(&c, &srv, &disconnects("slow_consumer"), Duration::from_secs(15), |v| v == 1.0).await;
+    let took = started.elapsed();
+    // pong_timeout_secs without progress, plus the writer's 5 s try to send the close.
+    assert!(took < Duration::from_secs(10), "closed after {took:?}");
+    assert_eq!(metric(&c, &srv, "sidewire_ws_active_connections").await, 0.0);
+    // What was buffered for it ends with the close frame or a bare EOF.
+    let _ = tokio::time::timeout(STEP, async { while slow.read_frame().await.ok().flatten().is_some() {} }).await;
+    srv.stop().await;
+}
+
 // --------------------------------------------------------- 6. frame size
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
