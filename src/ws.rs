@@ -172,13 +172,23 @@ fn reject(app: &App, reason: &'static str, err: ApiError) -> Response {
 }
 
 /// Checks, in the contract's order, and reserves a slot.
-fn admit(app: &Arc<App>, live: &LiveConfig, peer: SocketAddr, req: &http::Request<hyper::body::Incoming>, token: Option<&str>) -> Result<Slot, Response> {
+fn admit(
+    app: &Arc<App>,
+    live: &LiveConfig,
+    peer: SocketAddr,
+    req: &http::Request<hyper::body::Incoming>,
+    token: Option<&str>,
+) -> Result<Slot, Response> {
     let cfg = &live.config;
     let headers = req.headers();
     if !cfg.auth.dashboard_tokens.is_empty()
         && !crate::http::token_ok(&cfg.auth.dashboard_tokens, crate::http::bearer(headers).or(token))
     {
-        return Err(reject(app, "unauthorized", ApiError::new(ErrorCode::Unauthorized, "a dashboard token is required (?token= or Authorization: Bearer)")));
+        return Err(reject(
+            app,
+            "unauthorized",
+            ApiError::new(ErrorCode::Unauthorized, "a dashboard token is required (?token= or Authorization: Bearer)"),
+        ));
     }
     if !cfg.server.allowed_origins.is_empty() {
         if let Some(origin) = headers.get(http::header::ORIGIN) {
@@ -187,7 +197,10 @@ fn admit(app: &Arc<App>, live: &LiveConfig, peer: SocketAddr, req: &http::Reques
                 return Err(reject(
                     app,
                     "forbidden_origin",
-                    ApiError::new(ErrorCode::ForbiddenOrigin, format!("origin `{origin}` is not in server.allowed_origins")),
+                    ApiError::new(
+                        ErrorCode::ForbiddenOrigin,
+                        format!("origin `{origin}` is not in server.allowed_origins"),
+                    ),
                 ));
             }
         }
@@ -206,7 +219,10 @@ fn admit(app: &Arc<App>, live: &LiveConfig, peer: SocketAddr, req: &http::Reques
         return Err(reject(
             app,
             "per_ip_limit",
-            ApiError::new(ErrorCode::TooManyConnections, format!("{n} connections are open from your address (ws.max_connections_per_ip)")),
+            ApiError::new(
+                ErrorCode::TooManyConnections,
+                format!("{n} connections are open from your address (ws.max_connections_per_ip)"),
+            ),
         ));
     }
     if entry.connects.len() >= cfg.ws.connect_rate_per_ip_per_min as usize {
@@ -215,8 +231,11 @@ fn admit(app: &Arc<App>, live: &LiveConfig, peer: SocketAddr, req: &http::Reques
         return Err(reject(
             app,
             "rate_limit",
-            ApiError::new(ErrorCode::TooManyConnections, "too many connections opened from your address in the last minute (ws.connect_rate_per_ip_per_min)")
-                .retry_after(Duration::from_secs(wait)),
+            ApiError::new(
+                ErrorCode::TooManyConnections,
+                "too many connections opened from your address in the last minute (ws.connect_rate_per_ip_per_min)",
+            )
+            .retry_after(Duration::from_secs(wait)),
         ));
     }
     if ws.open.load(Ordering::Acquire) >= cfg.ws.max_connections {
@@ -256,12 +275,18 @@ pub async fn upgrade(app: Arc<App>, peer: SocketAddr, mut req: http::Request<hyp
     };
     let headers = req.headers();
     let is_upgrade = req.method() == http::Method::GET
-        && headers.get(http::header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+        && headers
+            .get(http::header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
         && headers.get(http::header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
     let Some(key) = headers.get(http::header::SEC_WEBSOCKET_KEY).filter(|_| is_upgrade).cloned() else {
-        let mut res = ApiError::new(ErrorCode::InvalidQuery, "this endpoint speaks WebSocket only (GET with Upgrade: websocket, version 13)")
-            .with_status(http::StatusCode::UPGRADE_REQUIRED)
-            .to_response();
+        let mut res = ApiError::new(
+            ErrorCode::InvalidQuery,
+            "this endpoint speaks WebSocket only (GET with Upgrade: websocket, version 13)",
+        )
+        .with_status(http::StatusCode::UPGRADE_REQUIRED)
+        .to_response();
         res.headers_mut().insert(http::header::UPGRADE, http::HeaderValue::from_static("websocket"));
         return res;
     };
@@ -272,7 +297,8 @@ pub async fn upgrade(app: Arc<App>, peer: SocketAddr, mut req: http::Request<hyp
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(socket_config())).await;
+                let socket =
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(socket_config())).await;
                 serve(app2, socket, after_seq, slot).await;
             }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
@@ -737,7 +763,10 @@ pub async fn stats_pusher(app: Arc<App>, gauges_changed: Arc<tokio::sync::Notify
     loop {
         let (interval, min_gap) = {
             let live = config.borrow_and_update();
-            (Duration::from_secs(live.config.stats.interval_secs), Duration::from_millis(live.config.stats.min_push_interval_ms))
+            (
+                Duration::from_secs(live.config.stats.interval_secs),
+                Duration::from_millis(live.config.stats.min_push_interval_ms),
+            )
         };
         let next_tick = last_push + interval;
         tokio::select! {
