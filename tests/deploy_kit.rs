@@ -26,9 +26,7 @@ fn compose() -> Value {
 }
 
 fn services(c: &Value) -> &serde_json::Map<String, Value> {
-    c["services"]
-        .as_object()
-        .expect("docker-compose.yml: `services` is a mapping")
+    c["services"].as_object().expect("docker-compose.yml: `services` is a mapping")
 }
 
 /// Strings of a compose field that may be a string or a list of strings.
@@ -61,26 +59,16 @@ fn mounts(svc: &Value) -> Vec<Mount> {
         match v {
             Value::String(s) => {
                 let parts: Vec<&str> = s.split(':').collect();
-                assert!(
-                    (2..=3).contains(&parts.len()),
-                    "volume {s:?}: expected SOURCE:TARGET[:MODE]"
-                );
+                assert!((2..=3).contains(&parts.len()), "volume {s:?}: expected SOURCE:TARGET[:MODE]");
                 let source = parts[0].to_string();
                 let bind = source.starts_with('.') || source.starts_with('/');
-                out.push(Mount {
-                    source,
-                    target: parts[1].to_string(),
-                    bind,
-                });
+                out.push(Mount { source, target: parts[1].to_string(), bind });
             }
             Value::Object(o) => {
                 let kind = o.get("type").and_then(Value::as_str).unwrap_or("volume");
                 out.push(Mount {
                     source: o["source"].as_str().unwrap_or_default().to_string(),
-                    target: o["target"]
-                        .as_str()
-                        .expect("long volume syntax has a target")
-                        .to_string(),
+                    target: o["target"].as_str().expect("long volume syntax has a target").to_string(),
                     bind: kind == "bind",
                 });
             }
@@ -101,10 +89,7 @@ fn host_path(svc: &Value, container_path: &str) -> Option<PathBuf> {
             if !(rest.is_empty() || rest.starts_with('/')) {
                 return None;
             }
-            Some((
-                m.target.len(),
-                root().join(&m.source).join(rest.trim_start_matches('/')),
-            ))
+            Some((m.target.len(), root().join(&m.source).join(rest.trim_start_matches('/'))))
         })
         .max_by_key(|(len, _)| *len)
         .map(|(_, p)| p)
@@ -112,9 +97,7 @@ fn host_path(svc: &Value, container_path: &str) -> Option<PathBuf> {
 
 /// Whether a container path of `svc` lies on a named volume.
 fn on_named_volume(svc: &Value, container_path: &str) -> bool {
-    mounts(svc)
-        .iter()
-        .any(|m| !m.bind && container_path.starts_with(m.target.trim_end_matches('/')))
+    mounts(svc).iter().any(|m| !m.bind && container_path.starts_with(m.target.trim_end_matches('/')))
 }
 
 #[test]
@@ -124,51 +107,29 @@ fn compose_parses_and_every_mount_exists() {
     for name in ["sidewire", "demo", "prometheus", "grafana"] {
         assert!(svcs.contains_key(name), "compose has no `{name}` service");
     }
-    let declared: BTreeSet<String> = c["volumes"]
-        .as_object()
-        .map(|o| o.keys().cloned().collect())
-        .unwrap_or_default();
+    let declared: BTreeSet<String> = c["volumes"].as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
 
     let mut checked = Vec::new();
     for (name, svc) in svcs {
-        assert!(
-            svc.get("image").is_some() || svc.get("build").is_some(),
-            "service {name}: neither image nor build"
-        );
+        assert!(svc.get("image").is_some() || svc.get("build").is_some(), "service {name}: neither image nor build");
         // Build context and Dockerfile.
         if let Some(b) = svc.get("build") {
             let (ctx, file) = match b {
                 Value::String(s) => (s.clone(), "Dockerfile".to_string()),
                 Value::Object(o) => (
-                    o.get("context")
-                        .and_then(Value::as_str)
-                        .unwrap_or(".")
-                        .to_string(),
-                    o.get("dockerfile")
-                        .and_then(Value::as_str)
-                        .unwrap_or("Dockerfile")
-                        .to_string(),
+                    o.get("context").and_then(Value::as_str).unwrap_or(".").to_string(),
+                    o.get("dockerfile").and_then(Value::as_str).unwrap_or("Dockerfile").to_string(),
                 ),
                 other => panic!("service {name}: bad build {other}"),
             };
             let ctx = root().join(ctx);
-            assert!(
-                ctx.is_dir(),
-                "service {name}: build context {ctx:?} missing"
-            );
-            assert!(
-                ctx.join(&file).is_file(),
-                "service {name}: {file} missing in {ctx:?}"
-            );
+            assert!(ctx.is_dir(), "service {name}: build context {ctx:?} missing");
+            assert!(ctx.join(&file).is_file(), "service {name}: {file} missing in {ctx:?}");
             checked.push(format!("{name}: build {}", ctx.join(&file).display()));
         }
         // Volumes: bind mounts exist, named volumes are declared.
         for m in mounts(svc) {
-            assert!(
-                m.target.starts_with('/'),
-                "service {name}: mount target {:?} is not absolute",
-                m.target
-            );
+            assert!(m.target.starts_with('/'), "service {name}: mount target {:?} is not absolute", m.target);
             if m.bind {
                 assert!(
                     m.source.starts_with("./") || m.source.starts_with("../"),
@@ -176,11 +137,7 @@ fn compose_parses_and_every_mount_exists() {
                     m.source
                 );
                 let p = root().join(&m.source);
-                assert!(
-                    p.exists(),
-                    "service {name}: mounted path {} does not exist",
-                    p.display()
-                );
+                assert!(p.exists(), "service {name}: mounted path {} does not exist", p.display());
                 checked.push(format!("{name}: mount {} -> {}", m.source, m.target));
             } else {
                 assert!(
@@ -204,33 +161,22 @@ fn compose_parses_and_every_mount_exists() {
                 continue;
             }
             if let Some(h) = host_path(svc, path) {
-                assert!(
-                    h.exists(),
-                    "service {name}: {w:?} points at {}, which does not exist",
-                    h.display()
-                );
+                assert!(h.exists(), "service {name}: {w:?} points at {}, which does not exist", h.display());
                 checked.push(format!("{name}: {path} -> {}", h.display()));
             }
         }
         // depends_on: known services; service_healthy needs a healthcheck.
         let deps: Vec<(String, Option<String>)> = match &svc["depends_on"] {
-            Value::Array(a) => a
-                .iter()
-                .map(|d| (d.as_str().unwrap().to_string(), None))
-                .collect(),
-            Value::Object(o) => o
-                .iter()
-                .map(|(k, v)| (k.clone(), v["condition"].as_str().map(str::to_string)))
-                .collect(),
+            Value::Array(a) => a.iter().map(|d| (d.as_str().unwrap().to_string(), None)).collect(),
+            Value::Object(o) => {
+                o.iter().map(|(k, v)| (k.clone(), v["condition"].as_str().map(str::to_string))).collect()
+            }
             _ => Vec::new(),
         };
         for (dep, cond) in deps {
-            let d = svcs
-                .get(&dep)
-                .unwrap_or_else(|| panic!("service {name} depends on unknown service {dep}"));
+            let d = svcs.get(&dep).unwrap_or_else(|| panic!("service {name} depends on unknown service {dep}"));
             if cond.as_deref() == Some("service_healthy") {
-                let compose_check = d["healthcheck"].is_object()
-                    && d["healthcheck"]["disable"] != Value::Bool(true);
+                let compose_check = d["healthcheck"].is_object() && d["healthcheck"]["disable"] != Value::Bool(true);
                 let image_check = d.get("build").is_some()
                     && std::fs::read_to_string(root().join("Dockerfile"))
                         .unwrap()
@@ -256,14 +202,9 @@ fn provisioning_and_prometheus_files_parse_and_agree_with_compose() {
     for dir in ["grafana/provisioning", "prometheus"] {
         collect(&root().join(dir), &mut files);
     }
-    let yamls: Vec<PathBuf> = files
-        .into_iter()
-        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yml" | "yaml")))
-        .collect();
-    assert!(
-        yamls.len() >= 4,
-        "expected the kit's YAML files, found {yamls:?}"
-    );
+    let yamls: Vec<PathBuf> =
+        files.into_iter().filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yml" | "yaml"))).collect();
+    assert!(yamls.len() >= 4, "expected the kit's YAML files, found {yamls:?}");
     for p in &yamls {
         let v = yaml::load(p);
         assert!(v.is_object(), "{}: top level is not a mapping", p.display());
@@ -278,37 +219,24 @@ fn provisioning_and_prometheus_files_parse_and_agree_with_compose() {
             .strip_prefix("http://")
             .and_then(|r| r.split([':', '/']).next())
             .unwrap_or_else(|| panic!("datasource {uid}: url {url:?}"));
-        assert!(
-            svcs.contains_key(host),
-            "datasource {uid}: host {host} is not a compose service"
-        );
+        assert!(svcs.contains_key(host), "datasource {uid}: host {host} is not a compose service");
     }
 
     // Dashboard providers: the path is where compose mounts the dashboards,
     // and it holds at least one dashboard JSON.
     let grafana = &svcs["grafana"];
     let mut providers = 0;
-    for f in yamls
-        .iter()
-        .filter(|p| p.starts_with(root().join("grafana/provisioning/dashboards")))
-    {
+    for f in yamls.iter().filter(|p| p.starts_with(root().join("grafana/provisioning/dashboards"))) {
         for p in yaml::load(f)["providers"].as_array().into_iter().flatten() {
             providers += 1;
             let path = p["options"]["path"]
                 .as_str()
                 .unwrap_or_else(|| panic!("{}: provider without options.path", f.display()));
-            let host = host_path(grafana, path)
-                .unwrap_or_else(|| panic!("provider path {path} is not mounted into grafana"));
+            let host =
+                host_path(grafana, path).unwrap_or_else(|| panic!("provider path {path} is not mounted into grafana"));
             let jsons = std::fs::read_dir(&host)
                 .unwrap_or_else(|e| panic!("{}: {e}", host.display()))
-                .filter(|e| {
-                    e.as_ref()
-                        .unwrap()
-                        .path()
-                        .extension()
-                        .and_then(|x| x.to_str())
-                        == Some("json")
-                })
+                .filter(|e| e.as_ref().unwrap().path().extension().and_then(|x| x.to_str()) == Some("json"))
                 .count();
             assert!(jsons > 0, "no dashboard JSON in {}", host.display());
         }
@@ -331,11 +259,7 @@ fn provisioning_and_prometheus_files_parse_and_agree_with_compose() {
         let p = prom_dir.join(r.as_str().unwrap());
         assert!(p.is_file(), "rule file {} missing", p.display());
         let g = yaml::load(&p);
-        assert!(
-            !g["groups"].as_array().expect("groups").is_empty(),
-            "{}: no rule group",
-            p.display()
-        );
+        assert!(!g["groups"].as_array().expect("groups").is_empty(), "{}: no rule group", p.display());
     }
     let listen_port = svcs["sidewire"]["environment"]["SIDEWIRE__SERVER__LISTEN"]
         .as_str()
@@ -351,10 +275,7 @@ fn provisioning_and_prometheus_files_parse_and_agree_with_compose() {
     for t in job["static_configs"][0]["targets"].as_array().unwrap() {
         let (host, port) = t.as_str().unwrap().rsplit_once(':').unwrap();
         assert!(svcs.contains_key(host), "scrape target host {host}");
-        assert_eq!(
-            port, listen_port,
-            "scrape target port vs sidewire's listen port"
-        );
+        assert_eq!(port, listen_port, "scrape target port vs sidewire's listen port");
     }
     let prom_svc = &svcs["prometheus"];
     assert_eq!(
@@ -380,20 +301,11 @@ fn datasources() -> BTreeMap<String, (String, String)> {
     collect(&root().join("grafana/provisioning/datasources"), &mut files);
     let mut out = BTreeMap::new();
     for f in files {
-        for d in yaml::load(&f)["datasources"]
-            .as_array()
-            .into_iter()
-            .flatten()
-        {
-            let uid = d["uid"]
-                .as_str()
-                .unwrap_or_else(|| panic!("{}: datasource without uid", f.display()));
+        for d in yaml::load(&f)["datasources"].as_array().into_iter().flatten() {
+            let uid = d["uid"].as_str().unwrap_or_else(|| panic!("{}: datasource without uid", f.display()));
             out.insert(
                 uid.to_string(),
-                (
-                    d["type"].as_str().unwrap_or_default().to_string(),
-                    d["url"].as_str().unwrap_or_default().to_string(),
-                ),
+                (d["type"].as_str().unwrap_or_default().to_string(), d["url"].as_str().unwrap_or_default().to_string()),
             );
         }
     }
@@ -410,18 +322,12 @@ fn dashboard_json_uses_only_provisioned_datasources() {
     assert!(!dashboards.is_empty());
     for f in dashboards {
         let text = std::fs::read_to_string(&f).unwrap();
-        let d: Value = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("{} is not valid JSON: {e}", f.display()));
-        assert!(
-            d["uid"].is_string() && d["title"].is_string(),
-            "{}: uid/title",
-            f.display()
-        );
+        let d: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not valid JSON: {e}", f.display()));
+        assert!(d["uid"].is_string() && d["title"].is_string(), "{}: uid/title", f.display());
 
         let check = |what: &str, v: &Value| {
-            let uid = v["uid"]
-                .as_str()
-                .unwrap_or_else(|| panic!("{}: {what} has no datasource uid ({v})", f.display()));
+            let uid =
+                v["uid"].as_str().unwrap_or_else(|| panic!("{}: {what} has no datasource uid ({v})", f.display()));
             assert!(
                 ds.contains_key(uid) || builtin.contains(&uid),
                 "{}: {what} uses datasource uid {uid:?}, provisioned: {:?}",
@@ -437,11 +343,7 @@ fn dashboard_json_uses_only_provisioned_datasources() {
         for p in &panels {
             let title = p["title"].as_str().unwrap_or("?");
             assert!(
-                ids.insert(
-                    p["id"]
-                        .as_i64()
-                        .unwrap_or_else(|| panic!("panel {title}: no id"))
-                ),
+                ids.insert(p["id"].as_i64().unwrap_or_else(|| panic!("panel {title}: no id"))),
                 "duplicate panel id in {title}"
             );
             assert!(p["gridPos"].is_object(), "panel {title}: no gridPos");
@@ -453,19 +355,14 @@ fn dashboard_json_uses_only_provisioned_datasources() {
             }
             // Every non-row panel names its datasource, and has queries.
             check(&format!("panel {title}"), &p["datasource"]);
-            let targets = p["targets"]
-                .as_array()
-                .unwrap_or_else(|| panic!("panel {title}: no targets"));
+            let targets = p["targets"].as_array().unwrap_or_else(|| panic!("panel {title}: no targets"));
             assert!(!targets.is_empty(), "panel {title}: no targets");
             for t in targets {
                 if !t["datasource"].is_null() {
                     check(&format!("panel {title} target"), &t["datasource"]);
                 }
                 let expr = t["expr"].as_str().unwrap_or_default();
-                assert!(
-                    !expr.trim().is_empty(),
-                    "panel {title}: a target without expr"
-                );
+                assert!(!expr.trim().is_empty(), "panel {title}: a target without expr");
             }
             with_queries += 1;
         }
@@ -480,11 +377,7 @@ fn dashboard_json_uses_only_provisioned_datasources() {
                 check("annotation", &a["datasource"]);
             }
         }
-        println!(
-            "{}: {} panels, {with_queries} with queries",
-            f.display(),
-            panels.len()
-        );
+        println!("{}: {} panels, {with_queries} with queries", f.display(), panels.len());
     }
 }
 
@@ -535,18 +428,14 @@ fn args(rest: &str) -> Vec<String> {
 fn docker_ignored(path: &str) -> bool {
     let ignore = std::fs::read_to_string(root().join(".dockerignore")).unwrap_or_default();
     let path = path.trim_start_matches("./");
-    ignore
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .any(|pat| {
-            let pat = pat.trim_end_matches('/');
-            if let Some(ext) = pat.strip_prefix("*.") {
-                path.ends_with(&format!(".{ext}"))
-            } else {
-                path == pat || path.starts_with(&format!("{pat}/"))
-            }
-        })
+    ignore.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).any(|pat| {
+        let pat = pat.trim_end_matches('/');
+        if let Some(ext) = pat.strip_prefix("*.") {
+            path.ends_with(&format!(".{ext}"))
+        } else {
+            path == pat || path.starts_with(&format!("{pat}/"))
+        }
+    })
 }
 
 #[test]
@@ -569,8 +458,7 @@ fn dockerfile_copy_sources_exist_and_the_image_is_sane() {
             }
             "COPY" | "ADD" => {
                 let a = args(rest);
-                let (flags, paths): (Vec<_>, Vec<_>) =
-                    a.into_iter().partition(|w| w.starts_with("--"));
+                let (flags, paths): (Vec<_>, Vec<_>) = a.into_iter().partition(|w| w.starts_with("--"));
                 if let Some(from) = flags.iter().find_map(|f| f.strip_prefix("--from=")) {
                     assert!(stages.contains(from), "COPY --from={from}: no such stage");
                     continue;
@@ -580,10 +468,7 @@ fn dockerfile_copy_sources_exist_and_the_image_is_sane() {
                     let p = root().join(src);
                     assert!(p.exists(), "{k} source {src} does not exist");
                     if src != "." {
-                        assert!(
-                            !docker_ignored(src),
-                            "{k} source {src} is excluded by .dockerignore"
-                        );
+                        assert!(!docker_ignored(src), "{k} source {src} is excluded by .dockerignore");
                     }
                     copies.push(src.clone());
                 }
@@ -597,19 +482,13 @@ fn dockerfile_copy_sources_exist_and_the_image_is_sane() {
     assert!(froms >= 2, "expected a multi-stage build");
     assert!(!copies.is_empty());
     let user = user.expect("the runtime image sets USER");
-    assert!(
-        user != "root" && user != "0" && !user.starts_with("0:"),
-        "the image runs as root"
-    );
+    assert!(user != "root" && user != "0" && !user.starts_with("0:"), "the image runs as root");
     assert!(healthcheck.is_some(), "no HEALTHCHECK");
     assert!(cmd.is_some(), "no CMD");
     // `COPY . .` + `cargo build --locked` needs these in the context.
     for needed in ["Cargo.toml", "Cargo.lock", "src", "assets", "config"] {
         assert!(root().join(needed).exists());
-        assert!(
-            !docker_ignored(needed),
-            "{needed} is excluded by .dockerignore"
-        );
+        assert!(!docker_ignored(needed), "{needed} is excluded by .dockerignore");
     }
     println!("COPY sources: {copies:?}; USER {user}");
 }
@@ -624,12 +503,7 @@ fn sidewire_bin() -> &'static str {
 /// `--help`: clap rejects an unknown subcommand or flag before printing help,
 /// so exit 0 means the command line is one the binary accepts.
 fn accepts(argv: &[String]) -> Result<(), String> {
-    let out = Command::new(sidewire_bin())
-        .args(argv)
-        .arg("--help")
-        .env_remove("SIDEWIRE_CONFIG")
-        .output()
-        .unwrap();
+    let out = Command::new(sidewire_bin()).args(argv).arg("--help").env_remove("SIDEWIRE_CONFIG").output().unwrap();
     if out.status.success() {
         Ok(())
     } else {
@@ -657,19 +531,12 @@ fn commands_in_the_dockerfile_and_compose_are_ones_the_binary_accepts() {
     let c = compose();
     for (name, svc) in services(&c) {
         if svc.get("build").is_some() && !svc["command"].is_null() {
-            lines.push((
-                format!("compose service {name}"),
-                string_list(&svc["command"]),
-            ));
+            lines.push((format!("compose service {name}"), string_list(&svc["command"])));
         }
     }
     let mut errors = Vec::new();
     for (what, argv) in &lines {
-        assert_eq!(
-            argv.first().map(String::as_str),
-            Some("sidewire"),
-            "{what}: {argv:?}"
-        );
+        assert_eq!(argv.first().map(String::as_str), Some("sidewire"), "{what}: {argv:?}");
         if let Err(e) = accepts(&argv[1..]) {
             errors.push(format!("{what}: {e}"));
         } else {
@@ -685,31 +552,18 @@ async fn the_image_healthcheck_command_tells_up_from_down() {
     let srv = TestServer::start(config_in(dir.path())).await;
     let url = srv.url("/healthz");
     let up = tokio::task::spawn_blocking(move || {
-        Command::new(sidewire_bin())
-            .args(["health", "--url", &url])
-            .output()
-            .unwrap()
+        Command::new(sidewire_bin()).args(["health", "--url", &url]).output().unwrap()
     })
     .await
     .unwrap();
-    assert!(
-        up.status.success(),
-        "`sidewire health` against a running server: {}",
-        String::from_utf8_lossy(&up.stderr)
-    );
+    assert!(up.status.success(), "`sidewire health` against a running server: {}", String::from_utf8_lossy(&up.stderr));
     let dead = format!("http://127.0.0.1:{}/healthz", free_port());
     let down = tokio::task::spawn_blocking(move || {
-        Command::new(sidewire_bin())
-            .args(["health", "--url", &dead])
-            .output()
-            .unwrap()
+        Command::new(sidewire_bin()).args(["health", "--url", &dead]).output().unwrap()
     })
     .await
     .unwrap();
-    assert!(
-        !down.status.success(),
-        "`sidewire health` against nothing succeeded"
-    );
+    assert!(!down.status.success(), "`sidewire health` against nothing succeeded");
     srv.stop().await;
 }
 
@@ -720,23 +574,10 @@ fn external_program_policy_skips_or_fails() {
     let none = "sidewire-test-no-such-program-4f1c";
     // Missing and not required: skipped (None), no panic.
     assert!(external::find_with(&[], "policy", "nosuch", &[none], "no hint").is_none());
-    assert!(external::find_with(
-        &["prometheus".into()],
-        "policy",
-        "nosuch",
-        &[none],
-        "no hint"
-    )
-    .is_none());
+    assert!(external::find_with(&["prometheus".into()], "policy", "nosuch", &[none], "no hint").is_none());
     // Missing and required: a failure.
     let r = std::panic::catch_unwind(|| {
-        external::find_with(
-            &["chromium".into(), "nosuch".into()],
-            "policy",
-            "NoSuch",
-            &[none],
-            "no hint",
-        )
+        external::find_with(&["chromium".into(), "nosuch".into()], "policy", "NoSuch", &[none], "no hint")
     });
     assert!(r.is_err(), "a required missing program must fail the test");
     // Present: found, whatever the list says.

@@ -27,19 +27,14 @@ pub fn required_keys() -> Vec<String> {
 
 /// Whether `SIDEWIRE_TEST_REQUIRE` names `key`.
 pub fn is_required(key: &str) -> bool {
-    required_keys()
-        .iter()
-        .any(|k| k == &key.to_ascii_lowercase())
+    required_keys().iter().any(|k| k == &key.to_ascii_lowercase())
 }
 
 /// Looks for a program: first `SIDEWIRE_TEST_<NAME>` (NAME = `names[0]`
 /// upper-cased, `-` as `_`), then each of `names` (a bare name is searched on
 /// `PATH`, a path is taken as is).
 pub fn locate(names: &[&str]) -> Option<PathBuf> {
-    let var = format!(
-        "SIDEWIRE_TEST_{}",
-        names[0].to_ascii_uppercase().replace('-', "_")
-    );
+    let var = format!("SIDEWIRE_TEST_{}", names[0].to_ascii_uppercase().replace('-', "_"));
     if let Some(p) = std::env::var_os(&var).filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
         return is_executable(&p).then_some(p);
@@ -64,9 +59,7 @@ pub fn locate(names: &[&str]) -> Option<PathBuf> {
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
 /// The program for `test`, or `None` after printing a skip reason.
@@ -78,13 +71,7 @@ pub fn find(test: &str, key: &str, names: &[&str], install_hint: &str) -> Option
 
 /// [`find`] with the required keys given (testable without touching the
 /// process environment).
-pub fn find_with(
-    required: &[String],
-    test: &str,
-    key: &str,
-    names: &[&str],
-    install_hint: &str,
-) -> Option<PathBuf> {
+pub fn find_with(required: &[String], test: &str, key: &str, names: &[&str], install_hint: &str) -> Option<PathBuf> {
     if let Some(p) = locate(names) {
         return Some(p);
     }
@@ -97,10 +84,7 @@ pub fn find_with(
     if required.iter().any(|k| k.eq_ignore_ascii_case(key)) {
         panic!("{test}: {what} — and SIDEWIRE_TEST_REQUIRE lists `{key}`, so this is a failure");
     }
-    skip(
-        test,
-        &format!("{what} (list `{key}` in SIDEWIRE_TEST_REQUIRE to make this a failure)"),
-    );
+    skip(test, &format!("{what} (list `{key}` in SIDEWIRE_TEST_REQUIRE to make this a failure)"));
     None
 }
 

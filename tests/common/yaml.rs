@@ -17,8 +17,7 @@ pub fn parse(text: &str) -> Result<Value, String> {
 
 /// Reads and parses a YAML file; panics with the file name on any error.
 pub fn load(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     parse(&text).unwrap_or_else(|e| panic!("{} is not valid YAML: {e}", path.display()))
 }
 
@@ -29,9 +28,7 @@ fn to_json(y: &Yaml) -> Result<Value, String> {
         Yaml::Integer(i) => Value::from(*i),
         Yaml::Real(s) => {
             let f: f64 = s.parse().map_err(|_| format!("bad float {s:?}"))?;
-            serde_json::Number::from_f64(f)
-                .map(Value::Number)
-                .unwrap_or_else(|| Value::String(s.clone()))
+            serde_json::Number::from_f64(f).map(Value::Number).unwrap_or_else(|| Value::String(s.clone()))
         }
         Yaml::String(s) => Value::String(s.clone()),
         Yaml::Array(a) => Value::Array(a.iter().map(to_json).collect::<Result<_, _>>()?),
