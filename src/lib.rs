@@ -20,7 +20,7 @@
 //! - [`ws`]: the dashboard WebSocket.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`server`]: wiring, the accept loop and graceful shutdown.
-//! - [`telemetry`]: logging setup.
+//! - [`telemetry`]: logging, OpenTelemetry export, request spans.
 //!
 //! # Embedding
 //!

@@ -77,7 +77,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     let (config, source) = Config::load(path.as_deref())?;
-    let _log = sidewire::telemetry::init(&config.telemetry);
+    // Dropped last, after the runtime: flushes the spans still queued.
+    let telemetry = sidewire::telemetry::init(&config.telemetry)?;
     match &source {
         ConfigSource::File(p) => tracing::info!(path = %p.display(), "config loaded"),
         ConfigSource::Defaults => tracing::info!(
@@ -86,11 +87,13 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         ),
     }
     let addr = config.listen_addr().map_err(anyhow::Error::msg)?;
-    runtime()?.block_on(async move {
+    let result = runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         sidewire::run(listener, config, shutdown_signal()).await?;
-        Ok(())
-    })
+        anyhow::Ok(())
+    });
+    drop(telemetry);
+    result
 }
 
 /// Completes on SIGTERM or SIGINT.

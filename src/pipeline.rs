@@ -174,6 +174,9 @@ struct Group {
     batch: Batch,
     /// Per job: its reply and outcome.
     replies: Vec<(oneshot::Sender<Result<IngestOutcome, ApiError>>, IngestOutcome, tracing::Span)>,
+    /// The submitting requests' spans, parents of the `persist` span (kept
+    /// apart from `replies`, which queued ack answers before storing).
+    spans: Vec<tracing::Span>,
     duplicates: usize,
     gauges_changed: bool,
     permits: Vec<OwnedSemaphorePermit>,
@@ -242,7 +245,7 @@ impl Writer {
         };
         match self.persister.clone() {
             None => {
-                let ok = store(&self.sinks, &group.batch).await;
+                let ok = store(&self.sinks, &group.batch, &group.spans).await;
                 if ok {
                     self.state = (*group.batch.stats).clone();
                     self.remember(&group.batch.events);
@@ -313,6 +316,7 @@ impl Writer {
         let mut in_group: HashMap<String, u64> = HashMap::new();
         let mut events = Vec::new();
         let mut replies = Vec::new();
+        let mut spans = Vec::new();
         let mut permits = Vec::new();
         let mut duplicates = 0;
         let mut gauges_changed = false;
@@ -339,21 +343,36 @@ impl Writer {
                 outcome.seqs.push(seq);
             }
             duplicates += outcome.duplicates;
+            spans.push(job.span.clone());
             replies.push((job.reply, outcome, job.span));
             permits.push(job.permit);
         }
-        Ok(Group { batch: Batch { events, stats: Arc::new(next) }, replies, duplicates, gauges_changed, permits })
+        Ok(Group {
+            batch: Batch { events, stats: Arc::new(next) },
+            replies,
+            spans,
+            duplicates,
+            gauges_changed,
+            permits,
+        })
     }
 }
 
 /// One attempt to store a batch, timed and counted.
-async fn store(sinks: &Sinks, batch: &Batch) -> bool {
+///
+/// The `persist` span is a child of the first request's span (so it joins
+/// that request's trace) and follows from the others in the group.
+async fn store(sinks: &Sinks, batch: &Batch, requests: &[tracing::Span]) -> bool {
     if batch.events.is_empty() {
         return true; // only duplicates: nothing to store
     }
     let plugin = sinks.plugin.name();
-    let span = tracing::debug_span!("persist", plugin, events = batch.events.len(),
+    let parent = requests.first().and_then(|s| s.id());
+    let span = tracing::debug_span!(parent: parent, "persist", plugin, events = batch.events.len(),
         first_seq = batch.events[0].seq, last_seq = batch.events[batch.events.len() - 1].seq);
+    for other in requests.iter().skip(1) {
+        span.follows_from(other);
+    }
     let started = Instant::now();
     let result: Result<(), PersistError> = sinks.plugin.persist(batch).instrument(span).await;
     sinks.metrics.persist_duration_seconds.with_label_values(&[plugin]).observe(started.elapsed().as_secs_f64());
@@ -405,7 +424,7 @@ async fn persister_loop(mut rx: mpsc::UnboundedReceiver<PersisterMsg>, sinks: Ar
         match msg {
             PersisterMsg::Group(group) => {
                 let mut delay = Duration::from_millis(100);
-                while !store(&sinks, &group.batch).await {
+                while !store(&sinks, &group.batch, &group.spans).await {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(10));
                 }

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use tower_service::Service;
+use tracing::Instrument;
 use warp::reply::Response;
 
 /// Everything a request handler or connection task may need.
@@ -207,29 +208,37 @@ impl Running {
     }
 }
 
+/// One HTTP request, run under its `http.request` span (parent: the
+/// caller's `traceparent`), which gets the matched route and status at the end.
 async fn handle(
     app: Arc<App>,
     routes: warp::filters::BoxedFilter<(Response,)>,
     peer: SocketAddr,
     mut req: http::Request<Incoming>,
 ) -> Result<Response, Infallible> {
-    let started = Instant::now();
-    let path = req.uri().path().to_string();
-    let method = req.method().clone();
-    let (route, res) = if crate::ws::PATHS.contains(&path.as_str()) {
-        let route = if path == crate::ws::PATHS[0] { crate::ws::PATHS[0] } else { crate::ws::PATHS[1] };
-        (route, crate::ws::upgrade(app.clone(), peer, req).await)
-    } else {
-        req.extensions_mut().insert(PeerAddr(peer));
-        let mut svc = warp::service(routes);
-        let mut res = svc.call(req).await.unwrap_or_else(|never| match never {});
-        let mut route = res.extensions().get::<crate::http::RouteName>().map_or(crate::http::UNMATCHED, |r| r.0);
-        if route == crate::http::UNMATCHED {
-            res = crate::http::recover_path(&path, &method).await;
-            route = res.extensions().get::<crate::http::RouteName>().map_or(crate::http::UNMATCHED, |r| r.0);
-        }
-        (route, res)
-    };
-    app.metrics.observe_http(route, res.status().as_u16(), started.elapsed().as_secs_f64());
-    Ok(res)
+    let span = crate::telemetry::request_span(req.method(), req.headers());
+    async move {
+        let started = Instant::now();
+        let path = req.uri().path().to_string();
+        let method = req.method().clone();
+        let (route, res) = if crate::ws::PATHS.contains(&path.as_str()) {
+            let route = if path == crate::ws::PATHS[0] { crate::ws::PATHS[0] } else { crate::ws::PATHS[1] };
+            (route, crate::ws::upgrade(app.clone(), peer, req).await)
+        } else {
+            req.extensions_mut().insert(PeerAddr(peer));
+            let mut svc = warp::service(routes);
+            let mut res = svc.call(req).await.unwrap_or_else(|never| match never {});
+            let mut route = res.extensions().get::<crate::http::RouteName>().map_or(crate::http::UNMATCHED, |r| r.0);
+            if route == crate::http::UNMATCHED {
+                res = crate::http::recover_path(&path, &method).await;
+                route = res.extensions().get::<crate::http::RouteName>().map_or(crate::http::UNMATCHED, |r| r.0);
+            }
+            (route, res)
+        };
+        app.metrics.observe_http(route, res.status().as_u16(), started.elapsed().as_secs_f64());
+        crate::telemetry::record_response(&tracing::Span::current(), route, res.status().as_u16());
+        Ok(res)
+    }
+    .instrument(span)
+    .await
 }
