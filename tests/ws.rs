@@ -335,6 +335,35 @@ async fn refuses_when_the_server_is_at_capacity() {
     srv.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_ip_limits_follow_x_forwarded_for_only_when_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config_in(dir.path());
+    cfg.ws.max_connections_per_ip = 1;
+    cfg.server.trust_forwarded_for = true;
+    let srv = TestServer::start(cfg.clone()).await;
+    let _a = connect_with(&srv, WS, &[("x-forwarded-for", "10.0.0.1")]).await;
+    let r = refused(&srv, WS, &[("X-Forwarded-For", "10.0.0.1, 127.0.0.1")]).await;
+    assert_eq!((r.status, error_code(&r).as_str()), (429, "too_many_connections"));
+    let _b = connect_with(&srv, WS, &[("x-forwarded-for", "10.0.0.2, 10.0.0.1")]).await; // first hop counts
+                                                                                         // IPv6 clients count per /64.
+    let _c = connect_with(&srv, WS, &[("x-forwarded-for", "2001:db8:0:1::1")]).await;
+    let r = refused(&srv, WS, &[("X-Forwarded-For", "2001:db8:0:1:ffff::2")]).await;
+    assert_eq!(r.status, 429);
+    let _d = connect_with(&srv, WS, &[("x-forwarded-for", "2001:db8:0:2::1")]).await;
+    srv.stop().await;
+
+    // Not trusted: the header is ignored, the peer (127.0.0.1) counts.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config_in(dir.path());
+    cfg.ws.max_connections_per_ip = 1;
+    let srv = TestServer::start(cfg).await;
+    let _a = connect_with(&srv, WS, &[("x-forwarded-for", "10.0.0.1")]).await;
+    let r = refused(&srv, WS, &[("X-Forwarded-For", "10.0.0.2")]).await;
+    assert_eq!(r.status, 429);
+    srv.stop().await;
+}
+
 // --------------------------------------------------- 2. message order
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -715,8 +744,8 @@ async fn a_client_that_does_not_read_is_closed_and_others_get_everything() {
     let mut slow = rawws::connect(srv.addr, WS, &[], Some(4096)).await.unwrap().upgraded();
     // The healthy client reads everything in a task.
     let (mut healthy, _) = connect_ready(&srv, WS).await;
-    const N: usize = 600;
-    const PER_REQUEST: usize = 6;
+    const N: usize = 200;
+    const PER_REQUEST: usize = 4;
     let reader = tokio::spawn(async move {
         let mut seqs = Vec::with_capacity(N);
         while seqs.len() < N {
@@ -725,9 +754,12 @@ async fn a_client_that_does_not_read_is_closed_and_others_get_everything() {
         (healthy, seqs)
     });
 
-    // ~8 KiB per event: 600 of them are far more than the socket buffers,
-    // tungstenite's write buffer and 16 queued messages.
-    let blob = "x".repeat(8 * 1024);
+    // 32 KiB per event, 6.5 MB in all: more than what the server's socket (send
+    // buffer autotuned up to tcp_wmem's max, 4 MiB), tungstenite's write
+    // buffer (a message or so) and 16 queued messages hold. Not much more:
+    // the slow client must start reading within the server's 5 s attempt to
+    // send it the close frame.
+    let blob = "x".repeat(32 * 1024);
     let mut expected = Vec::new();
     for r in 0..N / PER_REQUEST {
         let batch: Vec<Value> = (0..PER_REQUEST)
@@ -735,13 +767,12 @@ async fn a_client_that_does_not_read_is_closed_and_others_get_everything() {
             .collect();
         expected.extend(ingest_ok(&c, &srv, Value::Array(batch)).await);
     }
-    let (mut healthy, seqs) =
-        tokio::time::timeout(Duration::from_secs(30), reader).await.expect("healthy client keeps up").unwrap();
-    assert_eq!(seqs, expected, "the healthy client gets every event, in order");
-
     // Now the slow client reads what was buffered for it, then the close.
     let (code, reason) = raw_expect_close(&mut slow, STEP).await;
     assert_eq!((code, reason.as_str()), (1008, "slow consumer"));
+    let (mut healthy, seqs) =
+        tokio::time::timeout(Duration::from_secs(30), reader).await.expect("healthy client keeps up").unwrap();
+    assert_eq!(seqs, expected, "the healthy client gets every event, in order");
     wait_metric(&c, &srv, &disconnects("slow_consumer"), STEP, |v| v == 1.0).await;
 
     // The healthy one is still open.
