@@ -20,6 +20,7 @@
 //! - [`ws`]: the dashboard WebSocket.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`server`]: wiring, the accept loop and graceful shutdown.
+//! - [`reload`]: config hot reload (folder watcher, SIGHUP).
 //! - [`telemetry`]: logging, OpenTelemetry export, request spans.
 //!
 //! # Embedding
@@ -42,6 +43,7 @@ pub mod hub;
 pub mod metrics;
 pub mod persist;
 pub mod pipeline;
+pub mod reload;
 pub mod server;
 pub mod stats;
 pub mod telemetry;

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use sidewire::config::{Config, ConfigSource};
+use sidewire::config::{Config, ConfigSource, LiveConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -76,20 +76,30 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
+    let env = sidewire::reload::env_overrides();
     let (config, source) = Config::load(path.as_deref())?;
     // Dropped last, after the runtime: flushes the spans still queued.
     let telemetry = sidewire::telemetry::init(&config.telemetry)?;
     match &source {
         ConfigSource::File(p) => tracing::info!(path = %p.display(), "config loaded"),
         ConfigSource::Defaults => tracing::info!(
-            "no config file at {}; using built-in defaults (plus SIDEWIRE__* overrides)",
+            "no config file at {}; using built-in defaults (plus SIDEWIRE__* overrides); hot reload is off",
             sidewire::config::DEFAULT_PATH
         ),
     }
     let addr = config.listen_addr().map_err(anyhow::Error::msg)?;
+    let log = telemetry.log_handle();
     let result = runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-        sidewire::run(listener, config, shutdown_signal()).await?;
+        let (config_tx, config_rx) = tokio::sync::watch::channel(LiveConfig::new(config.clone()));
+        let running = sidewire::ServerBuilder::new(config).config_channel(config_rx).start().await?;
+        let _reloader = match source {
+            ConfigSource::File(p) => Some(
+                sidewire::reload::Reloader::new(p, env, config_tx, running.app.metrics.clone()).log_handle(log).spawn(),
+            ),
+            ConfigSource::Defaults => None,
+        };
+        running.serve(listener, shutdown_signal()).await;
         anyhow::Ok(())
     });
     drop(telemetry);
@@ -159,7 +169,8 @@ fn emit(
         }
         let res = req.send().await.with_context(|| format!("cannot reach {endpoint}"))?;
         let status = res.status();
-        let body: serde_json::Value = serde_json::from_slice(&res.bytes().await.unwrap_or_default()).unwrap_or_default();
+        let body: serde_json::Value =
+            serde_json::from_slice(&res.bytes().await.unwrap_or_default()).unwrap_or_default();
         if status.as_u16() != 202 {
             let code = body["error"]["code"].as_str().unwrap_or("?");
             let msg = body["error"]["message"].as_str().unwrap_or("");
