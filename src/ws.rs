@@ -27,7 +27,6 @@ use crate::hub::Frame;
 use crate::persist::EventQuery;
 use crate::server::App;
 use futures::{SinkExt, StreamExt};
-use http_body_util::BodyExt;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
@@ -291,8 +290,8 @@ pub async fn upgrade(app: Arc<App>, peer: SocketAddr, mut req: http::Request<hyp
         return res;
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
-    // Drain nothing: a GET upgrade has no body; drop it.
-    let _ = req.into_body().collect();
+    // A GET upgrade has no body: nothing to drain.
+    drop(req);
     let app2 = app.clone();
     tokio::spawn(async move {
         match on_upgrade.await {

@@ -878,7 +878,7 @@ async fn a_client_that_ignores_pings_is_closed_and_one_that_answers_stays() {
     let (code, reason) = raw_expect_close(&mut deaf, Duration::from_secs(6)).await;
     assert_eq!((code, reason.as_str()), (1008, "heartbeat timeout"));
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(1500) && took < Duration::from_secs(4), "closed after {took:?}");
+    assert!(took >= Duration::from_millis(1500) && took < Duration::from_secs(6), "closed after {took:?}");
     assert!(deaf.pings_seen >= 1);
     wait_metric(&c, &srv, &disconnects("heartbeat_timeout"), STEP, |v| v == 1.0).await;
 
