@@ -266,3 +266,74 @@ async fn wait_counters(page: &cdp::Page, c: &reqwest::Client, base: &str) {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dashboard_page_asks_for_a_token_when_the_server_wants_one() {
+    const TEST: &str = "dashboard_page_asks_for_a_token_when_the_server_wants_one";
+    let Some(chromium) = external::find(
+        TEST,
+        "chromium",
+        &["chromium", "chromium-browser", "google-chrome"],
+        "install Debian's `chromium` package",
+    ) else {
+        return;
+    };
+    tokio::time::timeout(Duration::from_secs(90), token_flow(chromium)).await.expect("under 90 s");
+}
+
+async fn token_flow(chromium: PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_in(dir.path());
+    config.auth.dashboard_tokens = vec!["dash-s3cret".into()];
+    let srv = TestServer::start(config).await;
+    let c = client();
+    let browser = cdp::Browser::launch(&chromium).await;
+    let page = browser.new_page().await;
+    page.goto(&srv.url("/")).await;
+
+    // 401 on the stream and REST: the page asks for a token, and says so.
+    page.wait_for(
+        "document.querySelector('#conn-state').dataset.state === 'unauthorized' \
+         && !document.querySelector('#token-form').hidden",
+        STEP,
+        "the token form",
+    )
+    .await;
+    let msg = page.eval("document.querySelector('#token-message').textContent").await;
+    println!("token prompt: {msg}");
+
+    // A wrong token is refused and asked again; the right one goes live.
+    for (token, live) in [("wrong-token", false), ("dash-s3cret", true)] {
+        page.eval(&format!(
+            "(() => {{ document.querySelector('#token-input').value = {}; \
+             document.querySelector('#token-form').requestSubmit(); }})()",
+            json!(token)
+        ))
+        .await;
+        if live {
+            page.wait_for("document.querySelector('#conn-state').textContent === 'live'", STEP, "live with the token")
+                .await;
+        } else {
+            page.wait_for(
+                "document.querySelector('#conn-state').dataset.state === 'unauthorized' \
+                 && !document.querySelector('#token-form').hidden",
+                STEP,
+                "the wrong token refused",
+            )
+            .await;
+        }
+    }
+    let seqs = send(&c, &srv.base, batch("authed", 3)).await;
+    wait_seqs(&page, &seqs, "events with a token").await;
+
+    // The token is kept in the browser: a reload goes live without asking.
+    page.goto(&srv.url("/")).await;
+    page.wait_for("document.querySelector('#conn-state').textContent === 'live'", STEP, "live after a reload").await;
+    assert_eq!(page.eval("document.querySelector('#token-form').hidden").await, json!(true));
+    wait_seqs(&page, &seqs, "history after a reload").await;
+    let ex = page.exceptions();
+    assert!(ex.is_empty(), "uncaught exceptions in the page: {ex:?}");
+    drop(page);
+    drop(browser);
+    srv.stop().await;
+}

@@ -500,6 +500,7 @@ async fn prometheus_run(prom_bin: PathBuf) {
         assert!(Instant::now() < deadline, "prometheus not ready; log:\n{}", prom.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    println!("prometheus ready after {:?}", started.elapsed());
     let deadline = Instant::now() + Duration::from_secs(25);
     loop {
         let n = query(&c, &prom.base, r#"count_over_time(up{job="sidewire"}[1m]) and on() (up{job="sidewire"} == 1)"#)
