@@ -517,6 +517,10 @@ async fn prometheus_run(prom_bin: PathBuf) {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
+    // The checks below can fail: a typo'd metric is empty, a syntax error errs.
+    assert_eq!(query(&c, &prom.base, "sidewire_no_such_metric_total").await, Ok(vec![]));
+    assert!(query(&c, &prom.base, "sum(rate(sidewire_ws_connections_total[1m])").await.is_err());
+
     // The dashboards' $instance, resolved like Grafana does:
     // label_values(sidewire_build_info, instance), All selected.
     let mut vars = Vec::new();
