@@ -2,7 +2,8 @@
 //! the dashboard and Grafana without a backend. Sends file ingestions, chat
 //! queries with latencies, occasional errors and periodic gauge reports.
 
-use rand::Rng;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -95,7 +96,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<u64> {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
     let endpoint = format!("{}/api/v1/ingest", opts.url.trim_end_matches('/'));
     let mut backend = Backend::default();
-    let mut rng = rand::rng();
+    // A `Send` generator, so the demo future can be spawned.
+    let mut rng = StdRng::from_os_rng();
     let started = Instant::now();
     let tick = Duration::from_millis(100);
     let mut interval = tokio::time::interval(tick);

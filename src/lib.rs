@@ -36,6 +36,7 @@
 pub mod activity;
 pub mod api_docs;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod event;
 pub mod http;

@@ -52,6 +52,21 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:8790/healthz")]
         url: String,
     },
+    /// Send realistic synthetic backend activity (to try the dashboard and Grafana).
+    Demo {
+        /// Base URL of the sidecar.
+        #[arg(long, default_value = "http://127.0.0.1:8790")]
+        url: String,
+        /// Events per second.
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        /// Stop after this many seconds (default: run until interrupted).
+        #[arg(long)]
+        duration: Option<u64>,
+        /// Ingest token (also SIDEWIRE_TOKEN).
+        #[arg(long, env = "SIDEWIRE_TOKEN")]
+        token: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -61,6 +76,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { path } => return check_config(&path),
         Command::Emit { url, kind, data, id, source, token } => emit(&url, &kind, data, id, source, token),
         Command::Health { url } => health(&url),
+        Command::Demo { url, rate, duration, token } => demo(url, rate, duration, token),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -192,6 +208,30 @@ fn health(url: &str) -> anyhow::Result<()> {
         let res = client.get(url).send().await.with_context(|| format!("cannot reach {url}"))?;
         if !res.status().is_success() {
             bail!("{url} answered {}", res.status());
+        }
+        Ok(())
+    })
+}
+
+fn demo(url: String, rate: f64, duration: Option<u64>, token: Option<String>) -> anyhow::Result<()> {
+    if !(rate > 0.0 && rate <= 100_000.0) {
+        bail!("--rate must be between 0 and 100000 events per second");
+    }
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter("info").init();
+    let opts = sidewire::demo::DemoOptions {
+        url,
+        rate,
+        duration: duration.map(std::time::Duration::from_secs),
+        token,
+    };
+    eprintln!("sending demo traffic to {} at {rate} events/s (Ctrl-C to stop)", opts.url);
+    runtime()?.block_on(async move {
+        tokio::select! {
+            r = sidewire::demo::run(opts) => {
+                let n = r?;
+                eprintln!("done: {n} events accepted");
+            }
+            _ = tokio::signal::ctrl_c() => eprintln!("stopped"),
         }
         Ok(())
     })

@@ -82,7 +82,16 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Starts the writer (and, for queued ack, the persister) task.
-    pub fn start(sinks: Sinks, config: ConfigRx, initial: DurableStats, next_seq: u64) -> Pipeline {
+    ///
+    /// `seed_ids` (oldest first) pre-fill the dedupe window, so a retry right
+    /// after a restart is still recognised by plugins without `lookup_ids`.
+    pub fn start(
+        sinks: Sinks,
+        config: ConfigRx,
+        initial: DurableStats,
+        next_seq: u64,
+        seed_ids: &[(String, u64)],
+    ) -> Pipeline {
         let live = config.borrow().clone();
         let queue_len = live.config.persist.queue_len;
         let ack = live.config.persist.ack;
@@ -92,7 +101,7 @@ impl Pipeline {
         let metrics = sinks.metrics.clone();
         let persister = (ack == AckMode::Queued).then(|| {
             let (ptx, prx) = mpsc::unbounded_channel();
-            tokio::spawn(persister_loop(prx, sinks.clone()));
+            tokio::spawn(persister_loop(prx, sinks.clone(), queue.clone(), queue_len));
             ptx
         });
         let writer = Writer {
@@ -100,7 +109,13 @@ impl Pipeline {
             config,
             state: initial,
             next_seq,
-            window: RecentIds::new(DEDUPE_WINDOW),
+            window: {
+                let mut w = RecentIds::new(DEDUPE_WINDOW);
+                for (id, seq) in seed_ids {
+                    w.insert(id, *seq);
+                }
+                w
+            },
             persister,
             queue: queue.clone(),
             queue_len,
@@ -419,7 +434,12 @@ fn publish(sinks: &Sinks, group: Group) {
 
 /// Queued ack: stores groups in order, retrying each with backoff until it is
 /// stored. At close, gives up after the shutdown grace period.
-async fn persister_loop(mut rx: mpsc::UnboundedReceiver<PersisterMsg>, sinks: Arc<Sinks>) {
+async fn persister_loop(
+    mut rx: mpsc::UnboundedReceiver<PersisterMsg>,
+    sinks: Arc<Sinks>,
+    queue: Arc<Semaphore>,
+    queue_len: usize,
+) {
     while let Some(msg) = rx.recv().await {
         match msg {
             PersisterMsg::Group(group) => {
@@ -429,6 +449,7 @@ async fn persister_loop(mut rx: mpsc::UnboundedReceiver<PersisterMsg>, sinks: Ar
                     delay = (delay * 2).min(Duration::from_secs(10));
                 }
                 publish(&sinks, group);
+                sinks.metrics.persist_queue_depth.set((queue_len - queue.available_permits()) as i64);
             }
             PersisterMsg::Close(done) => {
                 let _ = done.send(());

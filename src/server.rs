@@ -132,6 +132,7 @@ impl ServerBuilder {
             config_rx.clone(),
             durable,
             next_seq,
+            &recovered.ids,
         );
         let app = Arc::new(App { config: config_rx, pipeline, stats, activity, plugin, metrics, hub, ws: WsState::new() });
         let pusher = tokio::spawn(crate::ws::stats_pusher(app.clone(), gauges_changed));
@@ -155,7 +156,11 @@ impl Running {
         let routes = crate::http::routes(app.clone());
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-        http.http1().keep_alive(true);
+        // A client must send its request head within 10 s (slowloris).
+        http.http1()
+            .keep_alive(true)
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(10));
         let http = http.http1_only();
         let mut shutdown = std::pin::pin!(shutdown);
         if let Ok(addr) = listener.local_addr() {

@@ -121,12 +121,18 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     // print nothing by themselves, but give every line its context.
     let log_filter = filter.or(filter_fn(|m: &Metadata<'_>| m.is_span() && *m.level() <= Level::INFO));
     let log_layer = match config.log_format {
+        // Logs go to stderr; stdout is for command output (e.g. `emit`).
         LogFormat::Json => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
             .json()
             .event_format(JsonWithTraceId(tracing_subscriber::fmt::format().json().with_current_span(true)))
             .with_filter(log_filter)
             .boxed(),
-        LogFormat::Pretty => tracing_subscriber::fmt::layer().with_target(false).with_filter(log_filter).boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .with_filter(log_filter)
+            .boxed(),
     };
 
     opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());

@@ -177,6 +177,7 @@ fn admit(
     peer: SocketAddr,
     req: &http::Request<hyper::body::Incoming>,
     token: Option<&str>,
+    is_upgrade: bool,
 ) -> Result<Slot, Response> {
     let cfg = &live.config;
     let headers = req.headers();
@@ -203,6 +204,18 @@ fn admit(
                 ));
             }
         }
+    }
+    // A plain GET (the dashboard page probes why an upgrade failed) gets its
+    // auth/origin answer above, but takes no connection slot or rate budget.
+    if !is_upgrade {
+        let mut res = ApiError::new(
+            ErrorCode::InvalidQuery,
+            "this endpoint speaks WebSocket only (GET with Upgrade: websocket, version 13)",
+        )
+        .with_status(http::StatusCode::UPGRADE_REQUIRED)
+        .to_response();
+        res.headers_mut().insert(http::header::UPGRADE, http::HeaderValue::from_static("websocket"));
+        return Err(res);
     }
     let ip = ip_key(client_ip(cfg, peer, headers));
     let ws = &app.ws;
@@ -268,27 +281,20 @@ pub async fn upgrade(app: Arc<App>, peer: SocketAddr, mut req: http::Request<hyp
             _ => {}
         }
     }
-    let slot = match admit(&app, &live, peer, &req, token.as_deref()) {
+    let headers = req.headers();
+    let key = headers.get(http::header::SEC_WEBSOCKET_KEY).cloned().filter(|_| {
+        req.method() == http::Method::GET
+            && headers
+                .get(http::header::UPGRADE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+            && headers.get(http::header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13")
+    });
+    let slot = match admit(&app, &live, peer, &req, token.as_deref(), key.is_some()) {
         Ok(s) => s,
         Err(res) => return res,
     };
-    let headers = req.headers();
-    let is_upgrade = req.method() == http::Method::GET
-        && headers
-            .get(http::header::UPGRADE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
-        && headers.get(http::header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
-    let Some(key) = headers.get(http::header::SEC_WEBSOCKET_KEY).filter(|_| is_upgrade).cloned() else {
-        let mut res = ApiError::new(
-            ErrorCode::InvalidQuery,
-            "this endpoint speaks WebSocket only (GET with Upgrade: websocket, version 13)",
-        )
-        .with_status(http::StatusCode::UPGRADE_REQUIRED)
-        .to_response();
-        res.headers_mut().insert(http::header::UPGRADE, http::HeaderValue::from_static("websocket"));
-        return res;
-    };
+    let Some(key) = key else { unreachable!("admit refuses requests that are not upgrades") };
     let on_upgrade = hyper::upgrade::on(&mut req);
     // A GET upgrade has no body: nothing to drain.
     drop(req);

@@ -372,7 +372,6 @@ async fn queued_ack_with_a_full_queue_is_a_503() {
 }
 
 #[tokio::test]
-#[ignore = "bug: sidewire_persist_queue_depth is only updated on submit/after sequencing, never after the store drains the queue"]
 async fn queue_depth_metric_falls_back_to_zero_after_the_queue_drains() {
     let plugin = Flaky::new(true);
     let (srv, _dir) = start(&plugin, |c| c.persist.ack = AckMode::Queued).await;

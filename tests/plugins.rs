@@ -353,7 +353,6 @@ async fn jsonl_restart() {
 }
 
 #[tokio::test]
-#[ignore = "bug: the pipeline's dedupe window starts empty after a restart, so jsonl (and webhook) store a retried id twice"]
 async fn jsonl_dedupe_across_restart() {
     dedupe_across_restart_contract(jsonl).await;
 }

@@ -26,6 +26,7 @@
 
 use super::{Batch, PersistCallback, PersistError, Recovered};
 use crate::event::Event;
+use crate::pipeline::DEDUPE_WINDOW;
 use crate::stats::DurableStats;
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -373,7 +374,9 @@ fn recover_blocking(opts: &JsonlOptions, w: &mut Writer) -> Result<Recovered, Pe
     let mut stats = read_state(path)?;
     let state_seq = stats.as_ref().map_or(0, |s| s.last_seq);
 
-    let active = scan(path, opts.recent, state_seq)
+    // Keep enough events for the activity ring and the dedupe window.
+    let keep = opts.recent.max(DEDUPE_WINDOW);
+    let active = scan(path, keep, state_seq)
         .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?
         .unwrap_or_default();
     report_scan(path, &active);
@@ -403,11 +406,11 @@ fn recover_blocking(opts: &JsonlOptions, w: &mut Writer) -> Result<Recovered, Pe
     // Rotated files, newest first: while the ring wants more events, or to
     // find the last seq when the active file holds none (just rotated).
     for n in 1..=opts.max_files {
-        if recent.len() >= opts.recent && max_seq > 0 {
+        if recent.len() >= keep && max_seq > 0 {
             break;
         }
         let older_path = rotated(path, n);
-        let want = opts.recent - recent.len();
+        let want = keep - recent.len();
         let Some(older) = scan(&older_path, want, state_seq)
             .map_err(|e| err(format!("cannot read {}: {e}", older_path.display())))?
         else {
@@ -446,11 +449,11 @@ fn recover_blocking(opts: &JsonlOptions, w: &mut Writer) -> Result<Recovered, Pe
     w.file = None;
     w.stored_seq = max_seq.max(state_seq);
     w.open(path)?;
-    Ok(Recovered {
-        stats,
-        last_seq: max_seq.max(state_seq),
-        recent: recent.into(),
-    })
+    let ids = recent.iter().filter_map(|e| e.id.as_ref().map(|id| (id.to_string(), e.seq))).collect();
+    while recent.len() > opts.recent {
+        recent.pop_front();
+    }
+    Ok(Recovered { stats, last_seq: max_seq.max(state_seq), recent: recent.into(), ids })
 }
 
 fn persist_blocking(

@@ -40,6 +40,11 @@ pub struct Recovered {
     /// The newest stored events, oldest first, to fill the in-memory activity
     /// ring of a plugin that cannot answer queries.
     pub recent: Vec<Arc<Event>>,
+    /// The newest stored ids with their seqs, oldest first (at most
+    /// [`crate::pipeline::DEDUPE_WINDOW`]), to seed the pipeline's dedupe
+    /// window so a retry right after a restart is still a duplicate. Plugins
+    /// that answer [`PersistCallback::lookup_ids`] leave it empty.
+    pub ids: Vec<(String, u64)>,
 }
 
 /// A query on stored events (activity API and WebSocket resume).

@@ -253,7 +253,7 @@ impl PersistCallback for SqlitePlugin {
                 None => None,
             };
             let last_seq = stats.as_ref().map_or(0, |s| s.last_seq).max(max_seq);
-            Ok(Recovered { stats, last_seq, recent: Vec::new() })
+            Ok(Recovered { stats, last_seq, ..Default::default() })
         })
     }
 
