@@ -48,7 +48,7 @@ struct Job {
     events: Vec<NewEvent>,
     /// Holds `events.len()` queue slots until the events are stored.
     permit: OwnedSemaphorePermit,
-    reply: oneshot::Sender<Result<IngestOutcome, ApiError>>,
+    reply: ReplyTo,
     span: tracing::Span,
 }
 
@@ -184,11 +184,14 @@ impl RecentIds {
     }
 }
 
+/// Where one request's answer goes.
+type ReplyTo = oneshot::Sender<Result<IngestOutcome, ApiError>>;
+
 /// A sequenced group, ready for the plugin.
 struct Group {
     batch: Batch,
     /// Per job: its reply and outcome.
-    replies: Vec<(oneshot::Sender<Result<IngestOutcome, ApiError>>, IngestOutcome, tracing::Span)>,
+    replies: Vec<(ReplyTo, IngestOutcome, tracing::Span)>,
     /// The submitting requests' spans, parents of the `persist` span (kept
     /// apart from `replies`, which queued ack answers before storing).
     spans: Vec<tracing::Span>,

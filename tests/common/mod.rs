@@ -185,4 +185,5 @@ impl Drop for Process {
 
 // Helpers for the REST/core tests (kept apart so WebSocket helpers can grow here).
 pub mod api;
+#[allow(unused_imports)] // not every test binary uses them
 pub use api::*;
