@@ -28,7 +28,7 @@
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
 //! let config = sidewire::config::Config::default();
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let listener = sidewire::server::bind("127.0.0.1:0".parse()?)?;
 //! sidewire::run(listener, config, async { let _ = tokio::signal::ctrl_c().await; }).await?;
 //! # Ok(()) }
 //! ```

@@ -106,7 +106,7 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     let addr = config.listen_addr().map_err(anyhow::Error::msg)?;
     let log = telemetry.log_handle();
     let result = runtime()?.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        let listener = sidewire::server::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
         let (config_tx, config_rx) = tokio::sync::watch::channel(LiveConfig::new(config.clone()));
         let running = sidewire::ServerBuilder::new(config).config_channel(config_rx).start().await?;
         let _reloader = match source {

@@ -93,12 +93,12 @@ impl ServerBuilder {
     pub async fn start(self) -> Result<Running, StartError> {
         let issues = self.config.validate();
         let plugin_is_custom = self.plugin.is_some();
-        let fatal: Vec<_> = issues
-            .into_iter()
-            .filter(|(k, _)| !(plugin_is_custom && k.starts_with("persist.")))
-            .collect();
+        let fatal: Vec<_> =
+            issues.into_iter().filter(|(k, _)| !(plugin_is_custom && k.starts_with("persist."))).collect();
         if !fatal.is_empty() {
-            return Err(StartError::Config(fatal.iter().map(|(k, m)| format!("{k}: {m}")).collect::<Vec<_>>().join("; ")));
+            return Err(StartError::Config(
+                fatal.iter().map(|(k, m)| format!("{k}: {m}")).collect::<Vec<_>>().join("; "),
+            ));
         }
         let config_rx = match self.config_rx {
             Some(rx) => rx,
@@ -134,7 +134,8 @@ impl ServerBuilder {
             next_seq,
             &recovered.ids,
         );
-        let app = Arc::new(App { config: config_rx, pipeline, stats, activity, plugin, metrics, hub, ws: WsState::new() });
+        let app =
+            Arc::new(App { config: config_rx, pipeline, stats, activity, plugin, metrics, hub, ws: WsState::new() });
         let pusher = tokio::spawn(crate::ws::stats_pusher(app.clone(), gauges_changed));
         Ok(Running { app, pusher })
     }
@@ -144,6 +145,20 @@ impl ServerBuilder {
 pub struct Running {
     pub app: Arc<App>,
     pusher: tokio::task::JoinHandle<()>,
+}
+
+/// Pending connections the kernel queues before `accept` (the OS default of
+/// 128 drops SYNs when hundreds of dashboards reconnect at once, which
+/// costs each dropped one a 1 s retransmit).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, so a restart
+/// does not wait for old connections in TIME_WAIT).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// The peer address of a request, for warp filters.
@@ -226,7 +241,9 @@ async fn handle(
         let started = Instant::now();
         let path = req.uri().path().to_string();
         let method = req.method().clone();
-        let (route, res) = if crate::ws::PATHS.contains(&path.as_str()) {
+        // Only a GET can be an upgrade; any other method on a WebSocket path
+        // goes the way of every wrong method: 405 with `Allow: GET`.
+        let (route, res) = if crate::ws::PATHS.contains(&path.as_str()) && method == http::Method::GET {
             let route = if path == crate::ws::PATHS[0] { crate::ws::PATHS[0] } else { crate::ws::PATHS[1] };
             (route, crate::ws::upgrade(app.clone(), peer, req).await)
         } else {

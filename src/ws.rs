@@ -54,7 +54,7 @@ type Socket = WebSocketStream<TokioIo<Upgraded>>;
 /// Buffer sizes chosen for many mostly idle connections.
 pub fn socket_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(8 * 1024)
         .max_write_buffer_size(1024 * 1024)
         .max_message_size(Some(MAX_CLIENT_MESSAGE))

@@ -123,6 +123,18 @@ fn loopback_addr(url: &str) -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// A dashboard WebSocket on a plain TCP connection (no name resolution, no
+/// Nagle), so the tool measures the server and not its own connect path.
+async fn ws_connect(addr: SocketAddr) -> anyhow::Result<Ws> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let url = format!("ws://{addr}/api/v1/ws/dashboard");
+    let (ws, _) = tokio_tungstenite::client_async(url.as_str(), stream).await?;
+    Ok(ws)
+}
+
 fn hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
@@ -260,10 +272,9 @@ async fn fanout(addr: SocketAddr, token: Option<String>, clients: usize, rate: u
         let run_id = run_id.clone();
         let stop = stop.clone();
         let opened = opened.clone();
-        let url = format!("ws://{addr}/api/v1/ws/dashboard");
         tasks.push(tokio::spawn(async move {
-            let (ws, _) = match tokio_tungstenite::connect_async(url.as_str()).await {
-                Ok(ok) => ok,
+            let ws = match ws_connect(addr).await {
+                Ok(ws) => ws,
                 Err(e) => {
                     if i < 3 {
                         eprintln!("client {i}: connect failed: {e}");
@@ -394,18 +405,16 @@ async fn conns(addr: SocketAddr, clients: usize, server_pid: Option<u32>, hold: 
     let before = server_pid.and_then(rss_kib);
     let started = Instant::now();
     let mut sockets = Vec::with_capacity(clients);
-    let url = format!("ws://{addr}/api/v1/ws/dashboard");
     let mut failed = 0;
     // Open in waves of 200 concurrent handshakes.
     for chunk in (0..clients).collect::<Vec<_>>().chunks(200) {
         let mut set = tokio::task::JoinSet::new();
         for _ in chunk {
-            let url = url.clone();
-            set.spawn(async move { tokio_tungstenite::connect_async(url.as_str()).await });
+            set.spawn(ws_connect(addr));
         }
         while let Some(r) = set.join_next().await {
             match r? {
-                Ok((ws, _)) => sockets.push(ws),
+                Ok(ws) => sockets.push(ws),
                 Err(e) => {
                     if failed < 3 {
                         eprintln!("connect failed: {e}");
@@ -439,8 +448,7 @@ async fn conns(addr: SocketAddr, clients: usize, server_pid: Option<u32>, hold: 
 async fn e2e(addr: SocketAddr, token: Option<String>, count: u64, gap_ms: u64) -> anyhow::Result<()> {
     let base = Instant::now();
     let run_id = format!("bench_{:08x}", rand::random::<u32>());
-    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/v1/ws/dashboard").as_str()).await?;
-    let (mut tx, mut rx) = ws.split();
+    let (mut tx, mut rx) = ws_connect(addr).await?.split();
     tx.send(Message::Text(json!({"type": "subscribe", "types": [run_id]}).to_string().into())).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut sender = http_conn(addr).await?;
