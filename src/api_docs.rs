@@ -13,7 +13,9 @@
 use crate::error::ErrorCode;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{Ref, RefOr};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
 /// The whole API: every HTTP path and every schema.
@@ -45,6 +47,7 @@ use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
     components(schemas(
         IngestEvent,
         IngestBody,
+        IngestBatch,
         IngestResult,
         Event,
         StatsSnapshot,
@@ -102,10 +105,7 @@ impl Modify for SecuritySchemes {
         let components = openapi.components.get_or_insert_with(Default::default);
         let bearer = |description: &str| {
             SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .description(Some(description.to_string()))
-                    .build(),
+                HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some(description.to_string())).build(),
             )
         };
         components.add_security_scheme(
@@ -143,20 +143,16 @@ pub struct IngestEvent {
     /// `query_complete`, `error`, and `stats_update` (a gauge report: each
     /// numeric top-level field of `data` sets the gauge of that name).
     #[serde(rename = "type")]
-    #[schema(
-        pattern = "^[a-z][a-z0-9_.:-]{0,63}$",
-        min_length = 1,
-        max_length = 64,
-        examples("ingestion_complete")
-    )]
+    #[schema(pattern = "^[a-z][a-z0-9_.:-]{0,63}$", min_length = 1, max_length = 64, examples("ingestion_complete"))]
     pub kind: String,
     /// Any JSON object (default `{}`): at most 64 KiB serialized and at most
     /// 32 levels of nested objects/arrays (`data` itself is level 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Object, nullable = false)]
     pub data: Option<serde_json::Map<String, serde_json::Value>>,
-    /// RFC 3339, any offset; stored in UTC with millisecond precision. The
-    /// server's receive time when absent.
+    /// RFC 3339, any offset; stored in UTC with millisecond precision, so
+    /// in UTC it must fall within the years 0000 to 9999 (else
+    /// `invalid_event`). The server's receive time when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(format = DateTime, nullable = false, examples("2025-12-31T20:00:00Z"))]
     pub timestamp: Option<String>,
@@ -164,31 +160,72 @@ pub struct IngestEvent {
     /// stored or broadcast again; it counts in `duplicates` and reports its
     /// first seq. 1–128 printable ASCII characters, no space.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(
-        pattern = "^[!-~]{1,128}$",
-        min_length = 1,
-        max_length = 128,
-        nullable = false
-    )]
+    #[schema(pattern = "^[!-~]{1,128}$", min_length = 1, max_length = 128, nullable = false)]
     pub id: Option<String>,
     /// Which backend instance sent it: 1–64 printable ASCII characters, no space.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(
-        pattern = "^[!-~]{1,64}$",
-        min_length = 1,
-        max_length = 64,
-        nullable = false
-    )]
+    #[schema(pattern = "^[!-~]{1,64}$", min_length = 1, max_length = 64, nullable = false)]
     pub source: Option<String>,
 }
 
 /// The `application/json` ingest body: one event, or an array of 1 to
 /// `ingest.max_batch` (default 1000) events.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+///
+/// `ToSchema` is written by hand (here and for [`IngestBatch`]): utoipa's
+/// derive cannot put `minItems` on a variant's array, and an empty batch is a
+/// 400 `empty_batch`, so the document must not call `[]` valid.
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum IngestBody {
     One(IngestEvent),
-    Many(Vec<IngestEvent>),
+    Many(IngestBatch),
+}
+
+impl utoipa::PartialSchema for IngestBody {
+    fn schema() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(Ref::from_schema_name(IngestEvent::name()))
+            .item(Ref::from_schema_name(IngestBatch::name()))
+            .description(Some(
+                "The `application/json` ingest body: one event, or an array of 1 to `ingest.max_batch` \
+                 (default 1000) events.",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for IngestBody {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        IngestBatch::schemas(schemas);
+        schemas.push((IngestBatch::name().into(), <IngestBatch as utoipa::PartialSchema>::schema()));
+    }
+}
+
+/// A batch of 1 to `ingest.max_batch` (default 1000) events: the array form
+/// of the `application/json` body, and the events of an
+/// `application/x-ndjson` body (there one JSON event per line).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct IngestBatch(pub Vec<IngestEvent>);
+
+impl utoipa::PartialSchema for IngestBatch {
+    fn schema() -> RefOr<Schema> {
+        ArrayBuilder::new()
+            .items(Ref::from_schema_name(IngestEvent::name()))
+            .min_items(Some(1))
+            .description(Some(
+                "1 to `ingest.max_batch` (default 1000) events; more is a 413 `payload_too_large`, none a 400 \
+                 `empty_batch`. As `application/x-ndjson`, each event is one line of JSON (blank lines are \
+                 skipped but count for `index`).",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for IngestBatch {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((IngestEvent::name().into(), <IngestEvent as utoipa::PartialSchema>::schema()));
+        IngestEvent::schemas(schemas);
+    }
 }
 
 /// An accepted event as the server stores and sends it: the ingested event,
@@ -334,17 +371,50 @@ pub struct ActivityQuery {
     /// Only events of these types (repeatable: `?type=a&type=b` means either).
     /// Gauge reports (`stats_update`) are left out unless asked for here.
     #[serde(rename = "type")]
-    #[param(rename = "type", style = Form, explode, inline)]
+    #[param(rename = "type", style = Form, explode, value_type = Option<Vec<EventType>>, inline)]
     pub types: Option<Vec<String>>,
     /// Only events with seq < before (pass the previous page's `nextBefore`).
-    #[param(minimum = 0)]
+    #[param(value_type = Option<SeqParam>, inline)]
     pub before: Option<u64>,
     /// Only events with seq > after.
-    #[param(minimum = 0)]
+    #[param(value_type = Option<SeqParam>, inline)]
     pub after: Option<u64>,
     /// A dashboard token, as an alternative to `Authorization: Bearer`.
     pub token: Option<String>,
 }
+
+/// The schema of an event type in a query parameter (`type`): it must match
+/// [`EVENT_TYPE_PATTERN`], anything else is a 400 `invalid_query`.
+pub struct EventType;
+
+impl utoipa::PartialSchema for EventType {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(EVENT_TYPE_PATTERN))
+            .min_length(Some(1))
+            .max_length(Some(64))
+            .into()
+    }
+}
+
+impl ToSchema for EventType {}
+
+/// The schema of a seq query parameter (`before`, `after`, `afterSeq`): the
+/// server takes any unsigned 64-bit integer (larger is a 400 `invalid_query`),
+/// so the range is 0 to 2^64 - 1, not `int64`'s.
+pub struct SeqParam;
+
+impl utoipa::PartialSchema for SeqParam {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0u64)).maximum(Some(u64::MAX)).into()
+    }
+}
+
+impl ToSchema for SeqParam {}
+
+/// What an event type must match (see [`crate::event::is_event_type`]).
+pub const EVENT_TYPE_PATTERN: &str = "^[a-z][a-z0-9_.:-]{0,63}$";
 
 /// Query parameters of `GET /api/v1/stats`.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -629,7 +699,7 @@ pub struct WsQuery {
     /// Resume: replay every stored event with seq > afterSeq (at most
     /// `ws.max_replay`, oldest first), then `resume_complete`, then live
     /// events, with no gap and no duplicate.
-    #[param(minimum = 0)]
+    #[param(value_type = Option<SeqParam>, inline)]
     pub after_seq: Option<u64>,
 }
 
@@ -730,12 +800,7 @@ mod tests {
     }
 
     fn props(schema: &Value) -> Vec<String> {
-        let mut v: Vec<String> = schema["properties"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .cloned()
-            .collect();
+        let mut v: Vec<String> = schema["properties"].as_object().unwrap().keys().cloned().collect();
         v.sort();
         v
     }
@@ -758,11 +823,7 @@ mod tests {
     #[test]
     fn is_openapi_31_with_the_crate_version() {
         let d = doc();
-        assert!(
-            d["openapi"].as_str().unwrap().starts_with("3.1"),
-            "{}",
-            d["openapi"]
-        );
+        assert!(d["openapi"].as_str().unwrap().starts_with("3.1"), "{}", d["openapi"]);
         assert_eq!(d["info"]["version"], crate::VERSION);
         assert_eq!(d["info"]["title"], "sidewire");
     }
@@ -780,8 +841,7 @@ mod tests {
         let d = doc();
         let s = schema(&d, "IngestEvent");
         let example = s["examples"][0].clone();
-        let e = crate::event::NewEvent::from_value(example.clone(), 0, &Default::default())
-            .expect("example is valid");
+        let e = crate::event::NewEvent::from_value(example.clone(), 0, &Default::default()).expect("example is valid");
         assert_eq!(e.kind, "ingestion_complete");
         assert_eq!(keys(&example), props(s), "example and schema disagree");
         assert_eq!(required(s), vec!["type"]);
@@ -806,11 +866,7 @@ mod tests {
     #[test]
     fn ingest_result_matches_the_pipeline_outcome() {
         let d = doc();
-        let outcome = crate::pipeline::IngestOutcome {
-            accepted: 1,
-            duplicates: 0,
-            seqs: vec![1],
-        };
+        let outcome = crate::pipeline::IngestOutcome { accepted: 1, duplicates: 0, seqs: vec![1] };
         let v = serde_json::to_value(&outcome).unwrap();
         let s = schema(&d, "IngestResult");
         assert_eq!(keys(&v), props(s));
@@ -826,15 +882,9 @@ mod tests {
         let snap = Value::Object(stats.snapshot(&counters));
         // every built-in the server sends is documented and required; the
         // default counters are documented (optional)
-        assert_eq!(
-            keys(&snap),
-            props(s),
-            "snapshot keys vs documented properties"
-        );
-        let mut builtins: Vec<String> = keys(&snap)
-            .into_iter()
-            .filter(|k| !counters.iter().any(|c| &c.name == k))
-            .collect();
+        assert_eq!(keys(&snap), props(s), "snapshot keys vs documented properties");
+        let mut builtins: Vec<String> =
+            keys(&snap).into_iter().filter(|k| !counters.iter().any(|c| &c.name == k)).collect();
         builtins.sort();
         assert_eq!(builtins, required(s));
         assert_eq!(s["additionalProperties"]["type"], "number");
@@ -853,29 +903,77 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_batch_is_not_a_valid_body() {
+        // `[]` is a 400 `empty_batch`: the document must not call it valid
+        // (schemathesis sends every body the document allows and expects a 2xx).
+        let d = doc();
+        let batch = schema(&d, "IngestBatch");
+        assert_eq!(batch["type"], "array");
+        assert_eq!(batch["minItems"], 1);
+        assert_eq!(batch["items"]["$ref"], "#/components/schemas/IngestEvent");
+        let one_of = schema(&d, "IngestBody")["oneOf"].as_array().unwrap();
+        let refs: Vec<&str> = one_of.iter().map(|s| s["$ref"].as_str().unwrap()).collect();
+        assert_eq!(refs, ["#/components/schemas/IngestEvent", "#/components/schemas/IngestBatch"]);
+        let content = &d["paths"]["/api/v1/ingest"]["post"]["requestBody"]["content"];
+        assert_eq!(content["application/json"]["schema"]["$ref"], "#/components/schemas/IngestBody");
+        assert_eq!(content["application/x-ndjson"]["schema"]["$ref"], "#/components/schemas/IngestBatch");
+        // the JSON forms of IngestBody still read
+        let _: IngestBody = serde_json::from_value(json!([{"type": "a"}])).unwrap();
+        let _: IngestBody = serde_json::from_value(json!({"type": "a"})).unwrap();
+    }
+
+    #[test]
+    fn activity_type_parameter_has_the_event_type_pattern() {
+        let d = doc();
+        let params = d["paths"]["/api/v1/activity/recent"]["get"]["parameters"].as_array().unwrap();
+        let ty = params.iter().find(|p| p["name"] == "type").unwrap();
+        assert_eq!((&ty["style"], &ty["explode"]), (&json!("form"), &json!(true)));
+        assert_eq!(ty["schema"]["type"], "array");
+        assert_eq!(ty["schema"]["items"]["pattern"], EVENT_TYPE_PATTERN);
+        assert_eq!(schema(&d, "IngestEvent")["properties"]["type"]["pattern"], EVENT_TYPE_PATTERN);
+        for (t, ok) in
+            [("a", true), ("ingestion_complete", true), ("a.b:c-d", true), ("", false), ("A", false), ("1a", false)]
+        {
+            assert_eq!(crate::event::is_event_type(t), ok, "{t:?}");
+            assert!(crate::http::activity::parse(&format!("type={t}")).is_ok() == ok, "{t:?}");
+        }
+    }
+
+    #[test]
+    fn seq_parameters_span_the_range_the_server_takes() {
+        let d = doc();
+        let param = |path: &str, name: &str| {
+            let ps = d["paths"][path]["get"]["parameters"].as_array().unwrap();
+            ps.iter().find(|p| p["name"] == name).unwrap()["schema"].clone()
+        };
+        for (path, name) in [
+            ("/api/v1/activity/recent", "before"),
+            ("/api/v1/activity/recent", "after"),
+            ("/api/v1/ws/dashboard", "afterSeq"),
+            ("/ws/dashboard", "afterSeq"),
+        ] {
+            let s = param(path, name);
+            assert_eq!((&s["type"], &s["minimum"], &s["maximum"]), (&json!("integer"), &json!(0), &json!(u64::MAX)));
+            assert!(s.get("format").is_none(), "{path} {name}: int64 would cap it at 2^63 - 1");
+        }
+        for (name, v, ok) in [("before", "18446744073709551615", true), ("after", "18446744073709551616", false)] {
+            assert_eq!(crate::http::activity::parse(&format!("{name}={v}")).is_ok(), ok, "{name}={v}");
+        }
+    }
+
+    #[test]
     fn activity_query_limits_match_the_handler() {
         let d = doc();
-        let params = d["paths"]["/api/v1/activity/recent"]["get"]["parameters"]
-            .as_array()
-            .unwrap();
+        let params = d["paths"]["/api/v1/activity/recent"]["get"]["parameters"].as_array().unwrap();
         let limit = params.iter().find(|p| p["name"] == "limit").unwrap();
-        assert_eq!(
-            limit["schema"]["maximum"],
-            json!(crate::http::activity::MAX_LIMIT)
-        );
-        assert_eq!(
-            limit["schema"]["default"],
-            json!(crate::http::activity::DEFAULT_LIMIT)
-        );
+        assert_eq!(limit["schema"]["maximum"], json!(crate::http::activity::MAX_LIMIT));
+        assert_eq!(limit["schema"]["default"], json!(crate::http::activity::DEFAULT_LIMIT));
         let names: Vec<&str> = params.iter().map(|p| p["name"].as_str().unwrap()).collect();
         assert_eq!(names, ["limit", "type", "before", "after", "token"]);
         for n in names {
             let q = format!("{n}=1");
             let r = crate::http::activity::parse(&q);
-            assert!(
-                !matches!(&r, Err(e) if e.message.contains("unknown parameter")),
-                "{n} is documented but unknown"
-            );
+            assert!(!matches!(&r, Err(e) if e.message.contains("unknown parameter")), "{n} is documented but unknown");
         }
     }
 }

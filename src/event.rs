@@ -6,7 +6,7 @@
 
 use crate::error::{ApiError, ErrorCode};
 use bytes::Bytes;
-use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, TimeZone, Utc};
 use serde_json::{Map, Value};
 use std::collections::HashSet;
 
@@ -31,7 +31,10 @@ pub fn is_event_type(s: &str) -> bool {
 /// `^[A-Za-z][A-Za-z0-9_]{0,63}$` (gauge and counter names).
 pub fn is_stat_name(s: &str) -> bool {
     let b = s.as_bytes();
-    !b.is_empty() && b.len() <= 64 && b[0].is_ascii_alphabetic() && b[1..].iter().all(|&c| c.is_ascii_alphanumeric() || c == b'_')
+    !b.is_empty()
+        && b.len() <= 64
+        && b[0].is_ascii_alphabetic()
+        && b[1..].iter().all(|&c| c.is_ascii_alphanumeric() || c == b'_')
 }
 
 fn is_printable_ascii(s: &str, max: usize) -> bool {
@@ -96,11 +99,19 @@ impl NewEvent {
         }
         let kind = match obj.remove("type") {
             Some(Value::String(s)) => s,
-            Some(v) => return Err(bad(ErrorCode::InvalidEvent, format!("field `type`: must be a string, got {}", kind_of(&v)))),
+            Some(v) => {
+                return Err(bad(
+                    ErrorCode::InvalidEvent,
+                    format!("field `type`: must be a string, got {}", kind_of(&v)),
+                ))
+            }
             None => return Err(bad(ErrorCode::InvalidEvent, "field `type` is required".into())),
         };
         if !is_event_type(&kind) {
-            return Err(bad(ErrorCode::InvalidEvent, format!("field `type`: {kind:?} must match ^[a-z][a-z0-9_.:-]{{0,63}}$")));
+            return Err(bad(
+                ErrorCode::InvalidEvent,
+                format!("field `type`: {kind:?} must match ^[a-z][a-z0-9_.:-]{{0,63}}$"),
+            ));
         }
         if RESERVED_TYPES.contains(&kind.as_str()) {
             return Err(bad(ErrorCode::ReservedType, format!("field `type`: `{kind}` is sent by the server only")));
@@ -108,11 +119,19 @@ impl NewEvent {
         let data = match obj.remove("data") {
             None => Map::new(),
             Some(Value::Object(m)) => m,
-            Some(v) => return Err(bad(ErrorCode::InvalidEvent, format!("field `data`: must be an object, got {}", kind_of(&v)))),
+            Some(v) => {
+                return Err(bad(
+                    ErrorCode::InvalidEvent,
+                    format!("field `data`: must be an object, got {}", kind_of(&v)),
+                ))
+            }
         };
         let depth = depth_of_map(&data);
         if depth > MAX_DATA_DEPTH {
-            return Err(bad(ErrorCode::InvalidEvent, format!("field `data`: nested {depth} levels deep, at most {MAX_DATA_DEPTH}")));
+            return Err(bad(
+                ErrorCode::InvalidEvent,
+                format!("field `data`: nested {depth} levels deep, at most {MAX_DATA_DEPTH}"),
+            ));
         }
         let data_json = serde_json::to_string(&data).expect("a JSON map always serializes");
         if data_json.len() > MAX_DATA_BYTES {
@@ -124,10 +143,26 @@ impl NewEvent {
         let timestamp = match obj.remove("timestamp") {
             None => now_ms(),
             Some(Value::String(s)) => match DateTime::parse_from_rfc3339(&s) {
+                // In UTC it must still be writable as RFC 3339 (years 0000-9999):
+                // `9999-12-31T23:00:00-05:00` is not, and would be stored and
+                // sent as `+10000-01-01T04:00:00.000Z`.
+                Ok(t) if !(0..=9999).contains(&t.with_timezone(&Utc).year()) => {
+                    return Err(bad(
+                        ErrorCode::InvalidEvent,
+                        format!("field `timestamp`: {s:?} is outside the years 0000 to 9999 once in UTC"),
+                    ))
+                }
                 Ok(t) => truncate_ms(t.with_timezone(&Utc)),
-                Err(e) => return Err(bad(ErrorCode::InvalidEvent, format!("field `timestamp`: {s:?} is not RFC 3339 ({e})"))),
+                Err(e) => {
+                    return Err(bad(ErrorCode::InvalidEvent, format!("field `timestamp`: {s:?} is not RFC 3339 ({e})")))
+                }
             },
-            Some(v) => return Err(bad(ErrorCode::InvalidEvent, format!("field `timestamp`: must be a string, got {}", kind_of(&v)))),
+            Some(v) => {
+                return Err(bad(
+                    ErrorCode::InvalidEvent,
+                    format!("field `timestamp`: must be a string, got {}", kind_of(&v)),
+                ))
+            }
         };
         let id = optional_ascii(&mut obj, "id", 128).map_err(|m| bad(ErrorCode::InvalidEvent, m))?;
         let source = optional_ascii(&mut obj, "source", 64).map_err(|m| bad(ErrorCode::InvalidEvent, m))?;
@@ -141,7 +176,10 @@ impl NewEvent {
                     ));
                 }
                 if rules.reserved_stats.contains(name) {
-                    return Err(bad(ErrorCode::ReservedStat, format!("gauge `{name}` is the name of a built-in stat or counter")));
+                    return Err(bad(
+                        ErrorCode::ReservedStat,
+                        format!("gauge `{name}` is the name of a built-in stat or counter"),
+                    ));
                 }
             }
         }
@@ -153,7 +191,9 @@ fn optional_ascii(obj: &mut Map<String, Value>, field: &str, max: usize) -> Resu
     match obj.remove(field) {
         None => Ok(None),
         Some(Value::String(s)) if is_printable_ascii(&s, max) => Ok(Some(s)),
-        Some(Value::String(_)) => Err(format!("field `{field}`: must be 1-{max} printable ASCII characters (0x21-0x7E)")),
+        Some(Value::String(_)) => {
+            Err(format!("field `{field}`: must be 1-{max} printable ASCII characters (0x21-0x7E)"))
+        }
         Some(v) => Err(format!("field `{field}`: must be a string, got {}", kind_of(&v))),
     }
 }
@@ -336,6 +376,29 @@ mod tests {
     fn timestamp_normalized_to_utc_millis() {
         let e = check(json!({"type": "x", "timestamp": "2025-06-01T12:30:45.123456+02:00"})).unwrap();
         assert_eq!(format_ts(&e.timestamp), "2025-06-01T10:30:45.123Z");
+    }
+
+    #[test]
+    fn timestamp_must_stay_within_rfc3339_years_in_utc() {
+        // Found by schemathesis: these were accepted and then sent as
+        // `+10000-01-01T...` and `-0001-12-31T...`, which are not RFC 3339
+        // (and which the store could not read back).
+        for ts in ["9999-12-31T23:00:00-05:00", "0000-01-01T00:00:00+00:01"] {
+            let e = check(json!({"type": "x", "timestamp": ts})).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidEvent, "{ts}");
+            assert!(e.message.contains("0000 to 9999"), "{}", e.message);
+        }
+        for (ts, utc) in [
+            ("9999-12-31T23:59:59.999Z", "9999-12-31T23:59:59.999Z"),
+            ("9999-12-31T00:00:00-05:00", "9999-12-31T05:00:00.000Z"),
+            ("0000-01-01T00:00:00Z", "0000-01-01T00:00:00.000Z"),
+            ("0001-01-01T00:00:00+05:00", "0000-12-31T19:00:00.000Z"),
+        ] {
+            let e = check(json!({"type": "x", "timestamp": ts})).unwrap();
+            assert_eq!(format_ts(&e.timestamp), utc, "{ts}");
+            let wire = Event::from_new(1, &e);
+            assert_eq!(Event::from_json(&wire.json).unwrap().timestamp, e.timestamp, "{ts} reads back");
+        }
     }
 
     #[test]

@@ -9,17 +9,13 @@ use common::*;
 use serde_json::Value;
 use std::collections::BTreeSet;
 
-const METHODS: [&str; 8] = [
-    "get", "put", "post", "delete", "options", "head", "patch", "trace",
-];
+const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
 
 /// (path, METHOD) of every route the server answers: the warp routes
 /// (`http::KNOWN`) plus the WebSocket paths the server upgrades itself.
 fn server_routes() -> BTreeSet<(String, String)> {
-    let mut routes: BTreeSet<(String, String)> = sidewire::http::KNOWN
-        .iter()
-        .map(|(p, m)| (p.to_string(), m.to_string()))
-        .collect();
+    let mut routes: BTreeSet<(String, String)> =
+        sidewire::http::KNOWN.iter().map(|(p, m)| (p.to_string(), m.to_string())).collect();
     for p in sidewire::ws::PATHS {
         routes.insert((p.to_string(), "GET".to_string()));
     }
@@ -50,16 +46,10 @@ fn fill_path(path: &str, op: &Value) -> String {
                 .as_array()
                 .and_then(|ps| ps.iter().find(|p| p["in"] == "path" && p["name"] == name))
                 .unwrap_or_else(|| panic!("{path}: path parameter `{name}` is not documented"));
-            let example = [
-                &param["example"],
-                &param["schema"]["example"],
-                &param["schema"]["examples"][0],
-            ]
-            .into_iter()
-            .find_map(|v| v.as_str())
-            .unwrap_or_else(|| {
-                panic!("{path}: path parameter `{name}` has no example to test with")
-            });
+            let example = [&param["example"], &param["schema"]["example"], &param["schema"]["examples"][0]]
+                .into_iter()
+                .find_map(|v| v.as_str())
+                .unwrap_or_else(|| panic!("{path}: path parameter `{name}` has no example to test with"));
             example.to_string()
         })
         .collect::<Vec<_>>()
@@ -72,11 +62,7 @@ fn body_example(op: &Value) -> Option<Value> {
     if !media["example"].is_null() {
         return Some(media["example"].clone());
     }
-    media["examples"]
-        .as_object()?
-        .values()
-        .next()
-        .map(|e| e["value"].clone())
+    media["examples"].as_object()?.values().next().map(|e| e["value"].clone())
 }
 
 #[tokio::test]
@@ -95,15 +81,9 @@ async fn openapi_document_is_31_and_documents_exactly_the_served_routes() {
     let docs = documented(&doc);
     let served = server_routes();
     let undocumented: Vec<_> = served.difference(&docs).collect();
-    assert!(
-        undocumented.is_empty(),
-        "routes the server answers but the document lacks: {undocumented:?}"
-    );
+    assert!(undocumented.is_empty(), "routes the server answers but the document lacks: {undocumented:?}");
     let unserved: Vec<_> = docs.difference(&served).collect();
-    assert!(
-        unserved.is_empty(),
-        "documented operations with no route in http::KNOWN or ws::PATHS: {unserved:?}"
-    );
+    assert!(unserved.is_empty(), "documented operations with no route in http::KNOWN or ws::PATHS: {unserved:?}");
 
     // Every documented operation answers on the running server, with one of
     // its documented statuses. No redirects followed: `/docs` documents its 302.
@@ -118,16 +98,11 @@ async fn openapi_document_is_31_and_documents_exactly_the_served_routes() {
         let url = srv.url(&fill_path(path, op));
         let mut req = raw.request(method.parse().unwrap(), &url);
         if let Some(body) = body_example(op) {
-            req = req
-                .header("content-type", "application/json")
-                .body(body.to_string());
+            req = req.header("content-type", "application/json").body(body.to_string());
         }
         let res = req.send().await.unwrap();
         let code = res.status().as_u16();
-        assert!(
-            code != 404 && code != 405,
-            "{method} {url} (documented as {path}) answered {code}"
-        );
+        assert!(code != 404 && code != 405, "{method} {url} (documented as {path}) answered {code}");
         let responses = op["responses"].as_object().unwrap();
         assert!(
             responses.contains_key(&code.to_string()),
@@ -137,38 +112,28 @@ async fn openapi_document_is_31_and_documents_exactly_the_served_routes() {
     }
 
     // Every response above carried a route label (went through `named`).
-    let metrics = c
-        .get(srv.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = c.get(srv.url("/metrics")).send().await.unwrap().text().await.unwrap();
     let unlabelled: Vec<&str> = metrics
         .lines()
-        .filter(|l| {
-            l.starts_with("sidewire_http_requests_total{") && l.contains(r#"route="unmatched""#)
-        })
+        .filter(|l| l.starts_with("sidewire_http_requests_total{") && l.contains(r#"route="unmatched""#))
         .collect();
-    assert!(
-        unlabelled.is_empty(),
-        "requests without a route label: {unlabelled:?}"
-    );
+    assert!(unlabelled.is_empty(), "requests without a route label: {unlabelled:?}");
 
     // The 405 logic knows the templated docs route too.
-    let r = c
-        .post(srv.url("/docs/swagger-ui.css"))
-        .send()
-        .await
-        .unwrap();
+    let r = c.post(srv.url("/docs/swagger-ui.css")).send().await.unwrap();
     assert_eq!(r.status(), 405);
     assert_eq!(r.headers()["allow"], "GET");
+    // So does the WebSocket paths': only a GET may upgrade, any other method
+    // is a 405 like everywhere else (not a 426 "use WebSocket").
+    for path in sidewire::ws::PATHS {
+        for method in ["POST", "TRACE", "DELETE"] {
+            let r = c.request(method.parse().unwrap(), srv.url(path)).send().await.unwrap();
+            assert_eq!(r.status(), 405, "{method} {path}");
+            assert_eq!(r.headers()["allow"], "GET", "{method} {path}");
+        }
+    }
     let (status, body) = get_json(&c, &srv.url("/docs/no/such/file.js")).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (404, Some("not_found"))
-    );
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
     srv.stop().await;
 }
 
@@ -185,15 +150,9 @@ async fn docs_page_is_html_with_only_local_assets() {
     assert!(ct.starts_with("text/html"), "content-type {ct}");
     let html = page.text().await.unwrap();
 
-    let tag = regex_lite::Regex::new(
-        r#"(?i)<(?:script|link)\b[^>]*?\b(?:src|href)\s*=\s*["']([^"']+)["']"#,
-    )
-    .unwrap();
+    let tag = regex_lite::Regex::new(r#"(?i)<(?:script|link)\b[^>]*?\b(?:src|href)\s*=\s*["']([^"']+)["']"#).unwrap();
     let refs: Vec<String> = tag.captures_iter(&html).map(|c| c[1].to_string()).collect();
-    assert!(
-        refs.iter().any(|r| r.ends_with(".js")),
-        "no scripts found in {html}"
-    );
+    assert!(refs.iter().any(|r| r.ends_with(".js")), "no scripts found in {html}");
     let external: Vec<&String> = refs
         .iter()
         .filter(|r| {
@@ -201,10 +160,7 @@ async fn docs_page_is_html_with_only_local_assets() {
             r.starts_with("http:") || r.starts_with("https:") || r.starts_with("//")
         })
         .collect();
-    assert!(
-        external.is_empty(),
-        "/docs loads assets from the internet: {external:?}"
-    );
+    assert!(external.is_empty(), "/docs loads assets from the internet: {external:?}");
     for r in refs.iter().filter(|r| !r.starts_with("data:")) {
         let url = page_url.join(r).unwrap();
         assert_eq!(url.host_str(), page_url.host_str());
@@ -214,18 +170,8 @@ async fn docs_page_is_html_with_only_local_assets() {
     }
 
     // The page reads this server's document, and no online validator.
-    let init = c
-        .get(srv.url("/docs/swagger-initializer.js"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        init.contains(r#""url": "/api-docs/openapi.json""#),
-        "{init}"
-    );
+    let init = c.get(srv.url("/docs/swagger-initializer.js")).send().await.unwrap().text().await.unwrap();
+    assert!(init.contains(r#""url": "/api-docs/openapi.json""#), "{init}");
     assert!(init.contains(r#""validatorUrl": "none""#), "{init}");
     srv.stop().await;
 }

@@ -23,12 +23,8 @@ pub const DOCS_ASSET_ROUTE: &str = "/docs/{file}";
 /// The document, serialized once on first use.
 pub fn openapi_bytes() -> Bytes {
     static JSON: OnceLock<Bytes> = OnceLock::new();
-    JSON.get_or_init(|| {
-        Bytes::from(
-            serde_json::to_vec(&ApiDoc::openapi()).expect("the OpenAPI document serializes"),
-        )
-    })
-    .clone()
+    JSON.get_or_init(|| Bytes::from(serde_json::to_vec(&ApiDoc::openapi()).expect("the OpenAPI document serializes")))
+        .clone()
 }
 
 static SWAGGER_CONFIG: LazyLock<Arc<Config<'static>>> = LazyLock::new(|| {
@@ -42,14 +38,9 @@ static SWAGGER_CONFIG: LazyLock<Arc<Config<'static>>> = LazyLock::new(|| {
 });
 
 pub fn routes() -> warp::filters::BoxedFilter<(Response,)> {
-    let openapi = warp::path!("api-docs" / "openapi.json")
-        .and(warp::get())
-        .map(openapi_json);
-    let docs = warp::path("docs")
-        .and(warp::get())
-        .and(warp::path::full())
-        .and(warp::path::tail())
-        .map(|full: FullPath, tail: Tail| {
+    let openapi = warp::path!("api-docs" / "openapi.json").and(warp::get()).map(openapi_json);
+    let docs = warp::path("docs").and(warp::get()).and(warp::path::full()).and(warp::path::tail()).map(
+        |full: FullPath, tail: Tail| {
             if full.as_str() == DOCS_ROUTE {
                 docs_redirect()
             } else if tail.as_str().is_empty() {
@@ -57,7 +48,8 @@ pub fn routes() -> warp::filters::BoxedFilter<(Response,)> {
             } else {
                 docs_asset(tail.as_str())
             }
-        });
+        },
+    );
     openapi.or(docs).unify().boxed()
 }
 
@@ -89,15 +81,8 @@ pub fn openapi_json() -> Response {
         headers(("Location" = String, description = "`/docs/`"))))
 )]
 pub fn docs_redirect() -> Response {
-    let mut res = bytes_response(
-        http::StatusCode::FOUND,
-        "text/plain; charset=utf-8",
-        b"see /docs/\n".to_vec(),
-    );
-    res.headers_mut().insert(
-        http::header::LOCATION,
-        http::HeaderValue::from_static(DOCS_INDEX_ROUTE),
-    );
+    let mut res = bytes_response(http::StatusCode::FOUND, "text/plain; charset=utf-8", b"see /docs/\n".to_vec());
+    res.headers_mut().insert(http::header::LOCATION, http::HeaderValue::from_static(DOCS_INDEX_ROUTE));
     named(DOCS_ROUTE, res)
 }
 
@@ -151,28 +136,19 @@ fn swagger_file(route: &'static str, file: &str) -> Response {
                 h.insert(http::header::CONTENT_TYPE, ct);
             }
             if f.gzpipped {
-                h.insert(
-                    http::header::CONTENT_ENCODING,
-                    http::HeaderValue::from_static("gzip"),
-                );
+                h.insert(http::header::CONTENT_ENCODING, http::HeaderValue::from_static("gzip"));
             }
             // The page and its config change with the binary; the big bundles
             // may be cached for a while.
-            let cache =
-                if file.is_empty() || file.ends_with(".html") || file == "swagger-initializer.js" {
-                    "no-cache"
-                } else {
-                    "public, max-age=3600"
-                };
-            h.insert(
-                http::header::CACHE_CONTROL,
-                http::HeaderValue::from_static(cache),
-            );
+            let cache = if file.is_empty() || file.ends_with(".html") || file == "swagger-initializer.js" {
+                "no-cache"
+            } else {
+                "public, max-age=3600"
+            };
+            h.insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static(cache));
             res
         }
-        Ok(None) => {
-            ApiError::new(ErrorCode::NotFound, format!("no Swagger UI file `{file}`")).to_response()
-        }
+        Ok(None) => ApiError::new(ErrorCode::NotFound, format!("no Swagger UI file `{file}`")).to_response(),
         Err(e) => {
             tracing::error!(error = %e, file, "cannot serve a Swagger UI file");
             let mut res = bytes_response(
@@ -180,10 +156,7 @@ fn swagger_file(route: &'static str, file: &str) -> Response {
                 "text/plain; charset=utf-8",
                 format!("cannot serve {file}: {e}").into_bytes(),
             );
-            res.headers_mut().insert(
-                http::header::CACHE_CONTROL,
-                http::HeaderValue::from_static("no-store"),
-            );
+            res.headers_mut().insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
             res
         }
     };
@@ -207,10 +180,7 @@ mod tests {
     fn swagger_files_are_embedded_and_configured() {
         let index = docs_index();
         assert_eq!(index.status(), 200);
-        assert!(index.headers()[http::header::CONTENT_TYPE]
-            .to_str()
-            .unwrap()
-            .starts_with("text/html"));
+        assert!(index.headers()[http::header::CONTENT_TYPE].to_str().unwrap().starts_with("text/html"));
         let init = docs_asset("swagger-initializer.js");
         assert_eq!(init.status(), 200);
         assert_eq!(docs_asset("swagger-ui-bundle.js").status(), 200);

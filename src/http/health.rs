@@ -12,12 +12,7 @@ use warp::Filter;
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(Response,)> {
-    healthz()
-        .or(readyz(app.clone()))
-        .unify()
-        .or(metrics(app))
-        .unify()
-        .boxed()
+    healthz().or(readyz(app.clone())).unify().or(metrics(app)).unify().boxed()
 }
 
 /// Liveness
@@ -33,12 +28,7 @@ pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(Response,)> {
 pub fn healthz() -> warp::filters::BoxedFilter<(Response,)> {
     warp::path!("healthz")
         .and(warp::get())
-        .map(|| {
-            named(
-                "/healthz",
-                json_response(http::StatusCode::OK, &json!({"status": "ok"})),
-            )
-        })
+        .map(|| named("/healthz", json_response(http::StatusCode::OK, &json!({"status": "ok"}))))
         .boxed()
 }
 
@@ -106,9 +96,7 @@ pub fn metrics(app: Arc<App>) -> warp::filters::BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(with_app(app))
         .map(|app: Arc<App>| {
-            app.metrics
-                .ws_messages_per_minute
-                .set(app.stats.messages_window.total() as i64);
+            app.metrics.ws_messages_per_minute.set(app.stats.messages_window.total() as i64);
             named(
                 "/metrics",
                 bytes_response(

@@ -63,7 +63,7 @@ pub enum BodyFormat {
                 ("gauges" = (summary = "A gauge report", value = json!(
                     {"type": "stats_update", "data": {"totalNodes": 45}})))
             )),
-            (String = "application/x-ndjson", example = json!(
+            (crate::api_docs::IngestBatch = "application/x-ndjson", example = json!(
                 "{\"type\":\"query_complete\",\"data\":{\"ms\":120}}\n{\"type\":\"error\",\"id\":\"err-1\"}\n"))
         )
     ),
@@ -130,7 +130,10 @@ where
     let live = app.config.borrow().clone();
     let cfg = &live.config;
     if !cfg.auth.ingest_tokens.is_empty() && !token_ok(&cfg.auth.ingest_tokens, bearer(headers)) {
-        return Err(ApiError::new(ErrorCode::Unauthorized, "a valid ingest token is required: Authorization: Bearer <token>"));
+        return Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "a valid ingest token is required: Authorization: Bearer <token>",
+        ));
     }
     let format = body_format(headers)?;
     let max = cfg.ingest.max_body_bytes;
@@ -146,7 +149,10 @@ where
 }
 
 fn too_large_body(max: usize) -> ApiError {
-    ApiError::new(ErrorCode::PayloadTooLarge, format!("request body is larger than ingest.max_body_bytes ({max} bytes)"))
+    ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        format!("request body is larger than ingest.max_body_bytes ({max} bytes)"),
+    )
 }
 
 /// The format named by `Content-Type`; a missing header is taken as JSON.
@@ -172,7 +178,8 @@ where
 {
     let mut out = BytesMut::new();
     while let Some(chunk) = body.next().await {
-        let mut chunk = chunk.map_err(|e| ApiError::new(ErrorCode::InvalidJson, format!("could not read the body: {e}")))?;
+        let mut chunk =
+            chunk.map_err(|e| ApiError::new(ErrorCode::InvalidJson, format!("could not read the body: {e}")))?;
         if out.len() + chunk.remaining() > max {
             return Err(too_large_body(max));
         }
@@ -188,7 +195,12 @@ where
 
 /// Parses and validates a whole body. Errors carry the 0-based index of the
 /// first bad event (for NDJSON: of the first bad line; blank lines count).
-pub fn parse_body(bytes: &[u8], format: BodyFormat, max_batch: usize, rules: &Rules) -> Result<Vec<NewEvent>, ApiError> {
+pub fn parse_body(
+    bytes: &[u8],
+    format: BodyFormat,
+    max_batch: usize,
+    rules: &Rules,
+) -> Result<Vec<NewEvent>, ApiError> {
     let too_many = |n: usize| {
         ApiError::new(ErrorCode::PayloadTooLarge, format!("{n} events in one request; ingest.max_batch is {max_batch}"))
     };
@@ -269,7 +281,10 @@ mod tests {
         assert_eq!((e.code, e.index), (ErrorCode::InvalidJson, None));
         let e = parse(r#"{"type":"B"}"#, BodyFormat::Json).unwrap_err();
         assert_eq!(e.index, Some(0));
-        assert_eq!(parse(r#"[{"type":"a"},{"type":"a"},{"type":"a"},{"type":"a"}]"#, BodyFormat::Json).unwrap_err().code, ErrorCode::PayloadTooLarge);
+        assert_eq!(
+            parse(r#"[{"type":"a"},{"type":"a"},{"type":"a"},{"type":"a"}]"#, BodyFormat::Json).unwrap_err().code,
+            ErrorCode::PayloadTooLarge
+        );
     }
 
     #[test]

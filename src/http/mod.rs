@@ -99,9 +99,12 @@ pub fn path_matches(pattern: &str, path: &str) -> bool {
     }
 }
 
-/// Turns warp's rejections into the contract's error body.
+/// Turns warp's rejections into the contract's error body: 405 with `Allow`
+/// for a known path (a warp route or a WebSocket path, which only a GET may
+/// upgrade), else 404.
 pub async fn recover_path(path: &str, method: &http::Method) -> Response {
-    if let Some((_, allowed)) = KNOWN.iter().find(|(p, _)| path_matches(p, path)) {
+    let ws = crate::ws::PATHS.iter().find(|p| **p == path).map(|p| (*p, "GET"));
+    if let Some((_, allowed)) = KNOWN.iter().copied().find(|(p, _)| path_matches(p, path)).or(ws) {
         let mut res = ApiError::new(ErrorCode::NotFound, format!("{method} is not supported on {path}; use {allowed}"))
             .with_status(http::StatusCode::METHOD_NOT_ALLOWED)
             .to_response();

@@ -31,10 +31,7 @@ pub fn routes() -> warp::filters::BoxedFilter<(Response,)> {
     responses((status = 200, description = "The dashboard page.", content((String = "text/html; charset=utf-8"))))
 )]
 pub fn index() -> warp::filters::BoxedFilter<(Response,)> {
-    warp::path::end()
-        .and(warp::get())
-        .map(|| asset("/", "text/html; charset=utf-8", INDEX))
-        .boxed()
+    warp::path::end().and(warp::get()).map(|| asset("/", "text/html; charset=utf-8", INDEX)).boxed()
 }
 
 /// The dashboard's script
