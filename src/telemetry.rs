@@ -25,7 +25,7 @@ use std::fmt;
 use std::time::Duration;
 use tracing::{Level, Metadata, Subscriber};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::filter::{filter_fn, FilterExt};
+use tracing_subscriber::filter::{filter_fn, FilterExt, LevelFilter};
 use tracing_subscriber::fmt::format::{Format, Json, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
@@ -119,7 +119,13 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     let (filter, handle) = reload::Layer::new(filter);
     // Request spans stay enabled for the log layer whatever the level: they
     // print nothing by themselves, but give every line its context.
-    let log_filter = filter.or(filter_fn(|m: &Metadata<'_>| m.is_span() && *m.level() <= Level::INFO));
+    // The hints let tracing (and the `log` bridge behind tungstenite's
+    // per-frame `log::trace!`) rule out finer levels once per callsite instead
+    // of asking the filter at every hit: without them the hot paths spent
+    // ~15% of their CPU in filter calls.
+    let log_filter = filter.or(
+        filter_fn(|m: &Metadata<'_>| m.is_span() && *m.level() <= Level::INFO).with_max_level_hint(LevelFilter::INFO),
+    );
     let log_layer = match config.log_format {
         // Logs go to stderr; stdout is for command output (e.g. `emit`).
         LogFormat::Json => tracing_subscriber::fmt::layer()
@@ -142,7 +148,7 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     };
     let otel_layer = provider
         .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("sidewire")).with_filter(filter_fn(exported)));
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("sidewire")).with_filter(filter_fn(exported).with_max_level_hint(LevelFilter::DEBUG)));
     tracing_subscriber::registry()
         .with(log_layer)
         .with(otel_layer)
