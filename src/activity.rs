@@ -71,7 +71,16 @@ mod tests {
     fn ring_is_bounded_and_filters() {
         let ring = Ring::new(3);
         let evs: Vec<_> = (1..=5)
-            .map(|s| Arc::new(Event::new(s, if s == 4 { "stats_update" } else { "x" }, crate::event::now_ms(), None, None, "{}")))
+            .map(|s| {
+                Arc::new(Event::new(
+                    s,
+                    if s == 4 { "stats_update" } else { "x" },
+                    crate::event::now_ms(),
+                    None,
+                    None,
+                    "{}",
+                ))
+            })
             .collect();
         ring.extend(&evs);
         let q = EventQuery { limit: 10, ..Default::default() };

@@ -472,7 +472,8 @@ impl Config {
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => {
-                let config = Config::from_toml("", &env).map_err(|issues| ConfigError::Invalid { path: None, issues })?;
+                let config =
+                    Config::from_toml("", &env).map_err(|issues| ConfigError::Invalid { path: None, issues })?;
                 return Ok((config, ConfigSource::Defaults));
             }
             Err(e) => return Err(ConfigError::Read { path, source: std::sync::Arc::new(e) }),
@@ -500,7 +501,9 @@ impl Config {
         if self.ingest.max_body_bytes < 1024 {
             bad("ingest.max_body_bytes", "must be at least 1024".into());
         }
-        for (k, list) in [("auth.ingest_tokens", &self.auth.ingest_tokens), ("auth.dashboard_tokens", &self.auth.dashboard_tokens)] {
+        for (k, list) in
+            [("auth.ingest_tokens", &self.auth.ingest_tokens), ("auth.dashboard_tokens", &self.auth.dashboard_tokens)]
+        {
             if list.iter().any(|t| t.is_empty() || t.chars().any(|c| !c.is_ascii_graphic())) {
                 bad(k, "tokens must be non-empty printable ASCII without spaces".into());
             }
@@ -611,7 +614,9 @@ impl Config {
         if self.activity != new.activity {
             out.push("activity");
         }
-        if self.telemetry.log_format != new.telemetry.log_format || self.telemetry.otlp_endpoint != new.telemetry.otlp_endpoint {
+        if self.telemetry.log_format != new.telemetry.log_format
+            || self.telemetry.otlp_endpoint != new.telemetry.otlp_endpoint
+        {
             out.push("telemetry.log_format/otlp_endpoint");
         }
         out

@@ -121,7 +121,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<u64> {
         if batch.is_empty() {
             continue;
         }
-        let mut req = client.post(&endpoint).header("content-type", "application/json").body(Value::Array(batch).to_string());
+        let mut req =
+            client.post(&endpoint).header("content-type", "application/json").body(Value::Array(batch).to_string());
         if let Some(t) = &opts.token {
             req = req.bearer_auth(t);
         }

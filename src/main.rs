@@ -218,12 +218,7 @@ fn demo(url: String, rate: f64, duration: Option<u64>, token: Option<String>) ->
         bail!("--rate must be between 0 and 100000 events per second");
     }
     tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter("info").init();
-    let opts = sidewire::demo::DemoOptions {
-        url,
-        rate,
-        duration: duration.map(std::time::Duration::from_secs),
-        token,
-    };
+    let opts = sidewire::demo::DemoOptions { url, rate, duration: duration.map(std::time::Duration::from_secs), token };
     eprintln!("sending demo traffic to {} at {rate} events/s (Ctrl-C to stop)", opts.url);
     runtime()?.block_on(async move {
         tokio::select! {

@@ -3,12 +3,12 @@
 //! start-up, so `rate()` panels and alerts have a series before the first
 //! occurrence.
 
+use parking_lot::Mutex;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
 use std::collections::HashSet;
-use parking_lot::Mutex;
 
 /// Most distinct `type` label values on `sidewire_ingest_events_total`; later
 /// types are counted as `other`.
@@ -97,7 +97,11 @@ impl Metrics {
                 "WebSocket messages sent, by message type (events count as `event`).",
                 &["type"],
             ),
-            ws_messages_per_minute: gauge(&r, "sidewire_ws_messages_per_minute", "WebSocket messages sent in the last 60 s."),
+            ws_messages_per_minute: gauge(
+                &r,
+                "sidewire_ws_messages_per_minute",
+                "WebSocket messages sent in the last 60 s.",
+            ),
             ws_disconnects_total: counter_vec(
                 &r,
                 "sidewire_ws_disconnects_total",

@@ -290,10 +290,7 @@ impl Writer {
                 let _ = persister.send(PersisterMsg::Group(group));
             }
         }
-        self.sinks
-            .metrics
-            .persist_queue_depth
-            .set((self.queue_len - self.queue.available_permits()) as i64);
+        self.sinks.metrics.persist_queue_depth.set((self.queue_len - self.queue.available_permits()) as i64);
     }
 
     fn remember(&mut self, events: &[Arc<Event>]) {
@@ -342,7 +339,8 @@ impl Writer {
             let mut outcome = IngestOutcome { accepted: 0, duplicates: 0, seqs: Vec::with_capacity(job.events.len()) };
             for e in &job.events {
                 if let Some(id) = e.id.as_deref() {
-                    let first = in_group.get(id).copied().or_else(|| self.window.get(id)).or_else(|| stored.get(id).copied());
+                    let first =
+                        in_group.get(id).copied().or_else(|| self.window.get(id)).or_else(|| stored.get(id).copied());
                     if let Some(seq) = first {
                         outcome.duplicates += 1;
                         outcome.seqs.push(seq);

@@ -123,9 +123,9 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     // per-frame `log::trace!`) rule out finer levels once per callsite instead
     // of asking the filter at every hit: without them the hot paths spent
     // ~15% of their CPU in filter calls.
-    let log_filter = filter.or(
-        filter_fn(|m: &Metadata<'_>| m.is_span() && *m.level() <= Level::INFO).with_max_level_hint(LevelFilter::INFO),
-    );
+    let log_filter = filter
+        .or(filter_fn(|m: &Metadata<'_>| m.is_span() && *m.level() <= Level::INFO)
+            .with_max_level_hint(LevelFilter::INFO));
     let log_layer = match config.log_format {
         // Logs go to stderr; stdout is for command output (e.g. `emit`).
         LogFormat::Json => tracing_subscriber::fmt::layer()
@@ -146,9 +146,11 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
         "" => None,
         endpoint => Some(tracer_provider(endpoint)?),
     };
-    let otel_layer = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("sidewire")).with_filter(filter_fn(exported).with_max_level_hint(LevelFilter::DEBUG)));
+    let otel_layer = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("sidewire"))
+            .with_filter(filter_fn(exported).with_max_level_hint(LevelFilter::DEBUG))
+    });
     tracing_subscriber::registry()
         .with(log_layer)
         .with(otel_layer)

@@ -98,10 +98,15 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         match cli.command {
             Cmd::Ingest { concurrency, batch, duration, payload } => {
-                ingest(addr, cli.token, concurrency.clamp(1, 4096), batch.clamp(1, 100_000), capped(duration), payload).await
+                ingest(addr, cli.token, concurrency.clamp(1, 4096), batch.clamp(1, 100_000), capped(duration), payload)
+                    .await
             }
-            Cmd::Fanout { clients, rate, duration } => fanout(addr, cli.token, clients.min(MAX_CLIENTS), rate.max(1), capped(duration)).await,
-            Cmd::Conns { clients, server_pid, hold } => conns(addr, clients.min(MAX_CLIENTS), server_pid, capped(hold)).await,
+            Cmd::Fanout { clients, rate, duration } => {
+                fanout(addr, cli.token, clients.min(MAX_CLIENTS), rate.max(1), capped(duration)).await
+            }
+            Cmd::Conns { clients, server_pid, hold } => {
+                conns(addr, clients.min(MAX_CLIENTS), server_pid, capped(hold)).await
+            }
             Cmd::E2e { count, gap_ms } => e2e(addr, cli.token, count.min(1_000_000), gap_ms).await,
         }
     })
@@ -116,7 +121,8 @@ fn loopback_addr(url: &str) -> anyhow::Result<SocketAddr> {
     let rest = url.strip_prefix("http://").context("--url must start with http://")?;
     let hostport = rest.split('/').next().unwrap_or(rest);
     let hostport = hostport.replace("localhost", "127.0.0.1");
-    let addr: SocketAddr = hostport.parse().with_context(|| format!("--url host must be an IP:port, got {hostport}"))?;
+    let addr: SocketAddr =
+        hostport.parse().with_context(|| format!("--url host must be an IP:port, got {hostport}"))?;
     if !addr.ip().is_loopback() {
         bail!("sidewire-bench only targets loopback addresses (127.0.0.0/8, ::1), not {}", addr.ip());
     }
@@ -168,7 +174,13 @@ fn report(kind: &str, human: &[(&str, String)], result: serde_json::Value) {
 
 fn lat_line(h: &Histogram<u64>) -> String {
     let ms = |q: f64| (h.value_at_quantile(q) as f64) / 1000.0;
-    format!("p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms", ms(0.5), ms(0.9), ms(0.99), (h.max() as f64) / 1000.0)
+    format!(
+        "p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        ms(0.5),
+        ms(0.9),
+        ms(0.99),
+        (h.max() as f64) / 1000.0
+    )
 }
 
 /// A keep-alive HTTP/1.1 connection.
@@ -192,14 +204,18 @@ fn ingest_request(addr: SocketAddr, token: &Option<String>, body: Bytes) -> http
     b.body(Full::new(body)).expect("valid request")
 }
 
-async fn ingest(addr: SocketAddr, token: Option<String>, concurrency: usize, batch: usize, duration: Duration, payload: usize) -> anyhow::Result<()> {
+async fn ingest(
+    addr: SocketAddr,
+    token: Option<String>,
+    concurrency: usize,
+    batch: usize,
+    duration: Duration,
+    payload: usize,
+) -> anyhow::Result<()> {
     let filler = "x".repeat(payload);
     let one = json!({"type": "bench_ingest", "data": {"filler": filler, "n": 1}});
-    let body: Bytes = if batch == 1 {
-        one.to_string().into()
-    } else {
-        serde_json::to_string(&vec![one; batch])?.into()
-    };
+    let body: Bytes =
+        if batch == 1 { one.to_string().into() } else { serde_json::to_string(&vec![one; batch])?.into() };
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = Vec::new();
@@ -235,7 +251,8 @@ async fn ingest(addr: SocketAddr, token: Option<String>, concurrency: usize, bat
     let ok = statuses.get(&202).copied().unwrap_or(0);
     let rps = h.len() as f64 / secs;
     let eps = (ok * batch as u64) as f64 / secs;
-    let errors: BTreeMap<String, u64> = statuses.iter().filter(|(k, _)| **k != 202).map(|(k, v)| (k.to_string(), *v)).collect();
+    let errors: BTreeMap<String, u64> =
+        statuses.iter().filter(|(k, _)| **k != 202).map(|(k, v)| (k.to_string(), *v)).collect();
     report(
         "ingest",
         &[
@@ -278,7 +295,13 @@ struct ClientResult {
     seqs_first_last: Option<(u64, u64)>,
 }
 
-async fn fanout(addr: SocketAddr, token: Option<String>, clients: usize, rate: u64, duration: Duration) -> anyhow::Result<()> {
+async fn fanout(
+    addr: SocketAddr,
+    token: Option<String>,
+    clients: usize,
+    rate: u64,
+    duration: Duration,
+) -> anyhow::Result<()> {
     let base = Instant::now();
     let run_id = format!("bench_{:08x}", rand::random::<u32>());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -302,7 +325,8 @@ async fn fanout(addr: SocketAddr, token: Option<String>, clients: usize, rate: u
             opened.fetch_add(1, Ordering::Relaxed);
             let (mut tx, mut rx) = ws.split();
             let _ = tx.send(Message::Text(json!({"type": "subscribe", "types": [run_id]}).to_string().into())).await;
-            let mut r = ClientResult { hist: hist(), received: 0, out_of_order: 0, close_code: None, seqs_first_last: None };
+            let mut r =
+                ClientResult { hist: hist(), received: 0, out_of_order: 0, close_code: None, seqs_first_last: None };
             let mut last_seq = 0u64;
             // One stop future per client, polled across iterations (a fresh
             // timer per message would cost the tool more than the server).
@@ -353,7 +377,7 @@ async fn fanout(addr: SocketAddr, token: Option<String>, clients: usize, rate: u
     }
     let open_secs = open_started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(500)).await; // subscriptions settle
-    // Producer: `rate` events/s, in 10 ms ticks, each event stamped with the shared clock.
+                                                          // Producer: `rate` events/s, in 10 ms ticks, each event stamped with the shared clock.
     let mut sender = http_conn(addr).await?;
     let total = rate * duration.as_secs();
     let tick = Duration::from_millis(10);
@@ -501,6 +525,10 @@ async fn e2e(addr: SocketAddr, token: Option<String>, count: u64, gap_ms: u64) -
         }
         tokio::time::sleep(Duration::from_millis(gap_ms)).await;
     }
-    report("e2e", &[("events", format!("{}", h.len())), ("ingest→delivery", lat_line(&h))], json!({"count": h.len(), "latency": summary(&h)}));
+    report(
+        "e2e",
+        &[("events", format!("{}", h.len())), ("ingest→delivery", lat_line(&h))],
+        json!({"count": h.len(), "latency": summary(&h)}),
+    );
     Ok(())
 }

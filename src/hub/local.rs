@@ -42,7 +42,8 @@ mod tests {
     async fn subscribers_see_events_in_order() {
         let hub = LocalHub::new(16);
         let mut rx = hub.subscribe();
-        let evs: Vec<_> = (1..=3).map(|s| Arc::new(Event::new(s, "x", crate::event::now_ms(), None, None, "{}"))).collect();
+        let evs: Vec<_> =
+            (1..=3).map(|s| Arc::new(Event::new(s, "x", crate::event::now_ms(), None, None, "{}"))).collect();
         hub.publish(&evs);
         for s in 1..=3 {
             assert_eq!(rx.recv().await.unwrap().event.seq, s);

@@ -144,12 +144,7 @@ fn rename_if_present(from: &Path, to: &Path) -> io::Result<()> {
 
 impl JsonlPlugin {
     pub fn new(opts: JsonlOptions) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                opts,
-                writer: Mutex::new(Writer::default()),
-            }),
-        }
+        Self { inner: Arc::new(Inner { opts, writer: Mutex::new(Writer::default()) }) }
     }
 
     /// Runs `f` with the options and the locked writer on the blocking pool.
@@ -178,19 +173,12 @@ impl Writer {
                 .open(path)
                 .map_err(|e| err(format!("cannot open {}: {e}", path.display())))?;
             if !existed {
-                sync_folder(path).map_err(|e| {
-                    err(format!("cannot sync the folder of {}: {e}", path.display()))
-                })?;
+                sync_folder(path).map_err(|e| err(format!("cannot sync the folder of {}: {e}", path.display())))?;
             }
-            self.len = file
-                .metadata()
-                .map_err(|e| err(format!("cannot stat {}: {e}", path.display())))?
-                .len();
+            self.len = file.metadata().map_err(|e| err(format!("cannot stat {}: {e}", path.display())))?.len();
             self.file = Some(file);
         }
-        self.file
-            .as_mut()
-            .ok_or_else(|| err("the active file is not open"))
+        self.file.as_mut().ok_or_else(|| err("the active file is not open"))
     }
 
     /// Shifts `path.N-1` → `path.N` ... `path` → `path.1`, deleting what
@@ -201,8 +189,7 @@ impl Writer {
         // Every batch was fsynced already; dropping the handle loses nothing.
         self.file = None;
         let path = &opts.path;
-        let fail =
-            |what: &Path, e: io::Error| err(format!("cannot rotate {}: {e}", what.display()));
+        let fail = |what: &Path, e: io::Error| err(format!("cannot rotate {}: {e}", what.display()));
         if opts.max_files == 0 {
             remove_if_present(path).map_err(|e| fail(path, e))?;
         } else {
@@ -366,8 +353,7 @@ fn report_scan(path: &Path, s: &Scan) {
 fn recover_blocking(opts: &JsonlOptions, w: &mut Writer) -> Result<Recovered, PersistError> {
     let path = &opts.path;
     let folder = folder_of(path);
-    fs::create_dir_all(folder)
-        .map_err(|e| err(format!("cannot create {}: {e}", folder.display())))?;
+    fs::create_dir_all(folder).map_err(|e| err(format!("cannot create {}: {e}", folder.display())))?;
     // A temp state file is only left by a crash mid-write; the real one is intact.
     remove_if_present(&with_suffix(&state_path(path), ".tmp"))
         .map_err(|e| err(format!("cannot remove a stale state temp file: {e}")))?;
@@ -384,20 +370,13 @@ fn recover_blocking(opts: &JsonlOptions, w: &mut Writer) -> Result<Recovered, Pe
         let torn = active.file_len - active.complete_len;
         tracing::warn!(path = %path.display(), bytes = torn,
             "jsonl file ends in a torn line (a crash mid-write); cutting it off");
-        let file = OpenOptions::new().write(true).open(path).map_err(|e| {
-            err(format!(
-                "cannot open {} to cut a torn line: {e}",
-                path.display()
-            ))
-        })?;
+        let file = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| err(format!("cannot open {} to cut a torn line: {e}", path.display())))?;
         file.set_len(active.complete_len)
             .and_then(|()| file.sync_data())
-            .map_err(|e| {
-                err(format!(
-                    "cannot cut the torn line of {}: {e}",
-                    path.display()
-                ))
-            })?;
+            .map_err(|e| err(format!("cannot cut the torn line of {}: {e}", path.display())))?;
     }
     let mut max_seq = active.max_seq;
     let mut above = active.above;
@@ -423,12 +402,7 @@ fn recover_blocking(opts: &JsonlOptions, w: &mut Writer) -> Result<Recovered, Pe
         }
         max_seq = max_seq.max(older.max_seq);
         let first_newer = recent.front().map_or(u64::MAX, |e| e.seq);
-        for e in older
-            .events
-            .into_iter()
-            .rev()
-            .filter(|e| e.seq < first_newer)
-        {
+        for e in older.events.into_iter().rev().filter(|e| e.seq < first_newer) {
             recent.push_front(e);
         }
     }
@@ -456,16 +430,8 @@ fn recover_blocking(opts: &JsonlOptions, w: &mut Writer) -> Result<Recovered, Pe
     Ok(Recovered { stats, last_seq: max_seq.max(state_seq), recent: recent.into(), ids })
 }
 
-fn persist_blocking(
-    opts: &JsonlOptions,
-    w: &mut Writer,
-    batch: &Batch,
-) -> Result<(), PersistError> {
-    let fresh: Vec<&Arc<Event>> = batch
-        .events
-        .iter()
-        .filter(|e| e.seq > w.stored_seq)
-        .collect();
+fn persist_blocking(opts: &JsonlOptions, w: &mut Writer, batch: &Batch) -> Result<(), PersistError> {
+    let fresh: Vec<&Arc<Event>> = batch.events.iter().filter(|e| e.seq > w.stored_seq).collect();
     if let Some(last) = fresh.last() {
         let last_seq = last.seq;
         let mut bytes = Vec::with_capacity(fresh.iter().map(|e| e.json.len() + 1).sum());
@@ -499,8 +465,7 @@ impl PersistCallback for JsonlPlugin {
 
     async fn persist(&self, batch: &Batch) -> Result<(), PersistError> {
         let batch = batch.clone();
-        self.blocking(move |opts, w| persist_blocking(opts, w, &batch))
-            .await
+        self.blocking(move |opts, w| persist_blocking(opts, w, &batch)).await
     }
 
     /// Opens the active file for append (creating it when missing), which
@@ -522,9 +487,7 @@ impl PersistCallback for JsonlPlugin {
 
     async fn close(&self) -> Result<(), PersistError> {
         self.blocking(|opts, w| match w.file.take() {
-            Some(file) => file
-                .sync_data()
-                .map_err(|e| err(format!("cannot sync {}: {e}", opts.path.display()))),
+            Some(file) => file.sync_data().map_err(|e| err(format!("cannot sync {}: {e}", opts.path.display()))),
             None => Ok(()),
         })
         .await
@@ -538,35 +501,19 @@ mod tests {
 
     fn event(seq: u64) -> Arc<Event> {
         let ts = Utc.timestamp_millis_opt(1_767_211_200_000).unwrap();
-        Arc::new(Event::new(
-            seq,
-            "x",
-            ts,
-            Some(&format!("id-{seq}")),
-            None,
-            "{\"a\":1}",
-        ))
+        Arc::new(Event::new(seq, "x", ts, Some(&format!("id-{seq}")), None, "{\"a\":1}"))
     }
 
     fn batch(seqs: &[u64]) -> Batch {
         let last = seqs.iter().copied().max().unwrap_or(0);
         Batch {
             events: seqs.iter().map(|&s| event(s)).collect(),
-            stats: Arc::new(DurableStats {
-                last_seq: last,
-                events_total: last,
-                ..Default::default()
-            }),
+            stats: Arc::new(DurableStats { last_seq: last, events_total: last, ..Default::default() }),
         }
     }
 
     fn plugin(path: &Path, max_bytes: u64, max_files: u32, recent: usize) -> JsonlPlugin {
-        JsonlPlugin::new(JsonlOptions {
-            path: path.to_path_buf(),
-            max_bytes,
-            max_files,
-            recent,
-        })
+        JsonlPlugin::new(JsonlOptions { path: path.to_path_buf(), max_bytes, max_files, recent })
     }
 
     fn line_len() -> u64 {
@@ -576,10 +523,7 @@ mod tests {
     /// The seqs of the events in a file, in file order.
     fn seqs_in(path: &Path) -> Vec<u64> {
         let text = fs::read(path).unwrap();
-        text.split(|&b| b == b'\n')
-            .filter(|l| !l.is_empty())
-            .map(|l| Event::from_json(l).unwrap().seq)
-            .collect()
+        text.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(|l| Event::from_json(l).unwrap().seq).collect()
     }
 
     fn seqs(events: &[Arc<Event>]) -> Vec<u64> {
@@ -604,8 +548,7 @@ mod tests {
             expected.push(b'\n');
         }
         assert_eq!(fs::read(&path).unwrap(), expected);
-        let state: DurableStats =
-            serde_json::from_slice(&fs::read(state_path(&path)).unwrap()).unwrap();
+        let state: DurableStats = serde_json::from_slice(&fs::read(state_path(&path)).unwrap()).unwrap();
         assert_eq!(state, *batch(&[3]).stats);
 
         let r = plugin(&path, 1 << 20, 3, 10).recover().await.unwrap();
@@ -615,11 +558,7 @@ mod tests {
         assert_eq!(*r.recent[2], *event(3));
 
         let r = plugin(&path, 1 << 20, 3, 2).recover().await.unwrap();
-        assert_eq!(
-            seqs(&r.recent),
-            vec![2, 3],
-            "the newest `recent`, oldest first"
-        );
+        assert_eq!(seqs(&r.recent), vec![2, 3], "the newest `recent`, oldest first");
     }
 
     #[tokio::test]
@@ -659,11 +598,7 @@ mod tests {
         let r = plugin(&path, 1 << 20, 3, 10).recover().await.unwrap();
         assert_eq!(r.last_seq, 5);
         let stats = r.stats.unwrap();
-        assert_eq!(
-            (stats.last_seq, stats.events_total),
-            (5, 2),
-            "seq follows the file, counters lag"
-        );
+        assert_eq!((stats.last_seq, stats.events_total), (5, 2), "seq follows the file, counters lag");
     }
 
     #[tokio::test]
@@ -696,16 +631,10 @@ mod tests {
         assert_eq!(seqs_in(&path), vec![7]);
         assert_eq!(seqs_in(&rotated(&path, 1)), vec![5, 6]);
         assert_eq!(seqs_in(&rotated(&path, 2)), vec![3, 4]);
-        assert!(
-            !rotated(&path, 3).exists(),
-            "the oldest beyond max_files is deleted"
-        );
+        assert!(!rotated(&path, 3).exists(), "the oldest beyond max_files is deleted");
 
         // The ring is refilled across files, oldest first.
-        let r = plugin(&path, 2 * line_len() + 1, 2, 4)
-            .recover()
-            .await
-            .unwrap();
+        let r = plugin(&path, 2 * line_len() + 1, 2, 4).recover().await.unwrap();
         assert_eq!(seqs(&r.recent), vec![4, 5, 6, 7]);
         assert_eq!(r.last_seq, 7);
     }
@@ -735,10 +664,7 @@ mod tests {
         fs::write(&path, b"").unwrap();
         fs::remove_file(state_path(&path)).unwrap();
 
-        let r = plugin(&path, 2 * line_len() + 1, 2, 0)
-            .recover()
-            .await
-            .unwrap();
+        let r = plugin(&path, 2 * line_len() + 1, 2, 0).recover().await.unwrap();
         assert_eq!(r.last_seq, 2);
         assert!(r.recent.is_empty());
     }
@@ -784,11 +710,7 @@ mod tests {
         let r = plugin(&path, 1 << 20, 3, 10).recover().await.unwrap();
         assert_eq!(seqs(&r.recent), vec![1, 2, 3]);
         assert_eq!(r.last_seq, 3);
-        assert_eq!(
-            fs::read(&path).unwrap(),
-            text,
-            "complete lines are left alone"
-        );
+        assert_eq!(fs::read(&path).unwrap(), text, "complete lines are left alone");
     }
 
     #[tokio::test]
@@ -813,16 +735,7 @@ mod tests {
         p.close().await.unwrap();
         fs::remove_dir_all(&folder).unwrap();
         let e = p.health().await.unwrap_err();
-        assert!(
-            matches!(
-                e,
-                PersistError::Unavailable {
-                    plugin: "jsonl",
-                    ..
-                }
-            ),
-            "{e}"
-        );
+        assert!(matches!(e, PersistError::Unavailable { plugin: "jsonl", .. }), "{e}");
         assert!(p.persist(&batch(&[1])).await.is_err());
     }
 }

@@ -22,7 +22,10 @@ impl MemoryPlugin {
 }
 
 /// Runs a query over events held oldest first.
-pub(crate) fn query_slice<'a>(events: impl DoubleEndedIterator<Item = &'a Arc<Event>>, q: &EventQuery) -> Vec<Arc<Event>> {
+pub(crate) fn query_slice<'a>(
+    events: impl DoubleEndedIterator<Item = &'a Arc<Event>>,
+    q: &EventQuery,
+) -> Vec<Arc<Event>> {
     if q.ascending {
         events.filter(|e| q.matches(e)).take(q.limit).cloned().collect()
     } else {

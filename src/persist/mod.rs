@@ -66,11 +66,8 @@ pub struct EventQuery {
 impl EventQuery {
     /// Whether one event matches the filters (not the limit).
     pub fn matches(&self, e: &Event) -> bool {
-        let type_ok = if self.types.is_empty() {
-            !e.is_gauge_report()
-        } else {
-            self.types.iter().any(|t| **t == *e.kind)
-        };
+        let type_ok =
+            if self.types.is_empty() { !e.is_gauge_report() } else { self.types.iter().any(|t| **t == *e.kind) };
         type_ok && self.before.is_none_or(|b| e.seq < b) && self.after.is_none_or(|a| e.seq > a)
     }
 }

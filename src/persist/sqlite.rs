@@ -81,10 +81,7 @@ impl SqlitePlugin {
         conn.execute_batch(&format!("PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON;")).map_err(err)?;
         migrate(&mut conn)?;
         let (tx, rx) = mpsc::channel(16);
-        std::thread::Builder::new()
-            .name("sidewire-sqlite".into())
-            .spawn(move || writer_loop(conn, rx))
-            .map_err(err)?;
+        std::thread::Builder::new().name("sidewire-sqlite".into()).spawn(move || writer_loop(conn, rx)).map_err(err)?;
         Ok(SqlitePlugin { path: path.to_path_buf(), writer: tx, readers: Arc::new(Mutex::new(Vec::new())) })
     }
 
@@ -165,8 +162,9 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>) {
 fn write_batch(conn: &mut Connection, batch: &Batch) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
-        let mut insert =
-            tx.prepare_cached("INSERT INTO events (seq, type, ts_ms, id, source, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO events (seq, type, ts_ms, id, source, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
         for e in &batch.events {
             insert.execute(params![
                 e.seq as i64,
@@ -178,8 +176,10 @@ fn write_batch(conn: &mut Connection, batch: &Batch) -> rusqlite::Result<()> {
             ])?;
         }
         let stats = serde_json::to_string(&*batch.stats).expect("stats serialize");
-        tx.prepare_cached("INSERT INTO state (key, value) VALUES ('stats', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?
-            .execute([stats])?;
+        tx.prepare_cached(
+            "INSERT INTO state (key, value) VALUES ('stats', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        )?
+        .execute([stats])?;
     }
     tx.commit()
 }
@@ -246,10 +246,10 @@ impl PersistCallback for SqlitePlugin {
         .await
         .and_then(|(stats, max_seq)| {
             let stats = match stats {
-                Some(text) => Some(serde_json::from_str::<DurableStats>(&text).map_err(|e| PersistError::Corrupt {
-                    plugin: NAME,
-                    message: format!("stored stats: {e}"),
-                })?),
+                Some(text) => Some(
+                    serde_json::from_str::<DurableStats>(&text)
+                        .map_err(|e| PersistError::Corrupt { plugin: NAME, message: format!("stored stats: {e}") })?,
+                ),
                 None => None,
             };
             let last_seq = stats.as_ref().map_or(0, |s| s.last_seq).max(max_seq);
@@ -299,7 +299,14 @@ mod tests {
             .iter()
             .map(|&s| Arc::new(Event::new(s, "x", crate::event::now_ms(), Some(&format!("id-{s}")), None, "{\"a\":1}")))
             .collect();
-        Batch { events, stats: Arc::new(DurableStats { last_seq: stats_seq, events_total: seqs.len() as u64, ..Default::default() }) }
+        Batch {
+            events,
+            stats: Arc::new(DurableStats {
+                last_seq: stats_seq,
+                events_total: seqs.len() as u64,
+                ..Default::default()
+            }),
+        }
     }
 
     #[tokio::test]

@@ -106,8 +106,7 @@ impl WebhookPlugin {
     /// Checks the URL and builds the client; sends nothing.
     pub fn new(opts: WebhookOptions) -> Result<Self, PersistError> {
         let shown_url = redact_url(&opts.url);
-        let url =
-            Url::parse(&opts.url).map_err(|e| err(format!("invalid URL {shown_url}: {e}")))?;
+        let url = Url::parse(&opts.url).map_err(|e| err(format!("invalid URL {shown_url}: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(err(format!("URL {shown_url} must be http:// or https://")));
         }
@@ -118,20 +117,8 @@ impl WebhookPlugin {
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(opts.timeout)
             .build()
-            .map_err(|e| {
-                err(format!(
-                    "cannot build the HTTP client: {}",
-                    describe(e, opts.timeout)
-                ))
-            })?;
-        Ok(Self {
-            client,
-            url,
-            shown_url,
-            timeout: opts.timeout,
-            max_retries: opts.max_retries,
-            backoff: opts.backoff,
-        })
+            .map_err(|e| err(format!("cannot build the HTTP client: {}", describe(e, opts.timeout))))?;
+        Ok(Self { client, url, shown_url, timeout: opts.timeout, max_retries: opts.max_retries, backoff: opts.backoff })
     }
 
     async fn post_once(&self, body: Bytes, batch_range: &str) -> Attempt {
@@ -146,12 +133,7 @@ impl WebhookPlugin {
             .await;
         let mut response = match sent {
             Ok(r) => r,
-            Err(e) => {
-                return Attempt::Retry {
-                    reason: describe(e, self.timeout),
-                    retry_after: None,
-                }
-            }
+            Err(e) => return Attempt::Retry { reason: describe(e, self.timeout), retry_after: None },
         };
         let status = response.status();
         if status.is_success() {
@@ -168,10 +150,7 @@ impl WebhookPlugin {
         }
         if is_retryable(status) {
             let retry_after = retry_after(response.headers());
-            return Attempt::Retry {
-                reason: format!("answered {status}"),
-                retry_after,
-            };
+            return Attempt::Retry { reason: format!("answered {status}"), retry_after };
         }
         let quote = quote_body(&mut response).await;
         Attempt::Refused(format!("answered {status}{quote}"))
@@ -180,21 +159,13 @@ impl WebhookPlugin {
 
 /// Statuses that say "not now" rather than "never".
 fn is_retryable(status: StatusCode) -> bool {
-    status.is_server_error()
-        || status == StatusCode::TOO_MANY_REQUESTS
-        || status == StatusCode::REQUEST_TIMEOUT
+    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is rare for webhooks and
 /// ignored: the jittered backoff applies then).
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let secs: u64 = headers
-        .get(RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
+    let secs: u64 = headers.get(RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
     Some(Duration::from_secs(secs))
 }
 
@@ -208,10 +179,7 @@ async fn quote_body(response: &mut reqwest::Response) -> String {
         }
     }
     body.truncate(QUOTE_LIMIT);
-    let text: String = String::from_utf8_lossy(&body)
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
+    let text: String = String::from_utf8_lossy(&body).chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     let text = text.trim();
     if text.is_empty() {
         String::new()
@@ -253,9 +221,7 @@ fn backoff_delay(backoff: Duration, retry: u32, retry_after: Option<Duration>) -
     let ceiling = backoff.saturating_mul(factor).min(MAX_BACKOFF);
     let ceiling_ms = ceiling.as_millis() as u64;
     let jittered = Duration::from_millis(rand::random_range(0..=ceiling_ms));
-    jittered
-        .max(retry_after.unwrap_or_default())
-        .min(MAX_BACKOFF)
+    jittered.max(retry_after.unwrap_or_default()).min(MAX_BACKOFF)
 }
 
 #[async_trait]
@@ -282,10 +248,7 @@ impl PersistCallback for WebhookPlugin {
                         self.shown_url
                     )));
                 }
-                Attempt::Retry {
-                    reason,
-                    retry_after,
-                } => (reason, retry_after),
+                Attempt::Retry { reason, retry_after } => (reason, retry_after),
             };
             if attempt >= attempts {
                 return Err(err(format!(
@@ -304,24 +267,12 @@ impl PersistCallback for WebhookPlugin {
     /// webhook endpoints answer 404 or 405 to HEAD, which is fine), so
     /// `/readyz` follows the target.
     async fn health(&self) -> Result<(), PersistError> {
-        match self
-            .client
-            .head(self.url.clone())
-            .timeout(HEALTH_TIMEOUT)
-            .send()
-            .await
-        {
-            Ok(r) if r.status().is_server_error() => Err(err(format!(
-                "HEAD {} answered {}",
-                self.shown_url,
-                r.status()
-            ))),
+        match self.client.head(self.url.clone()).timeout(HEALTH_TIMEOUT).send().await {
+            Ok(r) if r.status().is_server_error() => {
+                Err(err(format!("HEAD {} answered {}", self.shown_url, r.status())))
+            }
             Ok(_) => Ok(()),
-            Err(e) => Err(err(format!(
-                "HEAD {}: {}",
-                self.shown_url,
-                describe(e, HEALTH_TIMEOUT)
-            ))),
+            Err(e) => Err(err(format!("HEAD {}: {}", self.shown_url, describe(e, HEALTH_TIMEOUT)))),
         }
     }
 }
@@ -364,9 +315,7 @@ mod tests {
     }
 
     impl Target {
-        async fn start(
-            respond: impl Fn(usize) -> (u16, Duration) + Send + Sync + 'static,
-        ) -> Target {
+        async fn start(respond: impl Fn(usize) -> (u16, Duration) + Send + Sync + 'static) -> Target {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             let received = Arc::new(Mutex::new(Vec::new()));
@@ -382,11 +331,7 @@ mod tests {
                             let body = body.collect().await?.to_bytes();
                             let n = {
                                 let mut seen = seen.lock();
-                                seen.push(Received {
-                                    method: parts.method,
-                                    headers: parts.headers,
-                                    body,
-                                });
+                                seen.push(Received { method: parts.method, headers: parts.headers, body });
                                 seen.len() - 1
                             };
                             let (status, delay) = respond(n);
@@ -405,11 +350,7 @@ mod tests {
                     });
                 }
             });
-            Target {
-                addr,
-                received,
-                task,
-            }
+            Target { addr, received, task }
         }
 
         fn url(&self) -> String {
@@ -436,20 +377,10 @@ mod tests {
             .iter()
             .map(|&s| {
                 let data = format!("{{\"n\":{s},\"s\":\"\\\"quoted\\\"\"}}");
-                Arc::new(Event::new(
-                    s,
-                    "query_complete",
-                    crate::event::now_ms(),
-                    Some(&format!("id-{s}")),
-                    None,
-                    &data,
-                ))
+                Arc::new(Event::new(s, "query_complete", crate::event::now_ms(), Some(&format!("id-{s}")), None, &data))
             })
             .collect();
-        Batch {
-            events,
-            stats: Arc::new(DurableStats::default()),
-        }
+        Batch { events, stats: Arc::new(DurableStats::default()) }
     }
 
     /// A URL on which nothing listens.
@@ -481,10 +412,7 @@ mod tests {
             assert_eq!(r.body, Bytes::from(expected.clone()));
             assert_eq!(r.headers["content-type"], "application/json");
             assert_eq!(r.headers["x-sidewire-batch"], "3-5");
-            assert_eq!(
-                r.headers["user-agent"],
-                format!("sidewire/{}", crate::VERSION).as_str()
-            );
+            assert_eq!(r.headers["user-agent"], format!("sidewire/{}", crate::VERSION).as_str());
         }
     }
 
@@ -494,51 +422,30 @@ mod tests {
         let p = plugin(&target.url(), 2_000, 2);
         let e = p.persist(&batch(&[1])).await.unwrap_err();
         assert_eq!(target.received().len(), 3, "first attempt + 2 retries");
-        assert!(
-            e.to_string().contains("3 attempt(s)") && e.to_string().contains("503"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("3 attempt(s)") && e.to_string().contains("503"), "{e}");
     }
 
     #[tokio::test]
     async fn too_many_requests_is_retried() {
         let target = Target::start(|n| (if n == 0 { 429 } else { 204 }, Duration::ZERO)).await;
-        plugin(&target.url(), 2_000, 1)
-            .persist(&batch(&[1]))
-            .await
-            .unwrap();
+        plugin(&target.url(), 2_000, 1).persist(&batch(&[1])).await.unwrap();
         assert_eq!(target.received().len(), 2);
     }
 
     #[tokio::test]
     async fn client_errors_are_not_retried() {
         let target = Target::start(|_| (400, Duration::ZERO)).await;
-        let e = plugin(&target.url(), 2_000, 5)
-            .persist(&batch(&[1, 2]))
-            .await
-            .unwrap_err();
+        let e = plugin(&target.url(), 2_000, 5).persist(&batch(&[1, 2])).await.unwrap_err();
         assert_eq!(target.received().len(), 1);
-        assert!(matches!(
-            e,
-            PersistError::Unavailable {
-                plugin: "webhook",
-                ..
-            }
-        ));
+        assert!(matches!(e, PersistError::Unavailable { plugin: "webhook", .. }));
         let msg = e.to_string();
-        assert!(
-            msg.contains("400") && msg.contains("not retried") && msg.contains("nope"),
-            "{msg}"
-        );
+        assert!(msg.contains("400") && msg.contains("not retried") && msg.contains("nope"), "{msg}");
     }
 
     #[tokio::test]
     async fn redirects_are_refused_not_followed() {
         let target = Target::start(|_| (302, Duration::ZERO)).await;
-        assert!(plugin(&target.url(), 2_000, 3)
-            .persist(&batch(&[1]))
-            .await
-            .is_err());
+        assert!(plugin(&target.url(), 2_000, 3).persist(&batch(&[1])).await.is_err());
         assert_eq!(target.received().len(), 1);
     }
 
@@ -573,21 +480,13 @@ mod tests {
             format!("{p:?}"),
             format!(
                 "{:?}",
-                WebhookOptions {
-                    url: url.clone(),
-                    timeout: Duration::ZERO,
-                    max_retries: 0,
-                    backoff: Duration::ZERO
-                }
+                WebhookOptions { url: url.clone(), timeout: Duration::ZERO, max_retries: 0, backoff: Duration::ZERO }
             ),
             p.persist(&batch(&[1])).await.unwrap_err().to_string(),
             p.health().await.unwrap_err().to_string(),
         ];
         for text in shown {
-            assert!(
-                !text.contains("hunter2") && !text.contains("s3cret"),
-                "{text}"
-            );
+            assert!(!text.contains("hunter2") && !text.contains("s3cret"), "{text}");
             assert!(text.contains("/hook"), "{text}");
         }
     }
@@ -618,14 +517,10 @@ mod tests {
             assert!(backoff_delay(base, 40, None) <= MAX_BACKOFF);
             let hinted = backoff_delay(base, 0, Some(Duration::from_secs(2)));
             assert_eq!(hinted, Duration::from_secs(2), "Retry-After is a floor");
-            assert_eq!(
-                backoff_delay(base, 0, Some(Duration::from_secs(60))),
-                MAX_BACKOFF
-            );
+            assert_eq!(backoff_delay(base, 0, Some(Duration::from_secs(60))), MAX_BACKOFF);
         }
         // Jitter: not always the ceiling.
-        let delays: std::collections::HashSet<_> =
-            (0..50).map(|_| backoff_delay(base, 2, None)).collect();
+        let delays: std::collections::HashSet<_> = (0..50).map(|_| backoff_delay(base, 2, None)).collect();
         assert!(delays.len() > 1);
     }
 }
