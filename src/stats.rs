@@ -50,7 +50,10 @@ impl DurableStats {
         *self.events_by_type.entry(event.kind.clone()).or_default() += 1;
         for rule in rules.iter().filter(|r| r.on == event.kind) {
             let add = rule.add.as_deref().and_then(|p| number_at(&event.data, p)).unwrap_or(rule.default);
-            *self.counters.entry(rule.name.clone()).or_default() += add;
+            let counter = self.counters.entry(rule.name.clone()).or_default();
+            // Saturate instead of overflowing to infinity: a non-finite value
+            // would not survive the JSON round trip through the store.
+            *counter = (*counter + add).clamp(f64::MIN, f64::MAX);
         }
         if event.is_gauge_report() {
             for (name, v) in event.gauges() {
@@ -222,6 +225,18 @@ mod tests {
         for k in BUILTIN_STATS {
             assert!(snap.contains_key(k), "{k}");
         }
+    }
+
+    #[test]
+    fn huge_counter_values_saturate_and_survive_a_round_trip() {
+        let rules = CounterRule::defaults();
+        let mut d = DurableStats::default();
+        for seq in 1..=3 {
+            d.apply(seq, &ev(json!({"type": "ingestion_complete", "data": {"filesProcessed": 1.0e308}})), &rules);
+        }
+        assert!(d.counters["filesProcessed"].is_finite());
+        let text = serde_json::to_string(&d).unwrap();
+        assert_eq!(serde_json::from_str::<DurableStats>(&text).unwrap(), d);
     }
 
     #[test]
