@@ -25,6 +25,7 @@ pub struct Config {
     pub activity: ActivityConfig,
     pub telemetry: TelemetryConfig,
     pub broadcast: BroadcastConfig,
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -361,6 +362,26 @@ pub enum BroadcastBackend {
     Redis,
 }
 
+/// `[metrics]`: where Prometheus scrapes.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct MetricsConfig {
+    /// A separate `IP:port` serving only `GET /metrics` (and `/healthz`), so
+    /// metrics need not share the public port; `/metrics` then leaves the
+    /// public port. Empty: `/metrics` is on `server.listen`. Restart-only.
+    pub listen: String,
+}
+
+impl MetricsConfig {
+    /// The separate metrics address, if one is set.
+    pub fn listen_addr(&self) -> Result<Option<SocketAddr>, String> {
+        if self.listen.trim().is_empty() {
+            return Ok(None);
+        }
+        self.listen.trim().parse().map(Some).map_err(|e| format!("`{}` is not an IP:port address: {e}", self.listen))
+    }
+}
+
 /// `[broadcast]`: how replicas share one event stream.
 #[derive(Clone, Default, Deserialize, PartialEq)]
 #[serde(default)]
@@ -495,6 +516,11 @@ impl Config {
         if let Err(e) = self.listen_addr() {
             bad("server.listen", e);
         }
+        match (self.metrics.listen_addr(), self.listen_addr()) {
+            (Err(e), _) => bad("metrics.listen", e),
+            (Ok(Some(m)), Ok(l)) if m == l => bad("metrics.listen", "must differ from server.listen".into()),
+            _ => {}
+        }
         if self.ingest.max_batch == 0 {
             bad("ingest.max_batch", "must be at least 1".into());
         }
@@ -607,6 +633,9 @@ impl Config {
         }
         if self.broadcast != new.broadcast {
             out.push("broadcast");
+        }
+        if self.metrics != new.metrics {
+            out.push("metrics.listen");
         }
         if self.ingest != new.ingest {
             out.push("ingest");
@@ -744,6 +773,16 @@ mod tests {
     fn syntax_error_has_a_line() {
         let issues = Config::from_toml("[ws]\nmax_replay = = 3\n", &[]).unwrap_err();
         assert_eq!(issues[0].line, Some(2), "{issues:?}");
+    }
+
+    #[test]
+    fn metrics_listen_is_checked() {
+        let issues = Config::from_toml("[metrics]\nlisten = \"nowhere\"\n", &[]).unwrap_err();
+        assert_eq!((issues[0].key.as_str(), issues[0].line), ("metrics.listen", Some(2)));
+        let same = "[server]\nlisten = \"127.0.0.1:9000\"\n[metrics]\nlisten = \"127.0.0.1:9000\"\n";
+        assert_eq!(Config::from_toml(same, &[]).unwrap_err()[0].key, "metrics.listen");
+        let ok = Config::from_toml("[metrics]\nlisten = \"127.0.0.1:9100\"\n", &[]).unwrap();
+        assert!(ok.metrics.listen_addr().unwrap().is_some());
     }
 
     #[test]

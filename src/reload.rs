@@ -333,6 +333,7 @@ fn keep_restart_only(old: &Config, mut new: Config, names: &[&str]) -> Config {
             "server.trust_forwarded_for" => new.server.trust_forwarded_for = old.server.trust_forwarded_for,
             "persist" => new.persist = old.persist.clone(),
             "broadcast" => new.broadcast = old.broadcast.clone(),
+            "metrics.listen" => new.metrics = old.metrics.clone(),
             "ingest" => new.ingest = old.ingest.clone(),
             "activity" => new.activity = old.activity.clone(),
             "telemetry.log_format/otlp_endpoint" => {
@@ -395,6 +396,7 @@ pub fn changed_keys(a: &Config, b: &Config) -> Vec<&'static str> {
         activity { buffer_size }
         telemetry { log_level, log_format, otlp_endpoint }
         broadcast { backend, redis_url }
+        metrics { listen }
     );
     out
 }
@@ -424,6 +426,7 @@ mod tests {
         new.activity.buffer_size = 3;
         new.telemetry.log_format = crate::config::LogFormat::Json;
         new.telemetry.otlp_endpoint = "http://c:4318".into();
+        new.metrics.listen = "127.0.0.1:9100".into();
         // and live ones
         new.stats.interval_secs = 2;
         new.auth.ingest_tokens = vec!["t".into()];

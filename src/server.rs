@@ -137,7 +137,11 @@ impl ServerBuilder {
         let app =
             Arc::new(App { config: config_rx, pipeline, stats, activity, plugin, metrics, hub, ws: WsState::new() });
         let pusher = tokio::spawn(crate::ws::stats_pusher(app.clone(), gauges_changed));
-        Ok(Running { app, pusher })
+        let metrics_listener = match config.metrics.listen_addr().map_err(StartError::Config)? {
+            Some(addr) => Some(bind(addr)?),
+            None => None,
+        };
+        Ok(Running { app, pusher, metrics_listener })
     }
 }
 
@@ -145,6 +149,8 @@ impl ServerBuilder {
 pub struct Running {
     pub app: Arc<App>,
     pusher: tokio::task::JoinHandle<()>,
+    /// The separate metrics listener (`metrics.listen`), bound at start.
+    metrics_listener: Option<TcpListener>,
 }
 
 /// Pending connections the kernel queues before `accept` (the OS default of
@@ -166,8 +172,23 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 pub struct PeerAddr(pub SocketAddr);
 
 impl Running {
-    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    pub async fn serve(mut self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let app = self.app.clone();
+        let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+        let metrics_task = self.metrics_listener.take().map(|l| {
+            if let Ok(addr) = l.local_addr() {
+                tracing::info!(%addr, "metrics listening (GET /metrics, GET /healthz)");
+            }
+            let routes = crate::http::health::metrics_listener_routes(app.clone());
+            tokio::spawn(
+                warp::serve(routes)
+                    .incoming(l)
+                    .graceful(async {
+                        let _ = metrics_stopped.await;
+                    })
+                    .run(),
+            )
+        });
         let routes = crate::http::routes(app.clone());
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
@@ -221,6 +242,10 @@ impl Running {
             tracing::error!("queued events could not all be stored before the shutdown deadline");
         }
         self.pusher.abort();
+        let _ = metrics_stop.send(());
+        if let Some(task) = metrics_task {
+            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        }
         if let Err(e) = app.plugin.close().await {
             tracing::warn!(error = %e, "closing the store failed");
         }

@@ -128,3 +128,24 @@ async fn http_metrics_use_matched_routes_and_type_labels_are_capped() {
     assert!(m.contains_key("sidewire_persist_failures_total{plugin=\"sqlite\"}"), "plugin series at 0 from start-up");
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn a_separate_metrics_listener_takes_metrics_off_the_public_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config_in(dir.path());
+    let port = free_port();
+    cfg.metrics.listen = format!("127.0.0.1:{port}");
+    let srv = TestServer::start(cfg).await;
+    let c = client();
+    let private = format!("http://127.0.0.1:{port}");
+    let r = c.get(format!("{private}/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("sidewire_build_info"));
+    assert_eq!(c.get(format!("{private}/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(c.get(format!("{private}/api/v1/stats")).send().await.unwrap().status(), 404);
+    let (status, body) = get_json(&c, &srv.url("/metrics")).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "not_found");
+    srv.stop().await;
+    assert!(c.get(format!("{private}/metrics")).send().await.is_err(), "the metrics listener stops with the server");
+}

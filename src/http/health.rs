@@ -12,7 +12,44 @@ use warp::Filter;
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(Response,)> {
-    healthz().or(readyz(app.clone())).unify().or(metrics(app)).unify().boxed()
+    let private = !app.config.borrow().config.metrics.listen.trim().is_empty();
+    let metrics = if private { metrics_elsewhere() } else { metrics(app.clone()) };
+    healthz().or(readyz(app)).unify().or(metrics).unify().boxed()
+}
+
+/// `/metrics` on the public port when `metrics.listen` moved it elsewhere.
+fn metrics_elsewhere() -> warp::filters::BoxedFilter<(Response,)> {
+    warp::path!("metrics")
+        .map(|| {
+            named(
+                "/metrics",
+                crate::error::ApiError::new(
+                    crate::error::ErrorCode::NotFound,
+                    "metrics are served on the separate metrics.listen address",
+                )
+                .to_response(),
+            )
+        })
+        .boxed()
+}
+
+/// The routes of the separate metrics listener (`metrics.listen`).
+pub fn metrics_listener_routes(app: Arc<App>) -> warp::filters::BoxedFilter<(Response,)> {
+    healthz()
+        .or(metrics(app))
+        .unify()
+        .or(warp::any().map(|| {
+            named(
+                crate::http::UNMATCHED,
+                crate::error::ApiError::new(
+                    crate::error::ErrorCode::NotFound,
+                    "this listener serves GET /metrics and GET /healthz only",
+                )
+                .to_response(),
+            )
+        }))
+        .unify()
+        .boxed()
 }
 
 /// Liveness
