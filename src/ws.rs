@@ -367,8 +367,10 @@ async fn serve(app: Arc<App>, socket: Socket, after_seq: Option<u64>, slot: Slot
     metrics.ws_active_connections.inc();
     app.stats.active_connections.fetch_add(1, Ordering::Relaxed);
     let id = format!("c{:x}-{:08x}", app.ws.next_id.fetch_add(1, Ordering::Relaxed), rand::random::<u32>());
+    // The span is entered only around log lines, not on every poll of the
+    // connection (instrumenting the future cost ~2.5% of fan-out CPU).
     let span = tracing::info_span!("ws", conn = %id, ip = %slot.ip);
-    let end = tracing::Instrument::instrument(connection(app.clone(), socket, after_seq, id), span.clone()).await;
+    let end = connection(app.clone(), socket, after_seq, id, &span).await;
     metrics.ws_active_connections.dec();
     app.stats.active_connections.fetch_sub(1, Ordering::Relaxed);
     metrics.ws_disconnects_total.with_label_values(&[end.label()]).inc();
@@ -381,7 +383,7 @@ async fn serve(app: Arc<App>, socket: Socket, after_seq: Option<u64>, slot: Slot
     drop(slot);
 }
 
-async fn connection(app: Arc<App>, socket: Socket, after_seq: Option<u64>, id: String) -> End {
+async fn connection(app: Arc<App>, socket: Socket, after_seq: Option<u64>, id: String, span: &tracing::Span) -> End {
     let live = app.config.borrow().clone();
     let ws_cfg = live.config.ws.clone();
     // Subscribe before anything is read from the store (see the module doc).
@@ -430,10 +432,15 @@ async fn connection(app: Arc<App>, socket: Socket, after_seq: Option<u64>, id: S
         }
     }
 
+    // Polled across iterations rather than rebuilt per message.
+    let mut shutdown_wait = shutdown_rx.clone();
+    let mut shutdown = std::pin::pin!(async move {
+        let _ = shutdown_wait.wait_for(|s| *s).await;
+    });
     let end = loop {
         tokio::select! {
             biased;
-            _ = async { let _ = shutdown_rx.wait_for(|s| *s).await; } => {
+            _ = &mut shutdown => {
                 close(CloseCode::Away, "server shutting down");
                 break End::Shutdown;
             }
@@ -466,7 +473,7 @@ async fn connection(app: Arc<App>, socket: Socket, after_seq: Option<u64>, id: S
                 Some(Ok(Message::Close(_))) => break End::ClientClose,
                 Some(Ok(Message::Pong(_))) => pong_deadline = None,
                 Some(Ok(Message::Ping(_))) | Some(Ok(Message::Frame(_))) => {}
-                Some(Ok(Message::Binary(_))) => invalid(&app, "a binary frame"),
+                Some(Ok(Message::Binary(_))) => invalid(&app, span, "a binary frame"),
                 Some(Ok(Message::Text(text))) => {
                     client_messages += 1;
                     match ClientMessage::parse(&text) {
@@ -488,17 +495,17 @@ async fn connection(app: Arc<App>, socket: Socket, after_seq: Option<u64>, id: S
                                 }
                             }
                         }
-                        Ok(ClientMessage::Resume(_)) => invalid(&app, "a resume that is not the first message"),
-                        Err(why) => invalid(&app, &why),
+                        Ok(ClientMessage::Resume(_)) => invalid(&app, span, "a resume that is not the first message"),
+                        Err(why) => invalid(&app, span, &why),
                     }
                 }
                 Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(e))) => {
-                    tracing::warn!(error = %e, "client frame over 64 KiB");
+                    span.in_scope(|| tracing::warn!(error = %e, "client frame over 64 KiB"));
                     close(CloseCode::Size, "message too big");
                     break End::Error;
                 }
                 Some(Err(e)) => {
-                    tracing::debug!(error = %e, "websocket read error");
+                    span.in_scope(|| tracing::debug!(error = %e, "websocket read error"));
                     break End::Error;
                 }
             },
@@ -536,9 +543,9 @@ async fn finish(writer: &mut tokio::task::JoinHandle<()>) {
     }
 }
 
-fn invalid(app: &App, what: &str) {
+fn invalid(app: &App, span: &tracing::Span, what: &str) {
     app.metrics.ws_invalid_messages_total.inc();
-    tracing::warn!(what, "ignored an invalid client message");
+    span.in_scope(|| tracing::warn!(what, "ignored an invalid client message"));
 }
 
 /// Replays stored events with seq > `after` (and < `before`, when live
@@ -658,7 +665,7 @@ async fn writer(
     ack: Utf8Bytes,
     first_stats: Utf8Bytes,
     mut out: mpsc::Receiver<Out>,
-    mut stats_rx: watch::Receiver<Utf8Bytes>,
+    stats_rx: watch::Receiver<Utf8Bytes>,
     mut close_rx: oneshot::Receiver<CloseFrame>,
 ) {
     let metrics = &app.metrics;
@@ -674,6 +681,16 @@ async fn writer(
         return;
     }
     sent("stats_update", 1);
+    // The newest stats push, as a stream whose pending future survives the
+    // loop's iterations (a fresh `changed()` per message costs a waker
+    // registration each time); it ends if the server's sender is gone.
+    let stats_updates = futures::stream::unfold(stats_rx, |mut rx| async move {
+        rx.changed().await.ok()?;
+        let text = rx.borrow_and_update().clone();
+        Some((text, rx))
+    })
+    .fuse();
+    let mut stats_updates = std::pin::pin!(stats_updates);
     loop {
         let next = tokio::select! {
             biased;
@@ -683,10 +700,7 @@ async fn writer(
                 }
                 return;
             }
-            changed = stats_rx.changed() => match changed {
-                Ok(()) => ("stats_update", Message::Text(stats_rx.borrow_and_update().clone())),
-                Err(_) => continue,
-            },
+            Some(text) = stats_updates.next() => ("stats_update", Message::Text(text)),
             item = out.recv() => match item {
                 Some(item) => item.into_message(),
                 // The dispatcher is gone: wait for its close frame (or none).
