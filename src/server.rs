@@ -261,7 +261,10 @@ async fn handle(
     peer: SocketAddr,
     mut req: http::Request<Incoming>,
 ) -> Result<Response, Infallible> {
-    let span = crate::telemetry::request_span(req.method(), req.headers());
+    // Scrapes and probes get no span: exported every few seconds by every
+    // Prometheus and orchestrator, they would drown the traces that matter.
+    let probe = matches!(req.uri().path(), "/metrics" | "/healthz" | "/readyz");
+    let span = if probe { tracing::Span::none() } else { crate::telemetry::request_span(req.method(), req.headers()) };
     async move {
         let started = Instant::now();
         let path = req.uri().path().to_string();
