@@ -131,6 +131,9 @@ pub struct PersistConfig {
     pub ack: AckMode,
     /// Most events waiting for the plugin; a full queue answers 503.
     pub queue_len: usize,
+    /// Most bytes of event data waiting for the plugin (a second bound, so
+    /// `queue_len` large events cannot exhaust memory); full answers 503.
+    pub queue_max_bytes: usize,
     /// SQLite database file (created with its folder).
     pub sqlite_path: PathBuf,
     /// `normal` survives a crash or `kill -9` of the process; `full` also
@@ -170,6 +173,7 @@ impl Default for PersistConfig {
             plugin: PluginKind::Sqlite,
             ack: AckMode::Durable,
             queue_len: 100_000,
+            queue_max_bytes: 256 * 1024 * 1024,
             sqlite_path: "data/sidewire.db".into(),
             sqlite_synchronous: SqliteSync::Normal,
             jsonl_path: "data/events.jsonl".into(),
@@ -191,6 +195,7 @@ impl fmt::Debug for PersistConfig {
             .field("plugin", &self.plugin)
             .field("ack", &self.ack)
             .field("queue_len", &self.queue_len)
+            .field("queue_max_bytes", &self.queue_max_bytes)
             .field("sqlite_path", &self.sqlite_path)
             .field("sqlite_synchronous", &self.sqlite_synchronous)
             .field("jsonl_path", &self.jsonl_path)
@@ -537,6 +542,12 @@ impl Config {
         let p = &self.persist;
         if p.queue_len == 0 {
             bad("persist.queue_len", "must be at least 1".into());
+        }
+        if p.queue_max_bytes < self.ingest.max_body_bytes {
+            bad("persist.queue_max_bytes", "must be at least ingest.max_body_bytes".into());
+        }
+        if p.queue_max_bytes > u32::MAX as usize {
+            bad("persist.queue_max_bytes", format!("must be at most {}", u32::MAX));
         }
         match p.plugin {
             PluginKind::Sqlite if p.sqlite_path.as_os_str().is_empty() => {

@@ -80,6 +80,15 @@ impl NewEvent {
         self.kind == STATS_UPDATE
     }
 
+    /// Roughly what the event occupies while it waits for the store.
+    pub fn queued_size(&self) -> usize {
+        self.data_json.len()
+            + self.kind.len()
+            + self.id.as_ref().map_or(0, String::len)
+            + self.source.as_ref().map_or(0, String::len)
+            + 128
+    }
+
     /// The numeric top-level fields of a gauge report.
     pub fn gauges(&self) -> impl Iterator<Item = (&str, f64)> {
         self.data.iter().filter_map(|(k, v)| v.as_f64().map(|n| (k.as_str(), n)))

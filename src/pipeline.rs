@@ -46,8 +46,10 @@ pub struct IngestOutcome {
 
 struct Job {
     events: Vec<NewEvent>,
-    /// Holds `events.len()` queue slots until the events are stored.
+    /// Holds `events.len()` queue slots and the events' bytes until they are
+    /// stored.
     permit: OwnedSemaphorePermit,
+    bytes_permit: OwnedSemaphorePermit,
     reply: ReplyTo,
     span: tracing::Span,
 }
@@ -77,6 +79,8 @@ pub struct Pipeline {
     tx: mpsc::UnboundedSender<Msg>,
     queue: Arc<Semaphore>,
     queue_len: usize,
+    /// Bytes of event data waiting (`persist.queue_max_bytes`).
+    queue_bytes: Arc<Semaphore>,
     metrics: Arc<Metrics>,
 }
 
@@ -96,6 +100,7 @@ impl Pipeline {
         let queue_len = live.config.persist.queue_len;
         let ack = live.config.persist.ack;
         let queue = Arc::new(Semaphore::new(queue_len));
+        let queue_bytes = Arc::new(Semaphore::new(live.config.persist.queue_max_bytes));
         let (tx, rx) = mpsc::unbounded_channel();
         let sinks = Arc::new(sinks);
         let metrics = sinks.metrics.clone();
@@ -121,7 +126,7 @@ impl Pipeline {
             queue_len,
         };
         tokio::spawn(writer.run(rx));
-        Pipeline { tx, queue, queue_len, metrics }
+        Pipeline { tx, queue, queue_len, queue_bytes, metrics }
     }
 
     /// Submits one request's validated events; all or nothing.
@@ -138,9 +143,15 @@ impl Pipeline {
                 )))
             }
         };
+        let bytes: usize = events.iter().map(NewEvent::queued_size).sum();
+        let Some(bytes_permit) =
+            u32::try_from(bytes).ok().and_then(|b| self.queue_bytes.clone().try_acquire_many_owned(b).ok())
+        else {
+            return Err(unavailable("the persist queue holds persist.queue_max_bytes of events; retry later"));
+        };
         self.metrics.persist_queue_depth.set((self.queue_len - self.queue.available_permits()) as i64);
         let (reply, rx) = oneshot::channel();
-        let job = Job { events, permit, reply, span: tracing::Span::current() };
+        let job = Job { events, permit, bytes_permit, reply, span: tracing::Span::current() };
         if self.tx.send(Msg::Job(job)).is_err() {
             return Err(unavailable("the server is shutting down"));
         }
@@ -362,6 +373,7 @@ impl Writer {
             spans.push(job.span.clone());
             replies.push((job.reply, outcome, job.span));
             permits.push(job.permit);
+            permits.push(job.bytes_permit);
         }
         Ok(Group {
             batch: Batch { events, stats: Arc::new(next) },

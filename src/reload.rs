@@ -384,7 +384,7 @@ pub fn changed_keys(a: &Config, b: &Config) -> Vec<&'static str> {
         auth { ingest_tokens, dashboard_tokens }
         ingest { max_batch, max_body_bytes }
         persist {
-            plugin, ack, queue_len, sqlite_path, sqlite_synchronous, jsonl_path, jsonl_max_bytes,
+            plugin, ack, queue_len, queue_max_bytes, sqlite_path, sqlite_synchronous, jsonl_path, jsonl_max_bytes,
             jsonl_max_files, webhook_url, webhook_timeout_ms, webhook_max_retries, webhook_backoff_ms,
             memory_capacity, postgres_url,
         }

@@ -392,3 +392,43 @@ async fn queue_depth_metric_falls_back_to_zero_after_the_queue_drains() {
     .await;
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn queued_ack_is_also_bounded_in_bytes() {
+    let plugin = Flaky::new(true);
+    let (srv, _dir) = start(&plugin, |c| {
+        c.persist.ack = AckMode::Queued;
+        c.ingest.max_body_bytes = 8 * 1024;
+        c.persist.queue_max_bytes = 8 * 1024;
+    })
+    .await;
+    let c = client();
+    let big = |i: usize| json!({"type": "blob", "data": {"i": i, "pad": "x".repeat(3000)}});
+    let mut accepted = 0;
+    let mut refused = None;
+    for i in 0..10 {
+        let r = post_json(&c, &srv.base, &big(i)).await;
+        match r.status {
+            202 => accepted += 1,
+            _ => {
+                assert_reply_error(&r, 503, "persist_unavailable", None);
+                retry_after(&r);
+                refused = Some(i);
+                break;
+            }
+        }
+    }
+    assert_eq!((accepted, refused), (2, Some(2)), "two ~3 KB events fit in 8 KiB, the third does not");
+    // Small events still fit in what is left.
+    let r = post_json(&c, &srv.base, &json!({"type": "small"})).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    plugin.fail.store(false, Ordering::SeqCst);
+    wait_until("the queue drained", Duration::from_secs(20), || {
+        let n = plugin.stored().len();
+        async move { n == 3 }
+    })
+    .await;
+    let r = post_json(&c, &srv.base, &big(99)).await;
+    assert_eq!(r.status, 202, "room again: {}", r.text);
+    srv.stop().await;
+}
