@@ -20,17 +20,12 @@ pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(Response,)> {
 /// `/metrics` on the public port when `metrics.listen` moved it elsewhere.
 fn metrics_elsewhere() -> warp::filters::BoxedFilter<(Response,)> {
     warp::path!("metrics")
-        .map(|| {
-            named(
-                "/metrics",
-                crate::error::ApiError::new(
-                    crate::error::ErrorCode::NotFound,
-                    "metrics are served on the separate metrics.listen address",
-                )
-                .to_response(),
-            )
-        })
+        .map(|| not_found("/metrics", "metrics are served on the separate metrics.listen address"))
         .boxed()
+}
+
+fn not_found(route: &'static str, message: &'static str) -> Response {
+    named(route, crate::error::ApiError::new(crate::error::ErrorCode::NotFound, message).to_response())
 }
 
 /// The routes of the separate metrics listener (`metrics.listen`).
@@ -38,16 +33,8 @@ pub fn metrics_listener_routes(app: Arc<App>) -> warp::filters::BoxedFilter<(Res
     healthz()
         .or(metrics(app))
         .unify()
-        .or(warp::any().map(|| {
-            named(
-                crate::http::UNMATCHED,
-                crate::error::ApiError::new(
-                    crate::error::ErrorCode::NotFound,
-                    "this listener serves GET /metrics and GET /healthz only",
-                )
-                .to_response(),
-            )
-        }))
+        .or(warp::any()
+            .map(|| not_found(crate::http::UNMATCHED, "this listener serves GET /metrics and GET /healthz only")))
         .unify()
         .boxed()
 }
