@@ -136,6 +136,8 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
             .boxed(),
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            // Colours for a terminal only, not for files and log collectors.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_target(false)
             .with_filter(log_filter)
             .boxed(),
