@@ -445,11 +445,13 @@ class Client:
         One immediate attempt is made even while a retry backoff is running
         (the server may be back); whatever is still undelivered at the
         deadline is dropped and counted (``shutdown``). Returns True when
-        nothing was left behind. Safe to call more than once.
+        nothing was left behind (everything was sent, or dropped for a reason
+        other than the deadline). Safe to call more than once.
         """
         if self._pid != os.getpid():
             self._after_fork()
         with self._lock:
+            abandoned_before = self._dropped["shutdown"]
             self._closed = True
             if not self._closing:
                 self._closing = True
@@ -463,7 +465,7 @@ class Client:
             self._transport.close()
         atexit.unregister(self._atexit)
         with self._lock:
-            return not self._queue and self._inflight == 0
+            return not self._queue and self._inflight == 0 and self._dropped["shutdown"] == abandoned_before
 
     async def aflush(self, timeout: float = 5.0) -> bool:
         """:meth:`flush` for async code: waits in a worker thread, not on the event loop."""

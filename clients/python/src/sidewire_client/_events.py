@@ -110,15 +110,17 @@ class Encoder:
             raise InvalidEventError(f"field `data`: not serializable as JSON ({exc})") from exc
         except RecursionError as exc:
             raise InvalidEventError("field `data`: nested too deeply") from exc
-        # UTF-8 needs at most 4 bytes per character: only measure bytes when
-        # the character count cannot rule the limit out.
-        if len(text) * 4 > MAX_DATA_BYTES:
+        # ASCII text (the common case) is one byte per character; anything
+        # else is measured in UTF-8, which also catches lone surrogates.
+        if text.isascii():
+            size = len(text)
+        else:
             try:
                 size = len(text.encode("utf-8"))
             except UnicodeEncodeError as exc:
                 raise InvalidEventError("field `data`: contains a lone surrogate (not UTF-8)") from exc
-            if size > MAX_DATA_BYTES:
-                raise InvalidEventError(f"field `data`: {size} bytes serialized, at most {MAX_DATA_BYTES}")
+        if size > MAX_DATA_BYTES:
+            raise InvalidEventError(f"field `data`: {size} bytes serialized, at most {MAX_DATA_BYTES}")
         # Each level of nesting needs an opening bracket in the text (brackets
         # inside strings only overcount), so a short count proves the depth
         # is fine without walking the object.
