@@ -10,7 +10,9 @@ Django (``wsgi.py``)::
 
 The event is emitted when the server closes the response iterable (PEP
 3333), so the duration includes streaming the body and the status is known
-even when ``start_response`` is called late, as generators do.
+even when ``start_response`` is called late, as generators do. The route is
+resolved when the app calls ``start_response`` (while the framework's
+request is still alive), else at the end.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def wsgi_route_template(environ: Environ) -> str | None:
 
 
 def _django_route(environ: Environ) -> str | None:
-    from django.urls import Resolver404, resolve  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
+    from django.urls import Resolver404, resolve  # noqa: PLC0415 - only when Django is loaded
 
     try:
         match = resolve(environ.get("PATH_INFO", "/") or "/")
@@ -109,6 +111,10 @@ class SidewireWSGIMiddleware:
             return self.app(environ, start_response)
         started = time.perf_counter()
         status = [500]
+        # Resolved when the app starts its response: Flask clears
+        # environ["werkzeug.request"] when its request context ends, which is
+        # before the server iterates and closes the body.
+        route: list[str | None] = [None]
 
         def start_and_watch(
             status_line: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
@@ -117,13 +123,20 @@ class SidewireWSGIMiddleware:
                 status[0] = int(status_line.split(" ", 1)[0])
             except ValueError:
                 status[0] = 500
+            route[0] = self._resolve(environ)
             if exc_info is None:
                 return start_response(status_line, headers)
             return start_response(status_line, headers, exc_info)
 
         def finished() -> None:
             if self.recorder.wants(sampled, status[0]):
-                self._record(environ, status[0], time.perf_counter() - started)
+                elapsed = time.perf_counter() - started
+                try:
+                    self.recorder.record(
+                        str(environ.get("REQUEST_METHOD", "")), route[0] or self._resolve(environ), status[0], elapsed
+                    )
+                except Exception:  # observing a request must never break it
+                    logger.debug("sidewire: could not record a request", exc_info=True)
 
         try:
             result = self.app(environ, start_and_watch)
@@ -133,12 +146,12 @@ class SidewireWSGIMiddleware:
             raise
         return _ObservedBody(result, finished)
 
-    def _record(self, environ: Environ, status: int, elapsed: float) -> None:
+    def _resolve(self, environ: Environ) -> str | None:
         try:
-            route = self.route_resolver(environ)
-            self.recorder.record(str(environ.get("REQUEST_METHOD", "")), route, status, elapsed)
-        except Exception:  # observing a request must never break it
-            logger.debug("sidewire: could not record a request", exc_info=True)
+            return self.route_resolver(environ)
+        except Exception:  # a resolver bug must not break the request
+            logger.debug("sidewire: could not resolve a route", exc_info=True)
+            return None
 
 
 class _ObservedBody:
