@@ -94,15 +94,17 @@ class Encoder:
     """
 
     def __init__(self, json_default: Callable[[Any], Any] | None = None) -> None:
+        # check_circular=False: a cycle still fails (RecursionError, caught
+        # below), and skipping the per-container id bookkeeping is measurably faster.
         self._encode = json.JSONEncoder(
-            ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=json_default
+            ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=json_default, check_circular=False
         ).encode
 
     def encode_data(self, data: Mapping[str, Any] | None) -> str:
         """The compact JSON of ``data``, checked against the size and depth limits."""
         if data is None:
             return "{}"
-        if not isinstance(data, Mapping):
+        if type(data) is not dict and not isinstance(data, Mapping):  # exact dict first: cheaper than the ABC check
             raise InvalidEventError(f"field `data`: must be a mapping, got {type(data).__name__}")
         try:
             text = self._encode(data)
@@ -173,18 +175,20 @@ def format_timestamp(value: object) -> str:
 # and it changes once a second. A (second, text) tuple is replaced whole, so
 # concurrent readers see either the old or the new pair, never a mix.
 _now_cache: tuple[int, str] = (-1, "")
+# ".000Z" ... ".999Z": a list lookup is cheaper than formatting the milliseconds.
+_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
 
 
 def now_timestamp() -> str:
     """The current time as the server writes it: ``2025-12-31T20:00:00.000Z``."""
     global _now_cache  # noqa: PLW0603 - a deliberate process-wide cache
-    now_ns = time.time_ns()
-    second, rest = divmod(now_ns, 1_000_000_000)
+    now_ms = time.time_ns() // 1_000_000
+    second = now_ms // 1000
     cached_second, prefix = _now_cache
     if second != cached_second:
         prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         _now_cache = (second, prefix)
-    return f"{prefix}.{rest // 1_000_000:03d}Z"
+    return prefix + _MILLIS[now_ms - second * 1000]
 
 
 class IdFactory:
