@@ -72,11 +72,34 @@ def toml_value(value: Any) -> str:
 class Sidewire:
     """A ``sidewire serve`` process with its own config, store and port; can be killed and restarted."""
 
-    def __init__(self, binary: Path, workdir: Path, sections: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        binary: Path,
+        workdir: Path,
+        sections: Mapping[str, Mapping[str, Any]] | None = None,
+        *,
+        config_text: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """``sections`` are merged into a generated config; ``config_text`` is used as is instead.
+
+        With ``config_text`` (e.g. a manifest's config), the loopback port and
+        the temporary store are set through ``SIDEWIRE__*`` overrides, which
+        win over the file, and so are the extra ``env`` overrides.
+        """
         self.binary = binary
         self.workdir = workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.env = dict(env or {})
+        self.config_path = workdir / "sidewire.toml"
+        self.log_path = workdir / "sidewire.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        if config_text is not None:
+            self.config_path.write_text(config_text)
+            self.env["SIDEWIRE__SERVER__LISTEN"] = f"127.0.0.1:{self.port}"
+            self.env["SIDEWIRE__PERSIST__SQLITE_PATH"] = str(workdir / "sidewire.db")
+            return
         config: dict[str, dict[str, Any]] = {
             "server": {"listen": f"127.0.0.1:{self.port}"},
             "persist": {"sqlite_path": str(workdir / "sidewire.db")},
@@ -84,15 +107,12 @@ class Sidewire:
         }
         for section, keys in (sections or {}).items():
             config.setdefault(section, {}).update(keys)
-        self.config_path = workdir / "sidewire.toml"
         self.config_path.write_text(
             "".join(
                 f"[{section}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in keys.items()) + "\n"
                 for section, keys in config.items()
             )
         )
-        self.log_path = workdir / "sidewire.log"
-        self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         log = self.log_path.open("ab")
@@ -101,6 +121,7 @@ class Sidewire:
             stdout=log,
             stderr=log,
             cwd=self.workdir,
+            env={**os.environ, **self.env},
         )
         log.close()
         deadline = time.monotonic() + 15
