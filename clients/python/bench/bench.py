@@ -148,8 +148,12 @@ def throughput(events: int, url: str | None, binary: Path | None) -> dict[str, A
         cpu_before = time.process_time()
         started = time.perf_counter()
         emitted = 0
+        timings: list[int] = []
+        clock = time.perf_counter_ns
         for _ in range(events):
+            before_emit = clock()
             client.emit("query_complete", EVENT_DATA)
+            timings.append(clock() - before_emit)
             emitted += 1
             if emitted % 10_000 == 0 and time.monotonic() > deadline:
                 break
@@ -175,6 +179,10 @@ def throughput(events: int, url: str | None, binary: Path | None) -> dict[str, A
             "retried": stats.retried,
             "dropped": stats.dropped,
         }
+        timings.sort()
+        result["emit_p50_us"] = percentile(timings, 0.50) / 1000
+        result["emit_p99_us"] = percentile(timings, 0.99) / 1000
+        result["emit_max_us"] = timings[-1] / 1000
         if server is not None:
             after = server.get("/api/v1/stats")[1]["eventsTotal"]
             result["server_events_total_delta"] = after - before

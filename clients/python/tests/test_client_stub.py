@@ -406,3 +406,33 @@ def test_json_payload_of_an_event_is_what_the_caller_gave(stub: StubServer) -> N
     assert event["id"] == 'id-"quoted"\\'
     assert event["timestamp"] == "2025-12-31T20:00:00.000Z"
     json.loads(stub.requests[0].body)  # one event: the body is plain JSON too
+
+
+def test_batches_respect_the_byte_limit(stub: StubServer) -> None:
+    client = make_client(stub, flush_at=1000, max_batch_bytes=1000)
+    try:
+        for i in range(20):
+            client.emit("query_complete", {"n": i, "pad": "x" * 100})
+        assert client.flush(5)
+    finally:
+        client.close(1)
+    assert all(len(r.body) <= 1000 for r in stub.requests)
+    assert len(stub.requests) >= 4
+    assert [e["data"]["n"] for r in stub.requests for e in r.events] == list(range(20))
+
+
+def test_emit_survives_arguments_that_fail_even_to_be_described() -> None:
+    class Hostile:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+        def __hash__(self) -> int:
+            raise RuntimeError("no hash")
+
+    client = Client("http://127.0.0.1:9")
+    try:
+        assert client.emit(Hostile()) is False  # type: ignore[arg-type]
+        assert client.emit("ok", {"x": Hostile()}) is False
+        assert client.stats.dropped_by_reason["invalid"] == 2
+    finally:
+        client.close(0.1)

@@ -35,6 +35,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import itemgetter
 from types import TracebackType
 from typing import Any, Final
 
@@ -270,13 +271,8 @@ class Client:
                 return False
             line = self._serialize(type, data, id, timestamp)
             traceparent = self._traceparent() if self._traceparent is not None else None
-        except InvalidEventError as exc:
-            self._count_drop("invalid")
-            self._log.warning("invalid", f"sidewire: event dropped, {exc}")
-            return False
         except Exception as exc:  # whatever the caller passed, emit must not raise
-            self._count_drop("invalid")
-            self._log.warning("invalid", f"sidewire: event dropped, {type!r} could not be encoded: {exc!r}")
+            self._invalid(exc)
             return False
         size = len(line)
         with self._lock:
@@ -325,6 +321,17 @@ class Client:
             return text.encode("utf-8")
         except UnicodeEncodeError as exc:
             raise InvalidEventError("field `data`: contains a lone surrogate (not UTF-8)") from exc
+
+    def _invalid(self, problem: Exception) -> None:
+        """Count and log (rate-limited) an event that could not be queued; never raises."""
+        try:
+            self._count_drop("invalid")
+            if isinstance(problem, InvalidEventError):
+                self._log.warning("invalid", f"sidewire: event dropped, {problem}")
+            else:
+                self._log.warning("invalid", f"sidewire: event dropped, it could not be encoded: {problem!r}")
+        except Exception:  # a repr or a log handler that raises: still nothing for the caller
+            logger.debug("sidewire: could not report a dropped event", exc_info=True)
 
     def _drop_oldest(self) -> None:
         """Make room (lock held): drop the oldest queued events until both bounds hold."""
@@ -571,23 +578,44 @@ class Client:
                 if remaining <= 0:
                     break
                 self._wake.wait(remaining)
-            batch: list[_Item] = []
-            size = 0
-            limit = self._batch_limit
-            byte_limit = self._max_batch_bytes
-            while queue and len(batch) < limit:
-                item = queue[0]
-                # +1 for the newline; the first event goes even if it alone is too big (the server decides).
-                if batch and size + len(item[0]) + 1 > byte_limit:
-                    break
-                queue.popleft()
-                batch.append(item)
-                size += len(item[0]) + 1
-            self._queue_bytes -= size - len(batch)
+            batch = self._take_batch(queue)
             self._inflight = len(batch)
             if queue:
                 self._oldest_at = time.monotonic()
             return batch
+
+    def _take_batch(self, queue: deque[_Item]) -> list[_Item]:
+        """Pop the next batch (lock held): at most ``_batch_limit`` events and ``max_batch_bytes`` bytes.
+
+        Runs while emit() waits for the lock, so the common cases avoid a
+        Python-level loop: when everything queued fits the byte limit, the
+        batch is a C-speed copy or slice of the queue.
+        """
+        count = len(queue)
+        limit = self._batch_limit
+        byte_limit = self._max_batch_bytes
+        if self._queue_bytes + count <= byte_limit:  # + one newline per event
+            if count <= limit:
+                batch = list(queue)
+                queue.clear()
+                self._queue_bytes = 0
+                return batch
+            pop = queue.popleft
+            batch = [pop() for _ in range(limit)]
+            self._queue_bytes -= sum(map(len, map(itemgetter(0), batch)))
+            return batch
+        batch = []
+        size = 0
+        while queue and len(batch) < limit:
+            item = queue[0]
+            # +1 for the newline; the first event goes even if it alone is too big (the server decides).
+            if batch and size + len(item[0]) + 1 > byte_limit:
+                break
+            queue.popleft()
+            batch.append(item)
+            size += len(item[0]) + 1
+        self._queue_bytes -= size - len(batch)
+        return batch
 
     def _abandon_queue(self) -> None:
         """Close deadline passed (lock held): count what is left as dropped."""
@@ -625,7 +653,7 @@ class Client:
                     self._finish(sum(len(p) for p in pending), dropped="shutdown")
                     return
                 timeout = max(0.05, min(timeout, remaining))
-            body = b"\n".join([item[0] for item in part])
+            body = b"\n".join(map(itemgetter(0), part))
             response: Response | None = None
             self._sending = True
             try:
