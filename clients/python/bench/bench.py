@@ -4,6 +4,10 @@
         emit() per-call latency while the server is down (a refused port):
         the application's cost of one event when the sidecar is away.
 
+    python bench/bench.py ceiling [--events 300000]
+        the same events as pre-built NDJSON bodies over one connection: what
+        the server alone reaches on this machine (the client cannot beat it).
+
     python bench/bench.py throughput [--events 300000] [--runs 3] [--bin PATH | --url URL]
         events/s from one process into a real sidewire (started from
         $SIDEWIRE_BIN or target/release/sidewire on a free loopback port with
@@ -142,7 +146,9 @@ def throughput(events: int, url: str | None, binary: Path | None) -> dict[str, A
         raise SystemExit("throughput needs --url or a sidewire binary")
     try:
         before = Server.get(server, "/api/v1/stats")[1]["eventsTotal"] if server is not None else None
-        client = Client(target, source="bench", max_queue=100_000, max_queue_bytes=64 * 1024 * 1024)
+        # A queue that holds the whole run: the figure is the delivered rate of
+        # a producer that outruns the sender, not how much a full queue drops.
+        client = Client(target, source="bench", max_queue=events, max_queue_bytes=1024 * 1024 * 1024)
         deadline = time.monotonic() + TIME_LIMIT
         server_cpu_before = server.cpu_seconds() if server is not None else 0.0
         cpu_before = time.process_time()
@@ -192,9 +198,55 @@ def throughput(events: int, url: str | None, binary: Path | None) -> dict[str, A
             server.stop()
 
 
+def ceiling(events: int, binary: Path) -> dict[str, Any]:
+    """The server's own rate for the same events, posted as pre-built bodies (almost no client CPU).
+
+    Tells what one sequential connection can reach at all on this machine:
+    the client cannot beat it, so compare the throughput figure with this.
+    """
+    server = Server(binary)
+    try:
+        bodies = []
+        for start in range(0, events, 1000):
+            lines = [
+                json.dumps(
+                    {
+                        "type": "query_complete",
+                        "data": EVENT_DATA,
+                        "timestamp": "2026-01-01T00:00:00.000Z",
+                        "id": f"sw-ceilingbench0000-{n}",
+                        "source": "bench",
+                    },
+                    separators=(",", ":"),
+                )
+                for n in range(start, min(events, start + 1000))
+            ]
+            bodies.append("\n".join(lines).encode())
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        cpu_before = server.cpu_seconds()
+        started = time.perf_counter()
+        for body in bodies:
+            conn.request("POST", "/api/v1/ingest", body, {"Content-Type": "application/x-ndjson"})
+            response = conn.getresponse()
+            response.read()
+            if response.status != 202:
+                raise SystemExit(f"ceiling: HTTP {response.status}")
+        seconds = time.perf_counter() - started
+        server_cpu = server.cpu_seconds() - cpu_before
+        conn.close()
+        return {
+            "events": events,
+            "events_per_s": events / seconds,
+            "server_cpu_s": server_cpu,
+            "server_cpu_us_per_event": server_cpu / events * 1e6,
+        }
+    finally:
+        server.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["emit-latency", "throughput", "all"])
+    parser.add_argument("what", choices=["emit-latency", "throughput", "ceiling", "all"])
     parser.add_argument("--events", type=int, default=None)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--url", help="an already running sidewire (throughput)")
@@ -226,6 +278,16 @@ def main() -> int:
                 print("not every event was delivered", file=sys.stderr)
                 return 1
         print(f"throughput median {statistics.median(rates):,.0f} events/s, best {max(rates):,.0f}")
+    if args.what in ("ceiling", "all"):
+        if not args.bin.is_file():
+            print(f"no sidewire binary at {args.bin}", file=sys.stderr)
+            return 2
+        for run in range(args.runs):
+            result = ceiling(args.events or 300_000, args.bin)
+            print(
+                f"ceiling run {run + 1}: "
+                + json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()})
+            )
     return 0
 
 
