@@ -4,7 +4,7 @@
         emit() per-call latency while the server is down (a refused port):
         the application's cost of one event when the sidecar is away.
 
-    python bench/bench.py ceiling [--events 300000]
+    python bench/bench.py ceiling [--events 300000] [--without-ids]
         the same events as pre-built NDJSON bodies over one connection: what
         the server alone reaches on this machine (the client cannot beat it).
 
@@ -198,7 +198,7 @@ def throughput(events: int, url: str | None, binary: Path | None) -> dict[str, A
             server.stop()
 
 
-def ceiling(events: int, binary: Path) -> dict[str, Any]:
+def ceiling(events: int, binary: Path, with_ids: bool = True) -> dict[str, Any]:
     """The server's own rate for the same events, posted as pre-built bodies (almost no client CPU).
 
     Tells what one sequential connection can reach at all on this machine:
@@ -208,19 +208,19 @@ def ceiling(events: int, binary: Path) -> dict[str, Any]:
     try:
         bodies = []
         for start in range(0, events, 1000):
-            lines = [
-                json.dumps(
-                    {
-                        "type": "query_complete",
-                        "data": EVENT_DATA,
-                        "timestamp": "2026-01-01T00:00:00.000Z",
-                        "id": f"sw-ceilingbench0000-{n}",
-                        "source": "bench",
-                    },
-                    separators=(",", ":"),
-                )
-                for n in range(start, min(events, start + 1000))
+            batch: list[dict[str, Any]] = [
+                {
+                    "type": "query_complete",
+                    "data": EVENT_DATA,
+                    "timestamp": "2026-01-01T00:00:00.000Z",
+                    "source": "bench",
+                }
+                for _ in range(start, min(events, start + 1000))
             ]
+            if with_ids:  # as the client sends them: the idempotency key
+                for n, event in enumerate(batch, start):
+                    event["id"] = f"sw-ceilingbench0000-{n}"
+            lines = [json.dumps(event, separators=(",", ":")) for event in batch]
             bodies.append("\n".join(lines).encode())
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
         cpu_before = server.cpu_seconds()
@@ -236,6 +236,7 @@ def ceiling(events: int, binary: Path) -> dict[str, Any]:
         conn.close()
         return {
             "events": events,
+            "ids": with_ids,
             "events_per_s": events / seconds,
             "server_cpu_s": server_cpu,
             "server_cpu_us_per_event": server_cpu / events * 1e6,
@@ -249,6 +250,7 @@ def main() -> int:
     parser.add_argument("what", choices=["emit-latency", "throughput", "ceiling", "all"])
     parser.add_argument("--events", type=int, default=None)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--without-ids", action="store_true", help="ceiling: events without ids (no dedupe)")
     parser.add_argument("--url", help="an already running sidewire (throughput)")
     parser.add_argument(
         "--bin", type=Path, default=Path(os.environ.get("SIDEWIRE_BIN") or REPO / "target/release/sidewire")
@@ -283,7 +285,7 @@ def main() -> int:
             print(f"no sidewire binary at {args.bin}", file=sys.stderr)
             return 2
         for run in range(args.runs):
-            result = ceiling(args.events or 300_000, args.bin)
+            result = ceiling(args.events or 300_000, args.bin, with_ids=not args.without_ids)
             print(
                 f"ceiling run {run + 1}: "
                 + json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()})
