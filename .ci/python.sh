@@ -15,6 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 pkg=clients/python
 
 python=""
@@ -37,19 +38,19 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$pins" ]; 
   echo "== venv $venv ($("$python" --version 2>&1))"
   rm -rf "$venv"
   "$python" -m venv "$venv"
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+  "$venv/bin/python" -m pip install -q --upgrade pip
   # The pinned dev tools only (the package has no runtime dependencies).
   "$venv/bin/python" - "$pkg/pyproject.toml" > "$venv/dev-requirements.txt" <<'PY'
 import sys, tomllib
 with open(sys.argv[1], "rb") as f:
     print("\n".join(tomllib.load(f)["project"]["optional-dependencies"]["dev"]))
 PY
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$venv/dev-requirements.txt"
+  "$venv/bin/python" -m pip install -q -r "$venv/dev-requirements.txt"
   echo "$pins" > "$stamp"
 fi
 py="$venv/bin/python"
 # The package itself, editable, from this checkout (no network: hatchling is in the venv).
-"$py" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e "$pkg"
+"$py" -m pip install -q --no-deps --no-build-isolation -e "$pkg"
 
 # Run from the package folder: its pyproject.toml is the settings for the
 # example app too (ruff falls back to the working directory's config).
@@ -63,7 +64,7 @@ echo "== mypy --strict"
 echo "== wheel"
 wheel_dir=$(mktemp -d)
 trap 'rm -rf "$wheel_dir"' EXIT
-"$py" -m pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation -w "$wheel_dir" "$pkg"
+"$py" -m pip wheel -q --no-deps --no-build-isolation -w "$wheel_dir" "$pkg"
 "$py" - "$wheel_dir" <<'PY'
 import pathlib, sys, zipfile
 (wheel,) = pathlib.Path(sys.argv[1]).glob("sidewire_client-*.whl")
