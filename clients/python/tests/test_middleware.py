@@ -375,3 +375,39 @@ def test_django_through_wsgi_records_route_templates(stub: StubServer) -> None:
         ("/", 200),
         ("<unmatched>", 404),
     ]
+
+
+def test_routes_are_found_again_when_the_router_did_not_record_them(stub: StubServer) -> None:
+    # Older Starlette routers did not put the route in the scope; simulate that
+    # by removing what today's routers leave there.
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount, Route
+
+    async def text(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    inner = Starlette(
+        routes=[
+            Route("/items/{item_id:int}", text),
+            Mount("/sub/{tenant}", Starlette(routes=[Route("/hi/{name}", text)])),
+        ]
+    )
+
+    async def forgetful(scope: Any, receive: Any, send: Any) -> None:
+        await inner(scope, receive, send)
+        scope.pop("route", None)
+        scope.pop("fastapi", None)
+
+    client = Client(stub.url, flush_interval=0.05)
+    app = SidewireMiddleware(forgetful, client)
+    try:
+        assert asgi_call(app, "/items/5") == 200
+        assert asgi_call(app, "/sub/acme/hi/bob") == 200
+        assert asgi_call(app, "/nothing") == 404
+        assert client.flush(5)
+    finally:
+        client.close(1)
+    routes = [e["data"]["route"] for r in stub.requests for e in r.events]
+    assert routes == ["/items/{item_id}", "/sub/acme/hi/{name}", "<unmatched>"]

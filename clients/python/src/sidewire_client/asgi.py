@@ -48,6 +48,8 @@ def route_template(scope: Scope, root_path_before: str = "") -> str | None:
     * Starlette (and FastAPI versions that copy included routes into the
       app's router, prefixes already joined) put the route in
       ``scope["route"]``; its ``path_format`` is the template.
+    * Older Starlette routers do not record the route: it is matched again
+      against the routes of ``scope["app"]`` (the innermost application).
     * ``Mount`` adds the part of the path it matched to ``root_path``; that
       part (taken as is) is put in front of the template. A request that
       entered a mount but matched nothing inside it (or a mounted app with
@@ -62,6 +64,8 @@ def route_template(scope: Scope, root_path_before: str = "") -> str | None:
     if isinstance(fastapi_scope, dict):
         template = getattr(fastapi_scope.get("effective_route_context"), "path_format", None)
     route = scope.get("route")
+    if not template and route is None:
+        route = _rematch(scope)
     if not template and route is not None:
         template = getattr(route, "path_format", None)
         if isinstance(template, str) and template.endswith("/{path}") and hasattr(route, "routes"):
@@ -70,6 +74,27 @@ def route_template(scope: Scope, root_path_before: str = "") -> str | None:
     if not isinstance(template, str) or not template:
         return None
     return prefix + template
+
+
+def _rematch(scope: Scope) -> Any:
+    """Find the route again, for Starlette versions whose router does not record it in the scope.
+
+    ``scope["app"]`` is the innermost Starlette application that handled the
+    request; its routes are matched against the scope as routing left it,
+    with the routes' public ``matches`` method. None when nothing matches.
+    """
+    app = scope.get("app")
+    routes = getattr(getattr(app, "router", None), "routes", None) or getattr(app, "routes", None)
+    if not isinstance(routes, list):
+        return None
+    for candidate in routes:
+        try:
+            match, _ = candidate.matches(dict(scope))
+        except Exception:  # a route type that cannot match this scope
+            continue
+        if getattr(match, "name", None) == "FULL":
+            return candidate
+    return None
 
 
 class SidewireMiddleware:
