@@ -31,11 +31,17 @@ def get(port: int, path: str, method: str = "GET", body: bytes | None = None) ->
 
 
 def requests_seen(server: Sidewire) -> list[tuple[str, str, int]]:
+    """(method, route, status) of every recorded request, sorted.
+
+    Sorted because the event of a request is emitted when the server has
+    finished with it, which may be after the test client already read the
+    response and sent the next request (the servers are multi-threaded).
+    """
     events = server.events("http_request")
     for event in events:
         assert set(event["data"]) == {"method", "route", "status", "durationMs"}
         assert event["data"]["durationMs"] >= 0
-    return [(e["data"]["method"], e["data"]["route"], e["data"]["status"]) for e in events]
+    return sorted((e["data"]["method"], e["data"]["route"], e["data"]["status"]) for e in events)
 
 
 def build_fastapi_app(client: Client, shutdown_log: list[str]) -> Any:
@@ -120,16 +126,18 @@ def test_fastapi_under_uvicorn_records_route_templates(sidewire: Sidewire) -> No
     # The lifespan closed the client at shutdown, after the app's own lifespan.
     assert shutdown_log == ["app lifespan ended"]
     assert client.emit("late") is False
-    assert requests_seen(sidewire) == [
-        ("GET", "/v1/items/{item_id}", 200),
-        ("GET", "/v1/items/{item_id}", 422),
-        ("POST", "/v1/items", 200),
-        ("GET", "/admin/users/{user_id}/orders/{order_id}", 200),
-        ("GET", "<unmatched>", 404),
-        ("GET", "<unmatched>", 404),
-        ("GET", "/boom", 500),
-        ("GET", "/sub/hello/{name}", 200),
-    ]
+    assert requests_seen(sidewire) == sorted(
+        [
+            ("GET", "/v1/items/{item_id}", 200),
+            ("GET", "/v1/items/{item_id}", 422),
+            ("POST", "/v1/items", 200),
+            ("GET", "/admin/users/{user_id}/orders/{order_id}", 200),
+            ("GET", "<unmatched>", 404),
+            ("GET", "<unmatched>", 404),
+            ("GET", "/boom", 500),
+            ("GET", "/sub/hello/{name}", 200),
+        ]
+    )
     assert len(sidewire.events("app_stopped")) == 1
 
 
@@ -257,13 +265,15 @@ def test_flask_through_wsgi_records_route_templates(sidewire: Sidewire, flask_se
     assert get(port, "/boom") == 500
     assert get(port, "/healthz") == 404  # excluded by default, even when unmatched
     assert client.flush(10)
-    assert requests_seen(sidewire) == [
-        ("GET", "/api/items/{item_id}", 200),
-        ("GET", "/api/files/{name}", 200),
-        ("GET", "<unmatched>", 404),
-        ("GET", "/stream", 206),
-        ("GET", "/boom", 500),
-    ]
+    assert requests_seen(sidewire) == sorted(
+        [
+            ("GET", "/api/items/{item_id}", 200),
+            ("GET", "/api/files/{name}", 200),
+            ("GET", "<unmatched>", 404),
+            ("GET", "/stream", 206),
+            ("GET", "/boom", 500),
+        ]
+    )
 
 
 def test_log_handler_sends_warnings_but_never_its_own_records(stub: StubServer) -> None:

@@ -91,6 +91,7 @@ def _rematch(scope: Scope) -> Any:
         try:
             match, _ = candidate.matches(dict(scope))
         except Exception:  # a route type that cannot match this scope
+            logger.debug("sidewire: route %r could not be matched again", candidate, exc_info=True)
             continue
         if getattr(match, "name", None) == "FULL":
             return candidate
