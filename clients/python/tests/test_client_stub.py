@@ -436,3 +436,32 @@ def test_emit_survives_arguments_that_fail_even_to_be_described() -> None:
         assert client.stats.dropped_by_reason["invalid"] == 2
     finally:
         client.close(0.1)
+
+
+def test_an_unexpected_error_in_the_sender_drops_the_batch_and_the_thread_carries_on(
+    stub: StubServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = make_client(stub, flush_at=1000)
+    real_post = client._transport.post
+    calls = []
+
+    def broken_once(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyError("a bug")
+        return real_post(*args, **kwargs)
+
+    client._transport.post = broken_once  # type: ignore[method-assign]
+    try:
+        with caplog.at_level(logging.ERROR, logger="sidewire_client"):
+            client.emit("query_complete", {"n": 1})
+            client.emit("query_complete", {"n": 2})
+            assert client.flush(5)
+        client.emit("query_complete", {"n": 3})
+        assert client.flush(5)
+    finally:
+        client.close(1)
+    stats = client.stats
+    assert (stats.sent, stats.dropped_by_reason["error"], stats.queued) == (1, 2, 0)
+    assert any("unexpected error" in r.getMessage() for r in caplog.records)
+    assert [e["data"]["n"] for e in stub.requests[0].events] == [3]

@@ -83,6 +83,7 @@ DROP_REASONS: Final = (
     "unauthorized",  # 401/403: wrong or missing token
     "refused",  # any other answer that a retry cannot change (404, 415, ...)
     "shutdown",  # still undelivered when close()'s timeout ran out
+    "error",  # an unexpected error in the sender thread (a bug: logged with its traceback)
 )
 
 
@@ -548,7 +549,10 @@ class Client:
                 self._deliver(batch)
             except Exception:  # a bug here must not kill the thread and strand the queue
                 logger.exception("sidewire: unexpected error while sending a batch; batch dropped")
-                self._finish(len(batch), dropped="refused")
+                with self._lock:  # whatever of the batch is still in flight
+                    self._dropped["error"] += self._inflight
+                    self._inflight = 0
+                    self._progress.notify_all()
 
     def _next_batch(self) -> list[_Item] | None:
         """Wait until a batch is due, then move it from the queue to in-flight."""
