@@ -6,7 +6,9 @@ import re
 import subprocess
 from pathlib import Path
 
-from conftest import REPO
+import pytest
+
+from conftest import REPO, Sidewire
 
 PACKAGE = Path(__file__).resolve().parents[1]
 
@@ -36,3 +38,22 @@ def test_the_shell_example_of_the_section_is_valid_bash() -> None:
     assert blocks
     for block in blocks:
         subprocess.run(["bash", "-n"], input=block, text=True, check=True)
+
+
+def test_the_curl_example_of_the_section_works_against_sidewire(sidewire: Sidewire) -> None:
+    import json
+    import shutil
+
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    section = (PACKAGE / "README-section.md").read_text()
+    (block,) = [b for b in re.findall(r"```sh\n(.*?)```", section, flags=re.S) if "curl" in b]
+    result = subprocess.run(
+        ["bash", "-c", block.replace("http://127.0.0.1:8790", sidewire.url)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert json.loads(result.stdout) == {"accepted": 2, "duplicates": 0, "seqs": [1, 2]}
+    assert [e["id"] for e in sidewire.events()] == ["job-7f3a-1", "job-7f3a-2"]
