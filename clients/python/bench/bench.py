@@ -8,7 +8,7 @@
         the same events as pre-built NDJSON bodies over one connection: what
         the server alone reaches on this machine (the client cannot beat it).
 
-    python bench/bench.py throughput [--events 300000] [--runs 3] [--bin PATH | --url URL]
+    python bench/bench.py throughput [--events 300000] [--runs 3] [--plugin sqlite|memory] [--bin PATH | --url URL]
         events/s from one process into a real sidewire (started from
         $SIDEWIRE_BIN or target/release/sidewire on a free loopback port with
         a temporary SQLite store, durable acks), counted from the first
@@ -95,14 +95,14 @@ def emit_latency(events: int) -> dict[str, Any]:
 
 
 class Server:
-    def __init__(self, binary: Path) -> None:
+    def __init__(self, binary: Path, plugin: str = "sqlite") -> None:
         self.dir = tempfile.TemporaryDirectory(prefix="sidewire-bench-")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = Path(self.dir.name) / "sidewire.toml"
         config.write_text(
             f'[server]\nlisten = "127.0.0.1:{self.port}"\n'
-            f'[persist]\nsqlite_path = "{Path(self.dir.name) / "sidewire.db"}"\n'
+            f'[persist]\nplugin = "{plugin}"\nsqlite_path = "{Path(self.dir.name) / "sidewire.db"}"\n'
             '[telemetry]\nlog_level = "warn"\n'
         )
         self.process = subprocess.Popen(
@@ -139,8 +139,8 @@ class Server:
         self.dir.cleanup()
 
 
-def throughput(events: int, url: str | None, binary: Path | None) -> dict[str, Any]:
-    server = Server(binary) if url is None and binary is not None else None
+def throughput(events: int, url: str | None, binary: Path | None, plugin: str = "sqlite") -> dict[str, Any]:
+    server = Server(binary, plugin) if url is None and binary is not None else None
     target = server.url if server is not None else url
     if target is None:
         raise SystemExit("throughput needs --url or a sidewire binary")
@@ -251,6 +251,9 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=None)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--without-ids", action="store_true", help="ceiling: events without ids (no dedupe)")
+    parser.add_argument(
+        "--plugin", default="sqlite", help="throughput: the server's persist.plugin (memory: dedupe in memory only)"
+    )
     parser.add_argument("--url", help="an already running sidewire (throughput)")
     parser.add_argument(
         "--bin", type=Path, default=Path(os.environ.get("SIDEWIRE_BIN") or REPO / "target/release/sidewire")
@@ -270,7 +273,7 @@ def main() -> int:
             return 2
         rates = []
         for run in range(args.runs):
-            result = throughput(args.events or 300_000, args.url, args.bin)
+            result = throughput(args.events or 300_000, args.url, args.bin, args.plugin)
             rates.append(result["events_per_s"])
             print(
                 f"throughput run {run + 1}: "
