@@ -438,6 +438,7 @@ async fn connection(app: Arc<App>, socket: Socket, after_seq: Option<u64>, id: S
     let mut shutdown = std::pin::pin!(async move {
         let _ = shutdown_wait.wait_for(|s| *s).await;
     });
+    let mut writer_done = false;
     let end = loop {
         tokio::select! {
             biased;
@@ -445,7 +446,11 @@ async fn connection(app: Arc<App>, socket: Socket, after_seq: Option<u64>, id: S
                 close(CloseCode::Away, "server shutting down");
                 break End::Shutdown;
             }
-            _ = &mut writer => break End::Error,
+            // The writer stopped (a write failed): it must not be polled again.
+            _ = &mut writer => {
+                writer_done = true;
+                break End::Error;
+            }
             frame = hub_rx.recv() => match frame {
                 Ok(f) => {
                     if f.event.seq <= replayed_upto {
@@ -534,7 +539,9 @@ async fn connection(app: Arc<App>, socket: Socket, after_seq: Option<u64>, id: S
     // none is coming, so it stops now rather than at its timeout (which kept
     // the connection's slot and gauges for 6 s after an abrupt disconnect).
     drop(close_tx.take());
-    finish(&mut writer).await;
+    if !writer_done {
+        finish(&mut writer).await;
+    }
     end
 }
 
