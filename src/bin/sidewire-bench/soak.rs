@@ -148,6 +148,21 @@ pub async fn soak(addr: SocketAddr, token: Option<String>, o: SoakOptions) -> an
 
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
     let mut failures = Vec::new();
+    // Every connection the server opened must be closed and counted once
+    // with its reason (a connection task that died would be missing).
+    let mut books = connection_books(addr).await;
+    let settle = Instant::now() + Duration::from_secs(10);
+    while matches!(books, Ok((active, _, _)) if active > 0.0) && Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        books = connection_books(addr).await;
+    }
+    match books {
+        Ok((active, opened, closed)) if active == 0.0 && opened == closed => {}
+        Ok((active, opened, closed)) => failures.push(format!(
+            "connection books do not balance: {opened} opened, {closed} disconnects counted, {active} still active"
+        )),
+        Err(e) => failures.push(format!("cannot read /metrics: {e}")),
+    }
     for (what, n) in [
         ("lost events", get(&shared.lost)),
         ("doubled or reordered events", get(&shared.doubled_or_reordered)),
@@ -189,6 +204,26 @@ pub async fn soak(addr: SocketAddr, token: Option<String>, o: SoakOptions) -> an
         bail!("soak failed: {}", failures.join("; "));
     }
     Ok(())
+}
+
+/// `(active, opened, disconnects)` from the server's WebSocket metrics.
+async fn connection_books(addr: SocketAddr) -> anyhow::Result<(f64, f64, f64)> {
+    let mut s = http_conn(addr).await?;
+    let req = http::Request::get("/metrics").header(http::header::HOST, addr.to_string()).body(Full::default())?;
+    let text = String::from_utf8(s.send_request(req).await?.into_body().collect().await?.to_bytes().to_vec())?;
+    let (mut active, mut opened, mut closed) = (0.0, 0.0, 0.0);
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, value)) = line.rsplit_once(' ') else { continue };
+        let value: f64 = value.parse().unwrap_or(0.0);
+        if name == "sidewire_ws_active_connections" {
+            active = value;
+        } else if name == "sidewire_ws_connections_total" {
+            opened = value;
+        } else if name.starts_with("sidewire_ws_disconnects_total{") {
+            closed += value;
+        }
+    }
+    Ok((active, opened, closed))
 }
 
 /// Single events with unique ids at `rate` per second, in 10 ms ticks.
@@ -263,6 +298,9 @@ async fn client(
     let mut stop = stop;
     let mut stopping = false;
     for attempt in 0u64.. {
+        if !stopping && *stop.borrow() {
+            stopping = true;
+        }
         if attempt > 0 {
             shared.reconnects.fetch_add(1, Ordering::Relaxed);
         }
