@@ -113,13 +113,33 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
             ConfigSource::File(p) => Some(
                 sidewire::reload::Reloader::new(p, env, config_tx, running.app.metrics.clone()).log_handle(log).spawn(),
             ),
-            ConfigSource::Defaults => None,
+            ConfigSource::Defaults => {
+                ignore_sighup();
+                None
+            }
         };
         running.serve(listener, shutdown_signal()).await;
         anyhow::Ok(())
     });
     drop(telemetry);
     result
+}
+
+/// Without a config file there is nothing to reload, but a SIGHUP (sent by
+/// habit, or by a tool that reloads every sidecar) must not kill the process,
+/// which is the default action.
+fn ignore_sighup() {
+    #[cfg(unix)]
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    tracing::warn!("SIGHUP ignored: running on built-in defaults, there is no config file to reload");
+                }
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot handle SIGHUP"),
+    }
 }
 
 /// Completes on SIGTERM or SIGINT.

@@ -115,7 +115,13 @@ impl Pipeline {
             state: initial,
             next_seq,
             window: {
-                let mut w = RecentIds::new(DEDUPE_WINDOW);
+                // Queued ack answers before storing, and a store lookup sees
+                // only committed ids: the window must hold every queued one.
+                let cap = match ack {
+                    AckMode::Durable => DEDUPE_WINDOW,
+                    AckMode::Queued => DEDUPE_WINDOW.max(queue_len.saturating_add(MAX_GROUP_EVENTS)),
+                };
+                let mut w = RecentIds::new(cap);
                 for (id, seq) in seed_ids {
                     w.insert(id, *seq);
                 }
@@ -201,13 +207,14 @@ type ReplyTo = oneshot::Sender<Result<IngestOutcome, ApiError>>;
 /// A sequenced group, ready for the plugin.
 struct Group {
     batch: Batch,
-    /// Per job: its reply and outcome.
-    replies: Vec<(ReplyTo, IngestOutcome, tracing::Span)>,
-    /// The submitting requests' spans, parents of the `persist` span (kept
-    /// apart from `replies`, which queued ack answers before storing).
+    /// Per job, in job order: its answer.
+    outcomes: Vec<IngestOutcome>,
+    /// Queued ack: the submitting requests' spans, parents of the `persist`
+    /// span (the jobs themselves are answered before storing).
     spans: Vec<tracing::Span>,
     duplicates: usize,
     gauges_changed: bool,
+    /// Queued ack: the jobs' queue permits, released once stored.
     permits: Vec<OwnedSemaphorePermit>,
 }
 
@@ -268,54 +275,82 @@ impl Writer {
     }
 
     async fn process(&mut self, jobs: Vec<Job>) {
-        let group = match self.sequence(jobs).await {
-            Ok(g) => g,
-            Err(failed) => return failed,
-        };
-        match self.persister.clone() {
-            None => {
-                let ok = store(&self.sinks, &group.batch, &group.spans).await;
-                if ok {
-                    self.state = (*group.batch.stats).clone();
-                    self.remember(&group.batch.events);
-                    publish(&self.sinks, group);
-                } else {
-                    for (reply, _, _) in group.replies {
-                        let _ = reply.send(Err(ApiError::new(
-                            ErrorCode::PersistUnavailable,
-                            format!("the {} store failed; nothing was accepted, retry later", self.sinks.plugin.name()),
-                        )
-                        .retry_after(RETRY_AFTER)));
-                    }
-                }
+        // Durable ack with a plugin that dedupes on insert: no lookup round
+        // trip; an id the window missed but the store holds comes back as
+        // `Duplicates` and the group is sequenced again without it.
+        let on_insert = self.persister.is_none() && self.sinks.plugin.dedupes_on_insert();
+        let mut known = if on_insert {
+            HashMap::new()
+        } else {
+            match self.lookup(&jobs).await {
+                Ok(found) => found,
+                Err(e) => return self.refuse(jobs, &e),
             }
-            Some(persister) => {
-                // Queued ack: the events are ours now; answer before storing.
-                self.state = (*group.batch.stats).clone();
-                self.remember(&group.batch.events);
-                let mut group = group;
-                for (reply, outcome, _) in group.replies.drain(..) {
-                    let _ = reply.send(Ok(outcome));
+        };
+        let base = self.next_seq;
+        let mut group = self.sequence(&jobs, &known);
+        if let Some(persister) = self.persister.clone() {
+            // Queued ack: the events are ours now; answer before storing.
+            self.accept(&group);
+            let (events, outcomes) = (&group.batch.events, &group.outcomes);
+            count_accepted(&self.sinks, events, group.duplicates);
+            for (job, outcome) in jobs.into_iter().zip(outcomes) {
+                let _ = job.reply.send(Ok(outcome.clone()));
+                group.permits.push(job.permit);
+                group.permits.push(job.bytes_permit);
+                group.spans.push(job.span);
+            }
+            let _ = persister.send(PersisterMsg::Group(group));
+        } else {
+            let spans: Vec<tracing::Span> = jobs.iter().map(|j| j.span.clone()).collect();
+            let result = loop {
+                match store(&self.sinks, &group.batch, &spans).await {
+                    Err(PersistError::Duplicates { ids, .. }) if ids.keys().any(|id| !known.contains_key(id)) => {
+                        // Nothing was stored: the same seqs are free again.
+                        known.extend(ids);
+                        self.next_seq = base;
+                        group = self.sequence(&jobs, &known);
+                    }
+                    other => break other,
                 }
-                count_accepted(&self.sinks, &group.batch.events, group.duplicates);
-                let _ = persister.send(PersisterMsg::Group(group));
+            };
+            match result {
+                Ok(()) => {
+                    self.accept(&group);
+                    publish(&self.sinks, group, jobs);
+                }
+                Err(e) => self.refuse(jobs, &e),
             }
         }
         self.sinks.metrics.persist_queue_depth.set((self.queue_len - self.queue.available_permits()) as i64);
     }
 
-    fn remember(&mut self, events: &[Arc<Event>]) {
-        for e in events {
+    /// The group is (or, with queued ack, will be) stored: its stats and ids
+    /// are the writer's from now on.
+    fn accept(&mut self, group: &Group) {
+        self.state = (*group.batch.stats).clone();
+        for e in &group.batch.events {
             if let Some(id) = &e.id {
                 self.window.insert(id, e.seq);
             }
         }
     }
 
-    /// Dedupes and assigns seqs. On a failed store lookup, answers the jobs.
-    async fn sequence(&mut self, jobs: Vec<Job>) -> Result<Group, ()> {
-        let live = self.config.borrow().clone();
-        // ids not in the window go to the store (whole-store dedupe).
+    /// Answers every job with 503: nothing of them was accepted.
+    fn refuse(&self, jobs: Vec<Job>, e: &PersistError) {
+        tracing::debug!(error = %e, requests = jobs.len(), "group refused");
+        let plugin = self.sinks.plugin.name();
+        for job in jobs {
+            let _ = job.reply.send(Err(ApiError::new(
+                ErrorCode::PersistUnavailable,
+                format!("the {plugin} store failed; nothing was accepted, retry later"),
+            )
+            .retry_after(RETRY_AFTER)));
+        }
+    }
+
+    /// The store's seqs of the group's ids that the window does not know.
+    async fn lookup(&self, jobs: &[Job]) -> Result<HashMap<String, u64>, PersistError> {
         let misses: Vec<&str> = {
             let mut seen = std::collections::HashSet::new();
             jobs.iter()
@@ -323,27 +358,20 @@ impl Writer {
                 .filter(|id| self.window.get(id).is_none() && seen.insert(*id))
                 .collect()
         };
-        let stored = match self.sinks.plugin.lookup_ids(&misses).await {
-            Ok(found) => found,
-            Err(e) => {
-                self.sinks.metrics.persist_failures_total.with_label_values(&[self.sinks.plugin.name()]).inc();
-                tracing::warn!(error = %e, "dedupe lookup failed");
-                for job in jobs {
-                    let _ = job.reply.send(Err(ApiError::new(
-                        ErrorCode::PersistUnavailable,
-                        format!("the {} store failed; nothing was accepted, retry later", self.sinks.plugin.name()),
-                    )
-                    .retry_after(RETRY_AFTER)));
-                }
-                return Err(());
-            }
-        };
+        self.sinks.plugin.lookup_ids(&misses).await.inspect_err(|e| {
+            self.sinks.metrics.persist_failures_total.with_label_values(&[self.sinks.plugin.name()]).inc();
+            tracing::warn!(error = %e, "dedupe lookup failed");
+        })
+    }
+
+    /// Dedupes (this group, the window, then `stored`: ids the store holds)
+    /// and assigns seqs from `next_seq`.
+    fn sequence(&mut self, jobs: &[Job], stored: &HashMap<String, u64>) -> Group {
+        let live = self.config.borrow().clone();
         let mut next = self.state.clone();
-        let mut in_group: HashMap<String, u64> = HashMap::new();
+        let mut in_group: HashMap<&str, u64> = HashMap::new();
         let mut events = Vec::new();
-        let mut replies = Vec::new();
-        let mut spans = Vec::new();
-        let mut permits = Vec::new();
+        let mut outcomes = Vec::with_capacity(jobs.len());
         let mut duplicates = 0;
         let mut gauges_changed = false;
         for job in jobs {
@@ -360,8 +388,8 @@ impl Writer {
                 }
                 let seq = self.next_seq;
                 self.next_seq += 1;
-                if let Some(id) = &e.id {
-                    in_group.insert(id.clone(), seq);
+                if let Some(id) = e.id.as_deref() {
+                    in_group.insert(id, seq);
                 }
                 next.apply(seq, e, &live.counters);
                 gauges_changed |= e.is_gauge_report();
@@ -370,19 +398,16 @@ impl Writer {
                 outcome.seqs.push(seq);
             }
             duplicates += outcome.duplicates;
-            spans.push(job.span.clone());
-            replies.push((job.reply, outcome, job.span));
-            permits.push(job.permit);
-            permits.push(job.bytes_permit);
+            outcomes.push(outcome);
         }
-        Ok(Group {
+        Group {
             batch: Batch { events, stats: Arc::new(next) },
-            replies,
-            spans,
+            outcomes,
+            spans: Vec::new(),
             duplicates,
             gauges_changed,
-            permits,
-        })
+            permits: Vec::new(),
+        }
     }
 }
 
@@ -390,9 +415,9 @@ impl Writer {
 ///
 /// The `persist` span is a child of the first request's span (so it joins
 /// that request's trace) and follows from the others in the group.
-async fn store(sinks: &Sinks, batch: &Batch, requests: &[tracing::Span]) -> bool {
+async fn store(sinks: &Sinks, batch: &Batch, requests: &[tracing::Span]) -> Result<(), PersistError> {
     if batch.events.is_empty() {
-        return true; // only duplicates: nothing to store
+        return Ok(()); // only duplicates: nothing to store
     }
     let plugin = sinks.plugin.name();
     let parent = requests.first().and_then(|s| s.id());
@@ -404,17 +429,16 @@ async fn store(sinks: &Sinks, batch: &Batch, requests: &[tracing::Span]) -> bool
     let started = Instant::now();
     let result: Result<(), PersistError> = sinks.plugin.persist(batch).instrument(span).await;
     sinks.metrics.persist_duration_seconds.with_label_values(&[plugin]).observe(started.elapsed().as_secs_f64());
-    match result {
-        Ok(()) => {
-            sinks.metrics.persist_success_total.with_label_values(&[plugin]).inc();
-            true
-        }
+    match &result {
+        Ok(()) => sinks.metrics.persist_success_total.with_label_values(&[plugin]).inc(),
+        // Not a failure of the store: the pipeline sequences the group again.
+        Err(PersistError::Duplicates { ids, .. }) => tracing::debug!(plugin, ids = ids.len(), "stored ids refused"),
         Err(e) => {
             sinks.metrics.persist_failures_total.with_label_values(&[plugin]).inc();
             tracing::warn!(plugin, error = %e, events = batch.events.len(), "persist failed");
-            false
         }
     }
+    result
 }
 
 fn count_accepted(sinks: &Sinks, events: &[Arc<Event>], duplicates: usize) {
@@ -424,8 +448,9 @@ fn count_accepted(sinks: &Sinks, events: &[Arc<Event>], duplicates: usize) {
     sinks.metrics.ingest_duplicates_total.inc_by(duplicates as u64);
 }
 
-/// After a successful store: stats, activity, hub, then the replies.
-fn publish(sinks: &Sinks, group: Group) {
+/// After a successful store: stats, activity, hub, then the replies (durable
+/// ack: `jobs` are the group's requests; queued ack answered them already).
+fn publish(sinks: &Sinks, group: Group, jobs: Vec<Job>) {
     let events = &group.batch.events;
     sinks.stats.commit((*group.batch.stats).clone(), events.len() as u64);
     sinks.activity.record(events);
@@ -434,13 +459,13 @@ fn publish(sinks: &Sinks, group: Group) {
     if group.gauges_changed {
         sinks.gauges_changed.notify_one();
     }
-    if !group.replies.is_empty() {
+    if !jobs.is_empty() {
         count_accepted(sinks, events, group.duplicates);
     }
-    for (reply, outcome, span) in group.replies {
-        let _enter = span.enter();
+    for (job, outcome) in jobs.into_iter().zip(group.outcomes) {
+        let _enter = job.span.enter();
         tracing::debug!(accepted = outcome.accepted, duplicates = outcome.duplicates, "events accepted");
-        let _ = reply.send(Ok(outcome));
+        let _ = job.reply.send(Ok(outcome));
     }
     drop(group.permits);
 }
@@ -455,13 +480,25 @@ async fn persister_loop(
 ) {
     while let Some(msg) = rx.recv().await {
         match msg {
-            PersisterMsg::Group(group) => {
+            PersisterMsg::Group(mut group) => {
                 let mut delay = Duration::from_millis(100);
-                while !store(&sinks, &group.batch, &group.spans).await {
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
+                loop {
+                    match store(&sinks, &group.batch, &group.spans).await {
+                        Ok(()) => break,
+                        Err(PersistError::Duplicates { ids, .. }) => {
+                            // Already answered, and those ids are stored: keep
+                            // the rest. (The lookup before sequencing and the
+                            // window make this a race that should not occur.)
+                            tracing::error!(ids = ids.len(), "queued events were already stored; storing the rest");
+                            group.batch.events.retain(|e| e.id.as_deref().is_none_or(|id| !ids.contains_key(id)));
+                        }
+                        Err(_) => {
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(Duration::from_secs(10));
+                        }
+                    }
                 }
-                publish(&sinks, group);
+                publish(&sinks, group, Vec::new());
                 sinks.metrics.persist_queue_depth.set((queue_len - queue.available_permits()) as i64);
             }
             PersisterMsg::Close(done) => {

@@ -4,17 +4,17 @@
 //! can set tungstenite's buffer sizes: the 128 KiB default read buffer per
 //! connection would dominate memory at 10,000 idle dashboards.
 //!
-//! Each connection runs two tasks:
-//! - the **dispatcher** reads the hub, the client and the heartbeat timer, and
-//!   pushes outgoing messages into a bounded queue (`ws.send_queue_len`);
-//!   when that queue is full the client is a slow consumer and is closed with
-//!   1008 — the hub and other clients never wait for it;
-//! - the **writer** owns the socket's sending half: `connection_ack`, an
-//!   immediate `stats_update`, then the queue, interleaved with the newest
-//!   `stats_update` from a shared `watch` channel (so at most one unsent
-//!   `stats_update` exists per connection: the newest).
+//! Each connection is one task. It reads the hub, the client, the newest
+//! `stats_update` (a shared `watch` channel) and the heartbeat timer, and
+//! queues what goes out in its [`Outbox`]: a bounded queue
+//! (`ws.send_queue_len`; full means the client is a slow consumer, closed
+//! with 1008 — the hub and other clients never wait for it) plus one slot
+//! for the newest unsent `stats_update` (latest wins). Whenever the outbox
+//! holds something, the same task writes all of it and flushes once, so
+//! events that arrived together leave in one write; a client whose socket
+//! is full only keeps that write pending while the task goes on reading.
 //!
-//! Resume without gap or duplicate: the dispatcher subscribes to the hub
+//! Resume without gap or duplicate: the connection subscribes to the hub
 //! *before* it reads the store. Events are published only after they are
 //! stored, so every event with seq > afterSeq is either already in the store
 //! when it is read, or published after the subscription. Live events up to
@@ -26,7 +26,7 @@ use crate::event::format_ts;
 use crate::hub::Frame;
 use crate::persist::EventQuery;
 use crate::server::App;
-use futures::{SinkExt, StreamExt};
+use futures::{ready, SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
@@ -35,11 +35,12 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{broadcast, watch};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use warp::reply::Response;
 
@@ -66,7 +67,7 @@ pub struct WsState {
     per_ip: Mutex<HashMap<IpAddr, IpEntry>>,
     open: AtomicUsize,
     next_id: AtomicU64,
-    /// The newest `stats_update` message; every writer watches it.
+    /// The newest `stats_update` message; every connection watches it.
     stats_tx: watch::Sender<Utf8Bytes>,
     /// Flips to true at shutdown: every connection closes with 1001.
     shutdown_tx: watch::Sender<bool>,
@@ -321,32 +322,33 @@ pub async fn upgrade(app: Arc<App>, peer: SocketAddr, mut req: http::Request<hyp
     res
 }
 
-/// What goes through a connection's bounded queue.
-enum Out {
-    Event(Arc<Frame>),
-    Text(&'static str, Utf8Bytes),
-    Ping,
-}
-
 /// Why a connection ended (the `reason` label of disconnects).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
     ClientClose,
     SlowConsumer,
     HeartbeatTimeout,
-    Error,
     Shutdown,
+    /// The store could not answer a resume.
+    ReplayFailed,
+    /// A client frame over [`MAX_CLIENT_MESSAGE`].
+    TooBig,
+    /// The socket failed (reset, broken pipe): no close frame can go out.
+    Broken,
 }
 
 impl End {
-    /// The close frame for an end the server decides on.
-    fn close_frame(self) -> (CloseCode, &'static str) {
+    /// The close frame the server sends for this end, if any. `ClientClose`
+    /// gets a normal one: it is what flushes tungstenite's reply.
+    fn close_frame(self) -> Option<(CloseCode, &'static str)> {
         match self {
-            End::SlowConsumer => (CloseCode::Policy, "slow consumer"),
-            End::HeartbeatTimeout => (CloseCode::Policy, "heartbeat timeout"),
-            End::Shutdown => (CloseCode::Away, "server shutting down"),
-            End::ClientClose => (CloseCode::Normal, ""),
-            End::Error => (CloseCode::Error, "replay failed"),
+            End::SlowConsumer => Some((CloseCode::Policy, "slow consumer")),
+            End::HeartbeatTimeout => Some((CloseCode::Policy, "heartbeat timeout")),
+            End::Shutdown => Some((CloseCode::Away, "server shutting down")),
+            End::ClientClose => Some((CloseCode::Normal, "")),
+            End::ReplayFailed => Some((CloseCode::Error, "replay failed")),
+            End::TooBig => Some((CloseCode::Size, "message too big")),
+            End::Broken => None,
         }
     }
 
@@ -355,7 +357,7 @@ impl End {
             End::ClientClose => "client_close",
             End::SlowConsumer => "slow_consumer",
             End::HeartbeatTimeout => "heartbeat_timeout",
-            End::Error => "error",
+            End::ReplayFailed | End::TooBig | End::Broken => "error",
             End::Shutdown => "shutdown",
         }
     }
@@ -389,24 +391,18 @@ async fn connection(app: Arc<App>, socket: Socket, after_seq: Option<u64>, id: S
     // Subscribe before anything is read from the store (see the module doc).
     let mut hub_rx = app.hub.subscribe();
     let (sink, mut stream) = socket.split();
-    let (out_tx, out_rx) = mpsc::channel::<Out>(ws_cfg.send_queue_len);
-    let (close_tx, close_rx) = oneshot::channel::<CloseFrame>();
+    let mut out = Outbox::new(&app, sink, ws_cfg.send_queue_len);
     let ack = message(
         "connection_ack",
         json!({"connectionId": id, "statsIntervalSecs": live.config.stats.interval_secs,
                "lastSeq": app.stats.last_seq(), "serverVersion": crate::VERSION}),
     );
-    let first_stats = message("stats_update", Value::Object(app.stats_snapshot()));
     let mut stats_rx = app.ws.stats_tx.subscribe();
     stats_rx.mark_unchanged();
-    let mut writer = tokio::spawn(writer(app.clone(), sink, ack, first_stats, out_rx, stats_rx, close_rx));
-    let mut close_tx = Some(close_tx);
-    let mut close = |code: CloseCode, reason: &'static str| {
-        if let Some(tx) = close_tx.take() {
-            let _ = tx.send(CloseFrame { code, reason: reason.into() });
-        }
-    };
+    out.push(Out::Text("connection_ack", ack));
+    out.push(Out::Text("stats_update", message("stats_update", Value::Object(app.stats_snapshot()))));
     let mut shutdown_rx = app.ws.shutdown_tx.subscribe();
+    let stall = Duration::from_secs(ws_cfg.pong_timeout_secs);
     let mut filter: Option<HashSet<String>> = None;
     // Live events with seq <= this were replayed already.
     let mut replayed_upto = 0u64;
@@ -418,130 +414,133 @@ async fn connection(app: Arc<App>, socket: Socket, after_seq: Option<u64>, id: S
     let mut ping_tick = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     let mut pong_deadline: Option<tokio::time::Instant> = None;
 
-    if let Some(after) = after_seq {
-        resumed = true;
-        match replay(&app, &out_tx, after, None, &filter, &ws_cfg, &mut shutdown_rx).await {
-            Ok(upto) => replayed_upto = upto,
-            Err(end) => {
-                let (code, reason) = end.close_frame();
-                close(code, reason);
-                drop(out_tx);
-                drop(close_tx.take());
-                finish(&mut writer).await;
-                return end;
+    let end = 'conn: {
+        if let Some(after) = after_seq {
+            resumed = true;
+            match replay(&app, &mut out, after, None, &filter, &ws_cfg, &mut shutdown_rx).await {
+                Ok(upto) => replayed_upto = upto,
+                Err(end) => break 'conn end,
             }
         }
-    }
-
-    // Polled across iterations rather than rebuilt per message.
-    let mut shutdown_wait = shutdown_rx.clone();
-    let mut shutdown = std::pin::pin!(async move {
-        let _ = shutdown_wait.wait_for(|s| *s).await;
-    });
-    let end = loop {
-        tokio::select! {
-            biased;
-            _ = &mut shutdown => {
-                close(CloseCode::Away, "server shutting down");
-                break End::Shutdown;
-            }
-            _ = &mut writer => break End::Error,
-            frame = hub_rx.recv() => match frame {
-                Ok(f) => {
-                    if f.event.seq <= replayed_upto {
-                        continue;
+        // Polled across iterations rather than rebuilt per message.
+        let mut shutdown_wait = shutdown_rx.clone();
+        let mut shutdown = std::pin::pin!(async move {
+            let _ = shutdown_wait.wait_for(|s| *s).await;
+        });
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break End::Shutdown,
+                // Everything queued goes out in one write; this waits only
+                // while the client's socket is full, and other branches run
+                // meanwhile (a message leaves the outbox once the sink took it).
+                written = out.write(), if out.has_work() => if let Err(e) = written {
+                    span.in_scope(|| tracing::debug!(error = %e, "websocket write failed"));
+                    break End::Broken;
+                },
+                msg = stream.next() => match msg {
+                    None => break End::ClientClose,
+                    Some(Ok(Message::Close(_))) => break End::ClientClose,
+                    Some(Ok(Message::Pong(_))) => pong_deadline = None,
+                    Some(Ok(Message::Ping(_))) | Some(Ok(Message::Frame(_))) => {}
+                    Some(Ok(Message::Binary(_))) => invalid(&app, span, &mut invalid_seen, "a binary frame"),
+                    Some(Ok(Message::Text(text))) => {
+                        client_messages += 1;
+                        match ClientMessage::parse(&text) {
+                            Ok(ClientMessage::Ping) => {
+                                if !out.push(Out::Text("pong", message("pong", json!({})))) {
+                                    break End::SlowConsumer;
+                                }
+                            }
+                            Ok(ClientMessage::Subscribe(types)) => filter = types,
+                            Ok(ClientMessage::Resume(after)) if !resumed && client_messages == 1 => {
+                                resumed = true;
+                                match replay(&app, &mut out, after, first_live_sent, &filter, &ws_cfg, &mut shutdown_rx).await {
+                                    Ok(upto) => replayed_upto = upto,
+                                    Err(end) => break end,
+                                }
+                            }
+                            Ok(ClientMessage::Resume(_)) => invalid(&app, span, &mut invalid_seen, "a resume that is not the first message"),
+                            Err(why) => invalid(&app, span, &mut invalid_seen, &why),
+                        }
                     }
-                    if filter.as_ref().is_some_and(|set| !set.contains(&*f.event.kind)) {
-                        continue;
+                    Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(e))) => {
+                        span.in_scope(|| tracing::warn!(error = %e, "client frame over 64 KiB"));
+                        break End::TooBig;
                     }
-                    first_live_sent.get_or_insert(f.event.seq);
-                    if out_tx.try_send(Out::Event(f)).is_err() {
-                        close(CloseCode::Policy, "slow consumer");
+                    Some(Err(e)) => {
+                        span.in_scope(|| tracing::debug!(error = %e, "websocket read error"));
+                        break End::Broken;
+                    }
+                },
+                frame = hub_rx.recv() => {
+                    if let Some(end) = take_frames(frame, &mut hub_rx, &mut out, &filter, replayed_upto, &mut first_live_sent) {
+                        break end;
+                    }
+                }
+                changed = stats_rx.changed() => {
+                    if changed.is_ok() {
+                        // At most one unsent stats_update: the newest.
+                        out.stats = Some(stats_rx.borrow_and_update().clone());
+                    }
+                }
+                _ = ping_tick.tick() => {
+                    if pong_deadline.is_none() {
+                        pong_deadline = Some(tokio::time::Instant::now() + stall);
+                    }
+                    if !out.push(Out::Ping) {
                         break End::SlowConsumer;
                     }
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    close(CloseCode::Policy, "slow consumer");
-                    break End::SlowConsumer;
+                _ = async { tokio::time::sleep_until(pong_deadline.expect("guarded")).await }, if pong_deadline.is_some() => {
+                    break End::HeartbeatTimeout;
                 }
-                Err(broadcast::error::RecvError::Closed) => {
-                    close(CloseCode::Away, "server shutting down");
-                    break End::Shutdown;
-                }
-            },
-            msg = stream.next() => match msg {
-                None => break End::ClientClose,
-                Some(Ok(Message::Close(_))) => break End::ClientClose,
-                Some(Ok(Message::Pong(_))) => pong_deadline = None,
-                Some(Ok(Message::Ping(_))) | Some(Ok(Message::Frame(_))) => {}
-                Some(Ok(Message::Binary(_))) => invalid(&app, span, &mut invalid_seen, "a binary frame"),
-                Some(Ok(Message::Text(text))) => {
-                    client_messages += 1;
-                    match ClientMessage::parse(&text) {
-                        Ok(ClientMessage::Ping) => {
-                            if out_tx.try_send(Out::Text("pong", message("pong", json!({})))).is_err() {
-                                close(CloseCode::Policy, "slow consumer");
-                                break End::SlowConsumer;
-                            }
-                        }
-                        Ok(ClientMessage::Subscribe(types)) => filter = types,
-                        Ok(ClientMessage::Resume(after)) if !resumed && client_messages == 1 => {
-                            resumed = true;
-                            match replay(&app, &out_tx, after, first_live_sent, &filter, &ws_cfg, &mut shutdown_rx).await {
-                                Ok(upto) => replayed_upto = upto,
-                                Err(end) => {
-                                    let (code, reason) = end.close_frame();
-                                    close(code, reason);
-                                    break end;
-                                }
-                            }
-                        }
-                        Ok(ClientMessage::Resume(_)) => invalid(&app, span, &mut invalid_seen, "a resume that is not the first message"),
-                        Err(why) => invalid(&app, span, &mut invalid_seen, &why),
-                    }
-                }
-                Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(e))) => {
-                    span.in_scope(|| tracing::warn!(error = %e, "client frame over 64 KiB"));
-                    close(CloseCode::Size, "message too big");
-                    break End::Error;
-                }
-                Some(Err(e)) => {
-                    span.in_scope(|| tracing::debug!(error = %e, "websocket read error"));
-                    break End::Error;
-                }
-            },
-            _ = ping_tick.tick() => {
-                if pong_deadline.is_none() {
-                    pong_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(ws_cfg.pong_timeout_secs));
-                }
-                if out_tx.try_send(Out::Ping).is_err() {
-                    close(CloseCode::Policy, "slow consumer");
-                    break End::SlowConsumer;
-                }
-            }
-            _ = async { tokio::time::sleep_until(pong_deadline.expect("guarded")).await }, if pong_deadline.is_some() => {
-                close(CloseCode::Policy, "heartbeat timeout");
-                break End::HeartbeatTimeout;
             }
         }
     };
-    drop(out_tx);
-    if end == End::ClientClose {
-        // Let the writer flush tungstenite's reply to the client's close.
-        close(CloseCode::Normal, "");
-    }
-    // Ends that asked for no close frame (a broken socket): tell the writer
-    // none is coming, so it stops now rather than at its timeout (which kept
-    // the connection's slot and gauges for 6 s after an abrupt disconnect).
-    drop(close_tx.take());
-    finish(&mut writer).await;
+    out.close(end).await;
     end
 }
 
-async fn finish(writer: &mut tokio::task::JoinHandle<()>) {
-    if tokio::time::timeout(CLOSE_TIMEOUT + Duration::from_secs(1), &mut *writer).await.is_err() {
-        writer.abort();
+/// Most hub frames taken in one go (one write).
+const HUB_BATCH: usize = 256;
+
+/// Queues `first` and whatever else the hub holds already (up to
+/// [`HUB_BATCH`]), so they go out in one write. `Some` ends the connection.
+fn take_frames(
+    first: Result<Arc<Frame>, broadcast::error::RecvError>,
+    hub_rx: &mut broadcast::Receiver<Arc<Frame>>,
+    out: &mut Outbox<'_>,
+    filter: &Option<HashSet<String>>,
+    replayed_upto: u64,
+    first_live_sent: &mut Option<u64>,
+) -> Option<End> {
+    use broadcast::error::{RecvError, TryRecvError};
+    let mut frame = first;
+    for _ in 0..HUB_BATCH {
+        match frame {
+            Ok(f) => {
+                let skip =
+                    f.event.seq <= replayed_upto || filter.as_ref().is_some_and(|set| !set.contains(&*f.event.kind));
+                if !skip {
+                    first_live_sent.get_or_insert(f.event.seq);
+                    if !out.push(Out::Event(f)) {
+                        return Some(End::SlowConsumer);
+                    }
+                }
+            }
+            // The hub's ring moved past this connection: it is too slow.
+            Err(RecvError::Lagged(_)) => return Some(End::SlowConsumer),
+            Err(RecvError::Closed) => return Some(End::Shutdown),
+        }
+        frame = match hub_rx.try_recv() {
+            Ok(f) => Ok(f),
+            Err(TryRecvError::Empty) => return None,
+            Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+            Err(TryRecvError::Closed) => Err(RecvError::Closed),
+        };
     }
+    None
 }
 
 /// Invalid messages logged per connection; the rest are only counted, so a
@@ -566,13 +565,13 @@ fn invalid(app: &App, span: &tracing::Span, seen: &mut u32, what: &str) {
 /// live events are to be skipped as already sent or already known to the
 /// client.
 ///
-/// Replay waits for room in the queue (a replay is larger than the queue by
-/// design), but not forever: a client that takes nothing for
-/// `ws.pong_timeout_secs` is a slow consumer (the heartbeat, which cannot
-/// run meanwhile, would have closed it by then), and shutdown interrupts it.
+/// A replay is larger than the outbox by design: it writes whenever the
+/// outbox is full, but a client that takes nothing for `ws.pong_timeout_secs`
+/// is a slow consumer (the heartbeat, which cannot run meanwhile, would have
+/// closed it by then), and shutdown interrupts it.
 async fn replay(
     app: &App,
-    out: &mpsc::Sender<Out>,
+    out: &mut Outbox<'_>,
     after: u64,
     before: Option<u64>,
     filter: &Option<HashSet<String>>,
@@ -581,17 +580,6 @@ async fn replay(
 ) -> Result<u64, End> {
     let max = ws.max_replay;
     let stall = Duration::from_secs(ws.pong_timeout_secs);
-    let mut push = async |item: Out| -> Result<(), End> {
-        tokio::select! {
-            biased;
-            _ = shutdown.wait_for(|s| *s) => Err(End::Shutdown),
-            sent = tokio::time::timeout(stall, out.send(item)) => match sent {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) => Err(End::Error), // the writer is gone
-                Err(_) => Err(End::SlowConsumer),
-            },
-        }
-    };
     let q = EventQuery {
         types: filter.as_ref().map(|s| s.iter().cloned().collect()).unwrap_or_default(),
         before,
@@ -604,7 +592,7 @@ async fn replay(
     let stored = app.stats.last_seq();
     let mut events = app.activity.query(&q).await.map_err(|e| {
         tracing::warn!(error = %e, "resume replay failed");
-        End::Error
+        End::ReplayFailed
     })?;
     let truncated = events.len() > max;
     events.truncate(max);
@@ -621,15 +609,39 @@ async fn replay(
     };
     let upto = newest.max(after).min(cap);
     let replayed = events.len();
+    let done =
+        |last: u64| message("resume_complete", json!({"replayed": replayed, "lastSeq": last, "truncated": truncated}));
     for e in events {
-        push(Out::Event(Frame::new(e))).await?;
+        push_waiting(out, Out::Event(Frame::new(e)), stall, shutdown).await?;
     }
-    let done = message(
-        "resume_complete",
-        json!({"replayed": replayed, "lastSeq": app.stats.last_seq().max(upto), "truncated": truncated}),
-    );
-    push(Out::Text("resume_complete", done)).await?;
+    let last = app.stats.last_seq().max(upto);
+    push_waiting(out, Out::Text("resume_complete", done(last)), stall, shutdown).await?;
     Ok(upto)
+}
+
+/// Queues `item`, writing the outbox out first while it is full (bounded by
+/// `stall` per write, and by shutdown).
+async fn push_waiting(
+    out: &mut Outbox<'_>,
+    mut item: Out,
+    stall: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), End> {
+    loop {
+        match out.try_push(item) {
+            Ok(()) => return Ok(()),
+            Err(back) => item = back,
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|s| *s) => return Err(End::Shutdown),
+            written = tokio::time::timeout(stall, out.write()) => match written {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(End::Broken),
+                Err(_) => return Err(End::SlowConsumer),
+            },
+        }
+    }
 }
 
 /// What a client may send.
@@ -670,111 +682,11 @@ impl ClientMessage {
     }
 }
 
-/// Owns the sending half: ack, first stats, then queue and stats pushes.
-async fn writer(
-    app: Arc<App>,
-    mut sink: futures::stream::SplitSink<Socket, Message>,
-    ack: Utf8Bytes,
-    first_stats: Utf8Bytes,
-    mut out: mpsc::Receiver<Out>,
-    stats_rx: watch::Receiver<Utf8Bytes>,
-    mut close_rx: oneshot::Receiver<CloseFrame>,
-) {
-    let metrics = &app.metrics;
-    let sent = |kind: &str, n: u64| {
-        metrics.ws_messages_sent_total.with_label_values(&[kind]).inc_by(n);
-        app.stats.messages_window.add(n);
-    };
-    if sink.send(Message::Text(ack)).await.is_err() {
-        return;
-    }
-    sent("connection_ack", 1);
-    if sink.send(Message::Text(first_stats)).await.is_err() {
-        return;
-    }
-    sent("stats_update", 1);
-    // The newest stats push, as a stream whose pending future survives the
-    // loop's iterations (a fresh `changed()` per message costs a waker
-    // registration each time); it ends if the server's sender is gone.
-    let stats_updates = futures::stream::unfold(stats_rx, |mut rx| async move {
-        rx.changed().await.ok()?;
-        let text = rx.borrow_and_update().clone();
-        Some((text, rx))
-    })
-    .fuse();
-    let mut stats_updates = std::pin::pin!(stats_updates);
-    loop {
-        let next = tokio::select! {
-            biased;
-            frame = &mut close_rx => {
-                if let Ok(frame) = frame {
-                    close_sink(&mut sink, Some(frame)).await;
-                }
-                return;
-            }
-            Some(text) = stats_updates.next() => ("stats_update", Message::Text(text)),
-            item = out.recv() => match item {
-                Some(item) => item.into_message(),
-                // The dispatcher is gone: wait for its close frame (or none).
-                None => {
-                    close_sink(&mut sink, close_rx.await.ok()).await;
-                    return;
-                }
-            },
-        };
-        // Sending may wait on a client that does not read; a close request
-        // (slow consumer, shutdown) interrupts it.
-        tokio::select! {
-            biased;
-            frame = &mut close_rx => {
-                if let Ok(frame) = frame {
-                    close_sink(&mut sink, Some(frame)).await;
-                }
-                return;
-            }
-            r = send_batch(&mut sink, next, &mut out, &sent) => if r.is_err() {
-                return;
-            }
-        }
-    }
-}
-
-/// Ends the closing handshake from our side, within [`CLOSE_TIMEOUT`]: sends
-/// `frame` (if any) and flushes. After the client's own close, tungstenite
-/// refuses a second close frame (`SendAfterClosing`) but has queued its reply
-/// to the client's; the flush in `close()` is what sends that reply, so it
-/// must run whether or not the send succeeded.
-async fn close_sink(sink: &mut futures::stream::SplitSink<Socket, Message>, frame: Option<CloseFrame>) {
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-        if let Some(frame) = frame {
-            let _ = sink.send(Message::Close(Some(frame))).await;
-        }
-        let _ = sink.close().await;
-    })
-    .await;
-}
-
-/// Sends one message plus whatever is already queued behind it (up to 64),
-/// with one flush. Each sent message is counted through `sent`.
-async fn send_batch(
-    sink: &mut futures::stream::SplitSink<Socket, Message>,
-    first: (&'static str, Message),
-    out: &mut mpsc::Receiver<Out>,
-    sent: &impl Fn(&str, u64),
-) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-    let mut next = Some(first);
-    let mut n = 0;
-    while let Some((kind, msg)) = next.take() {
-        sink.feed(msg).await?;
-        if kind != "ping" {
-            sent(kind, 1);
-        }
-        n += 1;
-        if n < 64 {
-            next = out.try_recv().ok().map(Out::into_message);
-        }
-    }
-    sink.flush().await
+/// A message waiting in a connection's outbox.
+enum Out {
+    Event(Arc<Frame>),
+    Text(&'static str, Utf8Bytes),
+    Ping,
 }
 
 impl Out {
@@ -784,6 +696,99 @@ impl Out {
             Out::Text(kind, text) => (kind, Message::Text(text)),
             Out::Ping => ("ping", Message::Ping(Default::default())),
         }
+    }
+}
+
+type Sink = futures::stream::SplitSink<Socket, Message>;
+
+/// The sending side of one connection, driven by the connection's own task
+/// between its other work (one task per connection, no channel between a
+/// reader and a writer): a bounded queue of messages (`ws.send_queue_len`;
+/// full means the client is a slow consumer), the newest unsent
+/// `stats_update` (latest wins), and the socket's sending half.
+struct Outbox<'a> {
+    app: &'a App,
+    sink: Sink,
+    queue: VecDeque<Out>,
+    cap: usize,
+    stats: Option<Utf8Bytes>,
+    /// Messages were handed to the sink since its last completed flush.
+    unflushed: bool,
+}
+
+impl<'a> Outbox<'a> {
+    fn new(app: &'a App, sink: Sink, cap: usize) -> Self {
+        Self { app, sink, queue: VecDeque::new(), cap: cap.max(1), stats: None, unflushed: false }
+    }
+
+    /// Queues a message; `false` when the queue is full (a slow consumer).
+    fn push(&mut self, item: Out) -> bool {
+        self.try_push(item).is_ok()
+    }
+
+    /// Queues a message, or hands it back when the queue is full.
+    fn try_push(&mut self, item: Out) -> Result<(), Out> {
+        if self.queue.len() >= self.cap {
+            return Err(item);
+        }
+        self.queue.push_back(item);
+        Ok(())
+    }
+
+    fn has_work(&self) -> bool {
+        self.unflushed || self.stats.is_some() || !self.queue.is_empty()
+    }
+
+    /// Hands every waiting message to the sink (a pending `stats_update`
+    /// first), then flushes once: whatever queued up while the socket was busy
+    /// leaves in one write. Cancellation-safe: a message leaves the queue
+    /// only when the sink has taken it, and a cut-short flush is redone.
+    fn poll_write(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), WsError>> {
+        loop {
+            if self.stats.is_none() && self.queue.is_empty() {
+                break;
+            }
+            ready!(self.sink.poll_ready_unpin(cx))?;
+            let (kind, msg) = match self.stats.take() {
+                Some(text) => ("stats_update", Message::Text(text)),
+                None => self.queue.pop_front().expect("checked above").into_message(),
+            };
+            self.sink.start_send_unpin(msg)?;
+            self.unflushed = true;
+            if kind != "ping" {
+                self.app.metrics.ws_messages_sent_total.with_label_values(&[kind]).inc();
+                self.app.stats.messages_window.add(1);
+            }
+        }
+        if self.unflushed {
+            ready!(self.sink.poll_flush_unpin(cx))?;
+            self.unflushed = false;
+        }
+        if self.queue.capacity() > 256 {
+            self.queue.shrink_to(16); // a burst's memory goes back once sent
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    async fn write(&mut self) -> Result<(), WsError> {
+        std::future::poll_fn(|cx| self.poll_write(cx)).await
+    }
+
+    /// Ends the connection from our side, within [`CLOSE_TIMEOUT`]: sends the
+    /// close frame `end` calls for (if any) and flushes. After the client's
+    /// own close, tungstenite refuses a second close frame
+    /// (`SendAfterClosing`) but has queued its reply to the client's; the
+    /// flush in `close()` is what sends that reply, so it runs whether or not
+    /// the send succeeded. Messages still queued are not sent.
+    async fn close(mut self, end: End) {
+        let frame = end.close_frame();
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            if let Some((code, reason)) = frame {
+                let _ = self.sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+            }
+            let _ = self.sink.close().await;
+        })
+        .await;
     }
 }
 

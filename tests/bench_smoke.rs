@@ -134,11 +134,67 @@ fn ingest_runs_and_reports_throughput() {
     let v = result(&s, "ingest", &["--concurrency", "2", "--batch", "5", "--duration", "1"], Duration::from_secs(20));
     assert_eq!(v["concurrency"], 2, "{v}");
     assert_eq!(v["batch"], 5, "{v}");
+    assert_eq!(v["ids"], "unique", "realistic events carry unique ids by default: {v}");
     assert!(v["requests_per_sec"].as_f64().unwrap() > 0.0, "{v}");
     assert!(v["events_per_sec"].as_f64().unwrap() > 0.0, "{v}");
     assert_eq!(v["non_202"], serde_json::json!({}), "every request got a 202: {v}");
     assert!(v["latency"]["count"].as_u64().unwrap() > 0, "{v}");
     latency_ok(&v, "ingest");
+}
+
+/// `--ids repeat` resends one batch: everything after the first request is a
+/// duplicate, still answered 202.
+#[test]
+fn ingest_repeat_ids_are_duplicates() {
+    let s = server();
+    let v = result(
+        &s,
+        "ingest",
+        &["--concurrency", "1", "--batch", "3", "--duration", "1", "--ids", "repeat"],
+        Duration::from_secs(20),
+    );
+    assert_eq!(v["ids"], "repeat", "{v}");
+    assert_eq!(v["non_202"], serde_json::json!({}), "{v}");
+    let text = reqwest::blocking::get(format!("{}/api/v1/stats", s.base)).unwrap().text().unwrap();
+    let stats: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(stats["eventsTotal"], 3, "one batch stored once: {stats}");
+}
+
+/// The CI-sized soak (issue 10): 30 s of steady ingest with 100 dashboards
+/// that drop and resume every few seconds, SIGHUP reloads and a poller. The
+/// tool itself fails on a lost, doubled or reordered event, a non-202, a
+/// failed poll, connection books that do not balance, or growth.
+#[test]
+fn soak_30s_loses_nothing_and_balances_its_books() {
+    let s = server();
+    let pid = s.child.id().to_string();
+    let args = [
+        "--minutes",
+        "0.5",
+        "--period-secs",
+        "10",
+        "--clients",
+        "100",
+        "--lifetime-secs",
+        "3",
+        "--rate",
+        "100",
+        "--reload-every-secs",
+        "3",
+        "--server-pid",
+        &pid,
+    ];
+    let v = result(&s, "soak", &args, Duration::from_secs(90));
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["lost"], 0, "{v}");
+    assert_eq!(v["periods"].as_array().map(Vec::len), Some(3), "{v}");
+    assert!(v["reconnects"].as_u64().unwrap() > 100, "clients churned: {v}");
+    assert!(v["delivered"].as_u64().unwrap() > 100 * 100, "{v}");
+    assert!(
+        s.log().contains("config reloaded") || s.log().contains("reload"),
+        "SIGHUP reached the server:\n{}",
+        s.log()
+    );
 }
 
 #[test]

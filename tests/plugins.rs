@@ -286,6 +286,67 @@ async fn sqlite_dedupe_across_restart() {
     dedupe_across_restart_contract(sqlite).await;
 }
 
+fn sqlite_queued(dir: &std::path::Path) -> Config {
+    let mut c = config_in(dir);
+    c.persist.ack = sidewire::config::AckMode::Queued;
+    c
+}
+
+/// Queued ack answers before storing: ids are looked up in the store first.
+#[tokio::test]
+async fn sqlite_queued_dedupe_across_restart() {
+    dedupe_across_restart_contract(sqlite_queued).await;
+}
+
+/// After a restart the window of recent ids is empty, so old duplicates are
+/// found by the insert itself (the batch is refused and sequenced again):
+/// mixed with new events in the same request and in concurrent requests of
+/// the same group commit, they keep their first seqs, the new events get
+/// consecutive seqs with no gap, and stats count only the new ones.
+#[tokio::test]
+async fn sqlite_old_duplicates_among_new_events_leave_no_seq_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = client();
+    let srv = TestServer::start(sqlite(dir.path())).await;
+    let old: Vec<Value> = (0..20).map(|i| json!({"type": "a", "id": format!("old-{i}")})).collect();
+    let r = post_json(&c, &srv.base, &json!(old)).await;
+    assert_eq!(r.body["accepted"], json!(20), "{}", r.text);
+    srv.stop().await;
+
+    let srv = TestServer::start(sqlite(dir.path())).await;
+    let base = srv.base.clone();
+    // 8 concurrent requests, each: an old id, a new id, another old id.
+    let mut tasks = Vec::new();
+    for k in 0..8 {
+        let (c, base) = (c.clone(), base.clone());
+        tasks.push(tokio::spawn(async move {
+            let body = json!([
+                {"type": "a", "id": format!("old-{k}")},
+                {"type": "b", "id": format!("new-{k}")},
+                {"type": "a", "id": format!("old-{}", k + 10)},
+            ]);
+            post_json(&c, &base, &body).await
+        }));
+    }
+    let mut new_seqs = Vec::new();
+    for (k, t) in tasks.into_iter().enumerate() {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 202, "{}", r.text);
+        assert_eq!((r.body["accepted"].clone(), r.body["duplicates"].clone()), (json!(1), json!(2)), "{}", r.text);
+        assert_eq!(r.body["seqs"][0], json!(k as u64 + 1), "old-{k} keeps its first seq");
+        assert_eq!(r.body["seqs"][2], json!(k as u64 + 11), "old-{} keeps its first seq", k + 10);
+        new_seqs.push(r.body["seqs"][1].as_u64().unwrap());
+    }
+    new_seqs.sort_unstable();
+    assert_eq!(new_seqs, (21..29).collect::<Vec<u64>>(), "new events get consecutive seqs");
+    let s = stats_of(&c, &srv.base).await;
+    assert_eq!(s["eventsTotal"], json!(28));
+    assert_eq!(s["lastSeq"], json!(28));
+    assert_eq!(s["eventsByType"], json!({"a": 20, "b": 8}));
+    assert_eq!(activity_all(&c, &srv.base, "", 100).await.len(), 28, "each event stored once");
+    srv.stop().await;
+}
+
 // ---------------------------------------------------------------- memory
 
 #[tokio::test]

@@ -84,6 +84,12 @@ pub enum PersistError {
     /// The plugin cannot answer this kind of call.
     #[error("{plugin} does not support {what}")]
     Unsupported { plugin: &'static str, what: &'static str },
+    /// Some ids of the batch are already stored, so nothing of it was
+    /// (whole-store dedupe decided by the insert itself, see
+    /// [`PersistCallback::dedupes_on_insert`]). Maps each such id to the seq
+    /// it was stored with.
+    #[error("{plugin}: {} ids of the batch are already stored", ids.len())]
+    Duplicates { plugin: &'static str, ids: HashMap<String, u64> },
 }
 
 impl PersistError {
@@ -103,8 +109,10 @@ impl PersistError {
 /// - A failed batch may be offered again with the same seqs (queued ack
 ///   retries with backoff); with durable ack it is refused to the clients
 ///   and its seqs are not reused.
-/// - Duplicate ids have been filtered out before `persist` is called, using
-///   [`lookup_ids`](Self::lookup_ids) and a window of recent ids.
+/// - Duplicate ids have been filtered out before `persist` is called, using a
+///   window of recent ids and, unless the plugin
+///   [`dedupes_on_insert`](Self::dedupes_on_insert) and the ack is durable,
+///   [`lookup_ids`](Self::lookup_ids).
 ///
 /// # What a plugin must guarantee
 /// - `Ok(())` from `persist` means every event of the batch is stored as
@@ -143,9 +151,22 @@ pub trait PersistCallback: Send + Sync + 'static {
         Err(PersistError::Unsupported { plugin: self.name(), what: "queries" })
     }
 
+    /// Whether [`persist`](Self::persist) itself refuses a batch that holds an
+    /// id already in the store, storing nothing of it and answering
+    /// [`PersistError::Duplicates`] with every such id (a unique index checked
+    /// by the insert). The pipeline then skips the separate
+    /// [`lookup_ids`](Self::lookup_ids) round trip with durable ack: new ids
+    /// cost nothing extra, and the rare old duplicate costs one retry of the
+    /// group without those events.
+    fn dedupes_on_insert(&self) -> bool {
+        false
+    }
+
     /// The seqs of already stored events with these ids (missing ids are
     /// absent from the map). Plugins whose dedupe window is the whole store
-    /// answer this; others rely on the pipeline's window of recent ids.
+    /// answer this; others rely on the pipeline's window of recent ids. Used
+    /// before seqs are assigned when the answer cannot wait for the insert
+    /// (queued ack) or the plugin does not dedupe on insert.
     async fn lookup_ids(&self, _ids: &[&str]) -> Result<HashMap<String, u64>, PersistError> {
         Ok(HashMap::new())
     }

@@ -41,13 +41,12 @@ const READ_POOL: usize = 4;
 
 enum Command {
     Persist(Batch, oneshot::Sender<Result<(), PersistError>>),
-    Lookup(Vec<String>, oneshot::Sender<Result<HashMap<String, u64>, PersistError>>),
     Close(oneshot::Sender<()>),
 }
 
 pub struct SqlitePlugin {
     path: PathBuf,
-    /// Bounded: the pipeline has one batch in flight, plus lookups and close.
+    /// Bounded: the pipeline has one batch in flight, plus close.
     writer: mpsc::Sender<Command>,
     readers: Arc<Mutex<Vec<Connection>>>,
 }
@@ -144,10 +143,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>) {
     while let Some(cmd) = rx.blocking_recv() {
         match cmd {
             Command::Persist(batch, reply) => {
-                let _ = reply.send(write_batch(&mut conn, &batch).map_err(err));
-            }
-            Command::Lookup(ids, reply) => {
-                let _ = reply.send(lookup(&conn, &ids).map_err(err));
+                let _ = reply.send(write_batch(&mut conn, &batch));
             }
             Command::Close(reply) => {
                 let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
@@ -159,29 +155,66 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>) {
     }
 }
 
-fn write_batch(conn: &mut Connection, batch: &Batch) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
+/// Stores a batch and the stats row in one transaction. An id that is
+/// already stored makes the insert a no-op (`ON CONFLICT DO NOTHING` on the
+/// unique index); the transaction is then rolled back and every such id is
+/// reported, so the pipeline learns about all of them in one round trip.
+fn write_batch(conn: &mut Connection, batch: &Batch) -> Result<(), PersistError> {
+    let tx = conn.transaction().map_err(err)?;
+    let mut conflicts = Vec::new();
     {
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO events (seq, type, ts_ms, id, source, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?;
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT INTO events (seq, type, ts_ms, id, source, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT DO NOTHING",
+            )
+            .map_err(err)?;
         for e in &batch.events {
-            insert.execute(params![
-                e.seq as i64,
-                &*e.kind,
-                e.timestamp.timestamp_millis(),
-                e.id.as_deref(),
-                e.source.as_deref(),
-                &*e.data_json
-            ])?;
+            let inserted = insert
+                .execute(params![
+                    e.seq as i64,
+                    &*e.kind,
+                    e.timestamp.timestamp_millis(),
+                    e.id.as_deref(),
+                    e.source.as_deref(),
+                    &*e.data_json
+                ])
+                .map_err(err)?;
+            if inserted == 0 {
+                conflicts.push(e);
+            }
         }
-        let stats = serde_json::to_string(&*batch.stats).expect("stats serialize");
-        tx.prepare_cached(
-            "INSERT INTO state (key, value) VALUES ('stats', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        )?
-        .execute([stats])?;
     }
-    tx.commit()
+    if !conflicts.is_empty() {
+        let mut ids = HashMap::with_capacity(conflicts.len());
+        for e in conflicts {
+            // Only an id can collide: seqs are above every stored one.
+            let seq = match e.id.as_deref() {
+                Some(id) => tx
+                    .prepare_cached("SELECT seq FROM events WHERE id = ?1")
+                    .and_then(|mut s| s.query_row([id], |r| r.get::<_, i64>(0)).optional())
+                    .map_err(err)?,
+                None => None,
+            };
+            match (e.id.as_deref(), seq) {
+                (Some(id), Some(seq)) => ids.insert(id.to_string(), seq as u64),
+                _ => {
+                    return Err(PersistError::Corrupt {
+                        plugin: NAME,
+                        message: format!("seq {} is already stored", e.seq),
+                    })
+                }
+            };
+        }
+        return Err(PersistError::Duplicates { plugin: NAME, ids }); // dropping `tx` rolls back
+    }
+    let stats = serde_json::to_string(&*batch.stats).expect("stats serialize");
+    tx.prepare_cached(
+        "INSERT INTO state (key, value) VALUES ('stats', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+    )
+    .and_then(|mut s| s.execute([stats]))
+    .map_err(err)?;
+    tx.commit().map_err(err)
 }
 
 fn lookup(conn: &Connection, ids: &[String]) -> rusqlite::Result<HashMap<String, u64>> {
@@ -275,12 +308,19 @@ impl PersistCallback for SqlitePlugin {
         self.with_reader(move |c| run_query(c, &q)).await
     }
 
+    fn dedupes_on_insert(&self) -> bool {
+        true
+    }
+
+    /// Runs on a read connection, beside the writer's commits. It sees what
+    /// is committed; ids still on their way to the store are in the
+    /// pipeline's window of recent ids.
     async fn lookup_ids(&self, ids: &[&str]) -> Result<HashMap<String, u64>, PersistError> {
         if ids.is_empty() {
             return Ok(HashMap::new());
         }
-        let ids = ids.iter().map(|s| s.to_string()).collect();
-        self.call(|tx| Command::Lookup(ids, tx)).await?
+        let ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+        self.with_reader(move |c| lookup(c, &ids)).await
     }
 
     async fn close(&self) -> Result<(), PersistError> {
@@ -325,8 +365,13 @@ mod tests {
             let q = EventQuery { limit: 10, after: Some(1), ascending: true, ..Default::default() };
             let got: Vec<u64> = p.query(&q).await.unwrap().iter().map(|e| e.seq).collect();
             assert_eq!(got, vec![2, 3]);
-            // a duplicate id inside a batch fails the whole batch
-            assert!(p.persist(&batch(&[4, 2], 4)).await.is_err());
+            // a stored id fails the whole batch and is reported with its seq
+            match p.persist(&batch(&[4, 2], 4)).await {
+                Err(PersistError::Duplicates { ids, .. }) => assert_eq!(ids, HashMap::from([("id-2".into(), 2)])),
+                other => panic!("expected Duplicates, got {other:?}"),
+            }
+            let q = EventQuery { limit: 10, ..Default::default() };
+            assert_eq!(p.query(&q).await.unwrap().len(), 3, "nothing of the refused batch is stored");
             p.close().await.unwrap();
         }
         let p = SqlitePlugin::open(&path, SqliteSync::Normal).unwrap();

@@ -7,6 +7,7 @@
 //! sidewire-bench fanout --clients 1000 --rate 100 --duration 10
 //! sidewire-bench conns --clients 10000 --server-pid $(pgrep -f 'sidewire serve')
 //! sidewire-bench e2e --count 2000
+//! sidewire-bench soak --minutes 10 --server-pid $(pgrep -f 'sidewire serve')
 //! ```
 //! Fan-out and conns open many connections from 127.0.0.1: run the server
 //! with raised per-IP limits, e.g.
@@ -27,9 +28,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
+mod soak;
+
 /// Hard caps, whatever the flags say.
 const MAX_DURATION_SECS: u64 = 600;
 const MAX_CLIENTS: usize = 19_000;
+const MAX_SOAK_SECS: f64 = 3600.0;
 
 #[derive(Parser)]
 #[command(name = "sidewire-bench", version, about = "Load generator for sidewire (loopback only)")]
@@ -44,6 +48,23 @@ struct Cli {
     command: Cmd,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Ids {
+    Unique,
+    None,
+    Repeat,
+}
+
+impl Ids {
+    fn name(self) -> &'static str {
+        match self {
+            Ids::Unique => "unique",
+            Ids::None => "none",
+            Ids::Repeat => "repeat",
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Ingest throughput and latency.
@@ -56,9 +77,14 @@ enum Cmd {
         /// Seconds.
         #[arg(long, default_value_t = 10)]
         duration: u64,
-        /// Bytes of filler in each event's data.
+        /// Bytes of filler in each event's data (on top of the realistic fields).
         #[arg(long, default_value_t = 64)]
         payload: usize,
+        /// Event ids (the idempotency key): `unique` per event, as a real
+        /// client sends them; `none`; or `repeat`, every request resending
+        /// the same batch (all duplicates after the first: a retry storm).
+        #[arg(long, value_enum, default_value_t = Ids::Unique)]
+        ids: Ids,
     },
     /// N WebSocket clients, R events/s: delivery rate, latency, loss, order.
     Fanout {
@@ -81,6 +107,37 @@ enum Cmd {
         #[arg(long, default_value_t = 2)]
         hold: u64,
     },
+    /// A bounded soak: steady ingest, dashboards with churn and resume,
+    /// reloads, a poller; per-period RSS, fds, p99 and losses; fails on loss
+    /// or growth.
+    Soak {
+        /// Minutes to run (fractions allowed, e.g. 0.5).
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Seconds per reported period (a table row).
+        #[arg(long, default_value_t = 60)]
+        period_secs: u64,
+        /// Events per second (single events with unique ids).
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// Mean seconds a dashboard stays connected before it drops and resumes.
+        #[arg(long, default_value_t = 50)]
+        lifetime_secs: u64,
+        /// Seconds between SIGHUPs (config reloads) to --server-pid.
+        #[arg(long, default_value_t = 5)]
+        reload_every_secs: u64,
+        /// PID of the server: RSS and open fds from /proc, SIGHUP for reloads.
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// Fail when RSS grows more than this after the first period.
+        #[arg(long, default_value_t = 64)]
+        max_rss_growth_mib: u64,
+        /// Fail when open fds grow more than this after the first period.
+        #[arg(long, default_value_t = 100)]
+        max_fd_growth: u64,
+    },
     /// Single events on an idle server: ingest→delivery latency.
     E2e {
         #[arg(long, default_value_t = 1000)]
@@ -97,9 +154,9 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         match cli.command {
-            Cmd::Ingest { concurrency, batch, duration, payload } => {
-                ingest(addr, cli.token, concurrency.clamp(1, 4096), batch.clamp(1, 100_000), capped(duration), payload)
-                    .await
+            Cmd::Ingest { concurrency, batch, duration, payload, ids } => {
+                let shape = IngestShape { batch: batch.clamp(1, 100_000), payload, ids };
+                ingest(addr, cli.token, concurrency.clamp(1, 4096), shape, capped(duration)).await
             }
             Cmd::Fanout { clients, rate, duration } => {
                 fanout(addr, cli.token, clients.min(MAX_CLIENTS), rate.max(1), capped(duration)).await
@@ -108,6 +165,31 @@ fn main() -> anyhow::Result<()> {
                 conns(addr, clients.min(MAX_CLIENTS), server_pid, capped(hold)).await
             }
             Cmd::E2e { count, gap_ms } => e2e(addr, cli.token, count.min(1_000_000), gap_ms).await,
+            Cmd::Soak {
+                minutes,
+                period_secs,
+                rate,
+                clients,
+                lifetime_secs,
+                reload_every_secs,
+                server_pid,
+                max_rss_growth_mib,
+                max_fd_growth,
+            } => {
+                let options = soak::SoakOptions {
+                    duration: Duration::from_secs_f64((minutes.max(0.0) * 60.0).min(MAX_SOAK_SECS))
+                        .max(Duration::from_secs(1)),
+                    period: Duration::from_secs(period_secs.max(1)),
+                    rate: rate.clamp(1, 100_000),
+                    clients: clients.min(MAX_CLIENTS),
+                    lifetime: Duration::from_secs(lifetime_secs.max(1)),
+                    reload_every: Duration::from_secs(reload_every_secs.max(1)),
+                    server_pid,
+                    max_rss_growth_mib,
+                    max_fd_growth,
+                };
+                soak::soak(addr, cli.token, options).await
+            }
         }
     })
 }
@@ -134,9 +216,14 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 /// A dashboard WebSocket on a plain TCP connection (no name resolution, no
 /// Nagle), so the tool measures the server and not its own connect path.
 async fn ws_connect(addr: SocketAddr) -> anyhow::Result<Ws> {
+    ws_connect_path(addr, "/api/v1/ws/dashboard").await
+}
+
+/// [`ws_connect`] to a path with a query (e.g. `?afterSeq=`).
+async fn ws_connect_path(addr: SocketAddr, path: &str) -> anyhow::Result<Ws> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
-    let url = format!("ws://{addr}/api/v1/ws/dashboard");
+    let url = format!("ws://{addr}{path}");
     // tungstenite zero-fills its whole read buffer on every read: the 128 KiB
     // default made memset 60% of this tool's CPU in fan-out runs.
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096);
@@ -204,32 +291,83 @@ fn ingest_request(addr: SocketAddr, token: &Option<String>, body: Bytes) -> http
     b.body(Full::new(body)).expect("valid request")
 }
 
+/// What each ingest request carries.
+#[derive(Clone, Copy)]
+struct IngestShape {
+    batch: usize,
+    payload: usize,
+    ids: Ids,
+}
+
+impl IngestShape {
+    /// One request body: `batch` events shaped like a backend's
+    /// `ingestion_complete` reports, with an id unique to (run, task, counter)
+    /// unless told otherwise. Built with plain string writes, as a client
+    /// serializing its events would, and sent as a JSON array (one object
+    /// when `batch` is 1).
+    fn body(&self, run: &str, task: usize, counter: &mut u64, filler: &str) -> Bytes {
+        use std::fmt::Write;
+        let mut out = String::with_capacity(self.batch * (200 + filler.len()));
+        if self.batch > 1 {
+            out.push('[');
+        }
+        for i in 0..self.batch {
+            if i > 0 {
+                out.push(',');
+            }
+            let n = *counter;
+            *counter += 1;
+            out.push_str(r#"{"type":"ingestion_complete","#);
+            match self.ids {
+                Ids::Unique => write!(out, r#""id":"{run}-{task}-{n}","#).unwrap(),
+                Ids::Repeat => write!(out, r#""id":"{run}-{task}-r{i}","#).unwrap(),
+                Ids::None => {}
+            }
+            write!(
+                out,
+                r#""source":"bench-{task}","data":{{"file":"uploads/report-{n}.pdf","nodesCreated":{},"durationMs":{},"filler":"{filler}"}}}}"#,
+                n % 50,
+                n % 997
+            )
+            .unwrap();
+        }
+        if self.batch > 1 {
+            out.push(']');
+        }
+        out.into()
+    }
+}
+
 async fn ingest(
     addr: SocketAddr,
     token: Option<String>,
     concurrency: usize,
-    batch: usize,
+    shape: IngestShape,
     duration: Duration,
-    payload: usize,
 ) -> anyhow::Result<()> {
-    let filler = "x".repeat(payload);
-    let one = json!({"type": "bench_ingest", "data": {"filler": filler, "n": 1}});
-    let body: Bytes =
-        if batch == 1 { one.to_string().into() } else { serde_json::to_string(&vec![one; batch])?.into() };
+    let batch = shape.batch;
+    let filler: Arc<str> = "x".repeat(shape.payload).into();
+    let run: Arc<str> = format!("{:08x}", rand::random::<u32>()).into();
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let body = body.clone();
+    for task in 0..concurrency {
         let token = token.clone();
+        let (run, filler) = (run.clone(), filler.clone());
         tasks.push(tokio::spawn(async move {
             let mut h = hist();
             let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
             let mut sender = http_conn(addr).await?;
+            let mut counter = 0u64;
+            let repeated = (shape.ids == Ids::Repeat).then(|| shape.body(&run, task, &mut 0, &filler));
             while Instant::now() < deadline {
+                let body = match &repeated {
+                    Some(b) => b.clone(),
+                    None => shape.body(&run, task, &mut counter, &filler),
+                };
                 let t0 = Instant::now();
                 sender.ready().await?;
-                let res = sender.send_request(ingest_request(addr, &token, body.clone())).await?;
+                let res = sender.send_request(ingest_request(addr, &token, body)).await?;
                 let status = res.status().as_u16();
                 let _ = res.into_body().collect().await?;
                 h.record(t0.elapsed().as_micros().max(1) as u64)?;
@@ -256,13 +394,13 @@ async fn ingest(
     report(
         "ingest",
         &[
-            ("concurrency × batch", format!("{concurrency} × {batch} events")),
+            ("concurrency × batch", format!("{concurrency} × {batch} events, ids {}", shape.ids.name())),
             ("requests/s", format!("{rps:.0}")),
             ("events/s (202)", format!("{eps:.0}")),
             ("latency", lat_line(&h)),
             ("non-202", format!("{errors:?}")),
         ],
-        json!({"concurrency": concurrency, "batch": batch, "seconds": secs, "requests_per_sec": rps,
+        json!({"concurrency": concurrency, "batch": batch, "ids": shape.ids.name(), "seconds": secs, "requests_per_sec": rps,
                "events_per_sec": eps, "latency": summary(&h), "non_202": errors}),
     );
     Ok(())
