@@ -7,6 +7,13 @@ use sidewire::config::{Config, ConfigSource, LiveConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// mimalloc instead of glibc's malloc: ingest allocates many small, short-lived
+/// objects (parsed JSON, ids, encoded events) on several threads, and glibc's
+/// arena consolidation was a third of the HTTP workers' CPU in profiles
+/// (docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "sidewire", version, about = "Observability sidecar: ingest hook, live dashboard, Prometheus metrics")]
 struct Cli {
