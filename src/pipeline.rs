@@ -19,6 +19,7 @@ use crate::config::{AckMode, ConfigRx};
 use crate::error::{ApiError, ErrorCode};
 use crate::event::{Event, NewEvent};
 use crate::hub::Hub;
+use crate::log_throttle::Repeated;
 use crate::metrics::Metrics;
 use crate::persist::{Batch, PersistCallback, PersistError};
 use crate::stats::{DurableStats, Stats};
@@ -327,7 +328,9 @@ impl Writer {
             Ok(found) => found,
             Err(e) => {
                 self.sinks.metrics.persist_failures_total.with_label_values(&[self.sinks.plugin.name()]).inc();
-                tracing::warn!(error = %e, "dedupe lookup failed");
+                if let Some(suppressed) = self.sinks.metrics.repeated.hit(Repeated::PersistFailed) {
+                    tracing::warn!(error = %e, suppressed, "dedupe lookup failed");
+                }
                 for job in jobs {
                     let _ = job.reply.send(Err(ApiError::new(
                         ErrorCode::PersistUnavailable,
@@ -411,7 +414,12 @@ async fn store(sinks: &Sinks, batch: &Batch, requests: &[tracing::Span]) -> bool
         }
         Err(e) => {
             sinks.metrics.persist_failures_total.with_label_values(&[plugin]).inc();
-            tracing::warn!(plugin, error = %e, events = batch.events.len(), "persist failed");
+            // A full disk fails every batch: the first is logged, then a
+            // line per 10 s with the count (`suppressed`: left out since the
+            // previous line); the counter above stays exact.
+            if let Some(suppressed) = sinks.metrics.repeated.hit(Repeated::PersistFailed) {
+                tracing::warn!(plugin, error = %e, events = batch.events.len(), suppressed, "persist failed");
+            }
             false
         }
     }
