@@ -185,7 +185,7 @@ fn front_door_settings(config: &Config, auto_max: usize) -> Settings {
         tracing::warn!(
             configured = config.server.max_http_connections,
             using = settings.max_connections,
-            "server.max_http_connections is above 90% of the open-file limit; using that instead \
+            "server.max_http_connections is above 90% of the open-file limit (less a reserve); using that instead \
              (raise the limit, e.g. LimitNOFILE= or ulimit -n, to allow more)"
         );
     }
@@ -234,7 +234,7 @@ impl Running {
                 %addr,
                 version = crate::VERSION,
                 max_http_connections = settings.max_connections,
-                open_file_limit = limit::nofile_soft_limit().map_or_else(|| "unknown".to_string(), |n| n.to_string()),
+                open_file_limit = %limit::nofile_soft_limit().map_or_else(|| "unknown".to_string(), |n| n.to_string()),
                 idle_timeout_secs = settings.idle.as_secs(),
                 request_timeout_secs = settings.request.as_secs(),
                 "sidewire listening"

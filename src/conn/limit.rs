@@ -6,7 +6,9 @@
 //! soft limit to the hard limit at start. The automatic connection limit is
 //! 90% of the result: the remaining 10% are for the store, the log, the
 //! config watcher, the metrics listener and a health probe, which must keep
-//! working when the public port is full.
+//! working when the public port is full. Under a small limit 10% is too few
+//! for that (the process holds about 20 descriptors before its first
+//! connection), so at least [`MIN_RESERVE`] are always left.
 
 /// The open-file limits of this process, after [`raise_nofile_limit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +23,10 @@ pub struct NofileLimit {
 /// Largest limit taken at face value; `RLIM_INFINITY` and huge values count
 /// as this, so 90% of it is still a meaningful number.
 const CEILING: u64 = 1 << 20;
+
+/// Descriptors the automatic connection limit leaves free at the least
+/// (matters below a limit of 640, where 10% would be fewer).
+pub const MIN_RESERVE: u64 = 64;
 
 /// Used when the limit cannot be read (not a Unix system).
 const UNKNOWN_AUTO_MAX: usize = 10_000;
@@ -77,10 +83,14 @@ fn get() -> std::io::Result<libc::rlimit> {
     Ok(lim)
 }
 
-/// `server.max_http_connections = 0`: 90% of the soft open-file limit.
+/// `server.max_http_connections = 0`: 90% of the soft open-file limit, and
+/// at least [`MIN_RESERVE`] below it.
 pub fn auto_max_connections(soft_limit: Option<u64>) -> usize {
     match soft_limit {
-        Some(soft) => (soft.min(CEILING) * 9 / 10).max(1) as usize,
+        Some(soft) => {
+            let soft = soft.min(CEILING);
+            (soft * 9 / 10).min(soft.saturating_sub(MIN_RESERVE)).max(1) as usize
+        }
         None => UNKNOWN_AUTO_MAX,
     }
 }
@@ -95,6 +105,10 @@ mod tests {
         assert_eq!(auto_max_connections(Some(1024)), 921);
         assert_eq!(auto_max_connections(Some(u64::MAX)), (CEILING * 9 / 10) as usize);
         assert_eq!(auto_max_connections(Some(0)), 1);
+        // Small limits keep MIN_RESERVE free rather than 10%.
+        assert_eq!(auto_max_connections(Some(640)), 576);
+        assert_eq!(auto_max_connections(Some(256)), 192);
+        assert_eq!(auto_max_connections(Some(64)), 1);
         assert_eq!(auto_max_connections(None), UNKNOWN_AUTO_MAX);
     }
 
