@@ -227,6 +227,7 @@ impl Running {
         let auto_max = limit::auto_max_connections(limit::nofile_soft_limit());
         let mut config_rx = app.config.clone();
         let mut settings = front_door_settings(&config_rx.borrow_and_update().config, auto_max);
+        app.metrics.http_max_connections.set(settings.max_connections as i64);
         let mut accept_backoff = ACCEPT_BACKOFF_MIN;
         let mut shutdown = std::pin::pin!(shutdown);
         if let Ok(addr) = listener.local_addr() {
