@@ -115,11 +115,17 @@ impl LogThrottle {
 
     /// [`Self::due`] at a given time.
     pub fn due_at(&self, now: Instant) -> Vec<(Repeated, u64)> {
+        self.take(now, false)
+    }
+
+    /// Left-out occurrences whose window has passed (or all of them, with
+    /// `all`), reset as reported.
+    fn take(&self, now: Instant, all: bool) -> Vec<(Repeated, u64)> {
         let mut budgets = self.budgets.lock();
         let mut out = Vec::new();
         for kind in Repeated::ALL {
             let b = &mut budgets[kind.index()];
-            let window_over = b.last_line.is_none_or(|last| now.duration_since(last) >= self.window);
+            let window_over = all || b.last_line.is_none_or(|last| now.duration_since(last) >= self.window);
             if b.suppressed > 0 && window_over {
                 out.push((kind, std::mem::take(&mut b.suppressed)));
                 b.last_line = Some(now);
@@ -130,7 +136,17 @@ impl LogThrottle {
 
     /// Logs a summary line for every kind that is due (see [`Self::due`]).
     pub fn flush(&self) {
-        for (kind, n) in self.due() {
+        self.log(self.due());
+    }
+
+    /// Logs a summary of every left-out occurrence, due or not: at shutdown,
+    /// so none goes unreported.
+    pub fn flush_all(&self) {
+        self.log(self.take(Instant::now(), true));
+    }
+
+    fn log(&self, summaries: Vec<(Repeated, u64)>) {
+        for (kind, n) in summaries {
             tracing::warn!(
                 kind = kind.what(),
                 suppressed = n,
@@ -206,6 +222,10 @@ mod tests {
         // Quiet for a whole window: the next one is a first again.
         clock.advance(W);
         assert_eq!(t.hit_at(Repeated::AcceptFailed, clock.0), Some(0));
+        // At shutdown, what is left out is reported whatever the window.
+        t.hit_at(Repeated::AcceptFailed, clock.0);
+        assert_eq!(t.take(clock.0, true), vec![(Repeated::AcceptFailed, 1)]);
+        assert!(t.take(clock.0, true).is_empty());
     }
 
     #[test]

@@ -325,7 +325,7 @@ impl Running {
             tracing::warn!(error = %e, "closing the store failed");
         }
         self.log_flusher.abort();
-        app.metrics.repeated.flush();
+        app.metrics.repeated.flush_all();
         tracing::info!("stopped");
     }
 }
