@@ -899,7 +899,7 @@ mod tests {
         assert_eq!(parsed.error.index, Some(2));
         assert_eq!(keys(&e.body()["error"]), props(schema(&d, "ErrorDetail")));
         let codes = schema(&d, "ErrorCode")["enum"].as_array().unwrap().len();
-        assert_eq!(codes, 14, "the contract lists 14 codes");
+        assert_eq!(codes, 15, "the contract lists 15 codes");
     }
 
     #[test]

@@ -40,6 +40,18 @@ pub struct ServerConfig {
     pub trust_forwarded_for: bool,
     /// Seconds to wait for in-flight work at shutdown before giving up.
     pub shutdown_timeout_secs: u64,
+    /// A connection that starts no request for this long is closed, also
+    /// before its first byte (idle sockets otherwise pin file descriptors).
+    /// Live for new connections.
+    pub idle_timeout_secs: u64,
+    /// From the first byte of a request to its last (head and body); a late
+    /// request gets 408 `request_timeout` and is closed. Live for new
+    /// connections.
+    pub request_timeout_secs: u64,
+    /// Open TCP connections (HTTP and WebSocket) on `listen` beyond this are
+    /// closed at accept; 0: 90% of the open-file limit, which also caps any
+    /// larger value. Live.
+    pub max_http_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -49,6 +61,9 @@ impl Default for ServerConfig {
             allowed_origins: Vec::new(),
             trust_forwarded_for: false,
             shutdown_timeout_secs: 8,
+            idle_timeout_secs: 10,
+            request_timeout_secs: 30,
+            max_http_connections: 0,
         }
     }
 }
@@ -526,6 +541,14 @@ impl Config {
             (Ok(Some(m)), Ok(l)) if m == l => bad("metrics.listen", "must differ from server.listen".into()),
             _ => {}
         }
+        for (k, v) in [
+            ("server.idle_timeout_secs", self.server.idle_timeout_secs),
+            ("server.request_timeout_secs", self.server.request_timeout_secs),
+        ] {
+            if v == 0 || v > 86_400 {
+                bad(k, "must be between 1 and 86400".into());
+            }
+        }
         if self.ingest.max_batch == 0 {
             bad("ingest.max_batch", "must be at least 1".into());
         }
@@ -817,6 +840,19 @@ mod tests {
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("s3cret") && !dbg.contains("pw@") && !dbg.contains("zz"), "{dbg}");
         assert!(dbg.contains("example.test/hook"));
+    }
+
+    #[test]
+    fn front_door_keys_have_the_contract_defaults_and_are_checked() {
+        let c = Config::default();
+        assert_eq!(
+            (c.server.idle_timeout_secs, c.server.request_timeout_secs, c.server.max_http_connections),
+            (10, 30, 0)
+        );
+        let text = "[server]\nidle_timeout_secs = 0\nrequest_timeout_secs = 0\nmax_http_connections = 5\n";
+        let issues = Config::from_toml(text, &[]).unwrap_err();
+        let keys: Vec<_> = issues.iter().map(|i| (i.key.as_str(), i.line)).collect();
+        assert_eq!(keys, vec![("server.idle_timeout_secs", Some(2)), ("server.request_timeout_secs", Some(3))]);
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub enum ErrorCode {
     TooManyConnections,
     ServerAtCapacity,
     PersistUnavailable,
+    RequestTimeout,
     NotFound,
 }
 
@@ -42,6 +43,7 @@ impl ErrorCode {
             Self::UnsupportedMediaType => S::UNSUPPORTED_MEDIA_TYPE,
             Self::TooManyConnections => S::TOO_MANY_REQUESTS,
             Self::ServerAtCapacity | Self::PersistUnavailable => S::SERVICE_UNAVAILABLE,
+            Self::RequestTimeout => S::REQUEST_TIMEOUT,
             Self::NotFound => S::NOT_FOUND,
         }
     }
@@ -61,6 +63,7 @@ impl ErrorCode {
             Self::TooManyConnections => "too_many_connections",
             Self::ServerAtCapacity => "server_at_capacity",
             Self::PersistUnavailable => "persist_unavailable",
+            Self::RequestTimeout => "request_timeout",
             Self::NotFound => "not_found",
         }
     }

@@ -20,6 +20,9 @@
 //! - [`ws`]: the dashboard WebSocket.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`server`]: wiring, the accept loop and graceful shutdown.
+//! - [`conn`]: the front door: connection limit, idle and request deadlines,
+//!   the open-file limit.
+//! - [`log_throttle`]: rate-limited logging of warnings that repeat.
 //! - [`reload`]: config hot reload (folder watcher, SIGHUP).
 //! - [`telemetry`]: logging, OpenTelemetry export, request spans.
 //!
@@ -36,11 +39,13 @@
 pub mod activity;
 pub mod api_docs;
 pub mod config;
+pub mod conn;
 pub mod demo;
 pub mod error;
 pub mod event;
 pub mod http;
 pub mod hub;
+pub mod log_throttle;
 pub mod metrics;
 pub mod persist;
 pub mod pipeline;

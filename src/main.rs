@@ -110,6 +110,15 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
             sidewire::config::DEFAULT_PATH
         ),
     }
+    // Before anything opens files: every connection is a descriptor, and the
+    // soft limit is often a small fraction of what the system allows.
+    match sidewire::conn::limit::raise_nofile_limit() {
+        Ok(l) => match l.raised_from {
+            Some(from) => tracing::info!(from, to = l.soft, "raised the open-file limit to its hard limit"),
+            None => tracing::debug!(soft = l.soft, hard = l.hard, "open-file limit"),
+        },
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
+    }
     let addr = config.listen_addr().map_err(anyhow::Error::msg)?;
     let log = telemetry.log_handle();
     let result = runtime()?.block_on(async move {

@@ -38,6 +38,19 @@ pub struct Metrics {
     pub http_requests_total: IntCounterVec,
     pub http_request_duration_seconds: HistogramVec,
     pub build_info: IntGaugeVec,
+    /// Open TCP connections on the public listener (HTTP and WebSocket).
+    pub http_open_connections: IntGauge,
+    /// The connection limit in force (`server.max_http_connections`, resolved).
+    pub http_max_connections: IntGauge,
+    /// Connections closed at accept, by reason ([`crate::conn::REJECT_REASONS`]).
+    pub http_rejected_connections_total: IntCounterVec,
+    /// Connections ended by a deadline, by phase ([`crate::conn::TIMEOUT_PHASES`]).
+    pub http_timeouts_total: IntCounterVec,
+    /// Failed `accept` calls on the public listener (EMFILE and friends).
+    pub http_accept_errors_total: IntCounter,
+    /// Rate-limits the warnings that can repeat without bound; kept next to
+    /// the counters because every site that counts such a warning logs it.
+    pub repeated: std::sync::Arc<crate::log_throttle::LogThrottle>,
     seen_types: Mutex<HashSet<String>>,
 }
 
@@ -175,6 +188,34 @@ impl Metrics {
                 r.register(Box::new(g.clone())).expect("metric registered once");
                 g
             },
+            http_open_connections: gauge(
+                &r,
+                "sidewire_http_open_connections",
+                "Open TCP connections on the public listener (HTTP and WebSocket).",
+            ),
+            http_max_connections: gauge(
+                &r,
+                "sidewire_http_max_connections",
+                "The connection limit in force on the public listener.",
+            ),
+            http_rejected_connections_total: counter_vec(
+                &r,
+                "sidewire_http_rejected_connections_total",
+                "Connections closed at accept, by reason.",
+                &["reason"],
+            ),
+            http_timeouts_total: counter_vec(
+                &r,
+                "sidewire_http_timeouts_total",
+                "Connections ended by a deadline: idle (no request began), request_head or request_body (408).",
+                &["phase"],
+            ),
+            http_accept_errors_total: counter(
+                &r,
+                "sidewire_http_accept_errors_total",
+                "Failed accept calls on the public listener.",
+            ),
+            repeated: Default::default(),
             registry: r,
             seen_types: Mutex::new(HashSet::new()),
         };
@@ -191,7 +232,13 @@ impl Metrics {
         for result in ["success", "failure"] {
             m.config_reloads_total.with_label_values(&[result]);
         }
-        for status in ["202", "400", "401", "413", "415", "503"] {
+        for reason in crate::conn::REJECT_REASONS {
+            m.http_rejected_connections_total.with_label_values(&[reason]);
+        }
+        for phase in crate::conn::TIMEOUT_PHASES {
+            m.http_timeouts_total.with_label_values(&[phase]);
+        }
+        for status in ["202", "400", "401", "408", "413", "415", "503"] {
             m.ingest_requests_total.with_label_values(&[status]);
         }
         m

@@ -19,6 +19,7 @@ use crate::config::{AckMode, ConfigRx};
 use crate::error::{ApiError, ErrorCode};
 use crate::event::{Event, NewEvent};
 use crate::hub::Hub;
+use crate::log_throttle::Repeated;
 use crate::metrics::Metrics;
 use crate::persist::{Batch, PersistCallback, PersistError};
 use crate::stats::{DurableStats, Stats};
@@ -360,7 +361,9 @@ impl Writer {
         };
         self.sinks.plugin.lookup_ids(&misses).await.inspect_err(|e| {
             self.sinks.metrics.persist_failures_total.with_label_values(&[self.sinks.plugin.name()]).inc();
-            tracing::warn!(error = %e, "dedupe lookup failed");
+            if let Some(suppressed) = self.sinks.metrics.repeated.hit(Repeated::PersistFailed) {
+                tracing::warn!(error = %e, suppressed, "dedupe lookup failed");
+            }
         })
     }
 
@@ -435,7 +438,12 @@ async fn store(sinks: &Sinks, batch: &Batch, requests: &[tracing::Span]) -> Resu
         Err(PersistError::Duplicates { ids, .. }) => tracing::debug!(plugin, ids = ids.len(), "stored ids refused"),
         Err(e) => {
             sinks.metrics.persist_failures_total.with_label_values(&[plugin]).inc();
-            tracing::warn!(plugin, error = %e, events = batch.events.len(), "persist failed");
+            // A full disk fails every batch: the first is logged, then a
+            // line per 10 s with the count (`suppressed`: left out since the
+            // previous line); the counter above stays exact.
+            if let Some(suppressed) = sinks.metrics.repeated.hit(Repeated::PersistFailed) {
+                tracing::warn!(plugin, error = %e, events = batch.events.len(), suppressed, "persist failed");
+            }
         }
     }
     result

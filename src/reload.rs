@@ -14,6 +14,7 @@
 //! restart keep the value in force, with a warning naming each.
 
 use crate::config::{Config, ConfigIssue, LiveConfig};
+use crate::log_throttle::Repeated;
 use crate::metrics::Metrics;
 use crate::telemetry::LogHandle;
 use notify_debouncer_full::notify::event::{AccessKind, AccessMode, EventKind};
@@ -190,8 +191,7 @@ impl Reloader {
             Err(e) => {
                 self.last_text = None;
                 let msg = format!("cannot read {}: {e}", self.path.display());
-                tracing::error!(trigger = trigger.as_str(), error = %msg, "config reload failed; keeping the config in force");
-                self.metrics.config_reloads_total.with_label_values(&["failure"]).inc();
+                self.log_failure(trigger, &msg);
                 return Outcome::Failed(msg);
             }
         };
@@ -213,8 +213,7 @@ impl Reloader {
         if !leftover.is_empty() {
             // A restart-only key this module does not know how to keep.
             let msg = format!("cannot keep restart-only keys {leftover:?} at their old value; restart instead");
-            tracing::error!(trigger = trigger.as_str(), error = %msg, "config reload failed; keeping the config in force");
-            self.metrics.config_reloads_total.with_label_values(&["failure"]).inc();
+            self.log_failure(trigger, &msg);
             return Outcome::Failed(msg);
         }
         let mut kept: Vec<&'static str> = Vec::new();
@@ -242,14 +241,28 @@ impl Reloader {
 
     fn failed(&self, trigger: Trigger, issues: &[ConfigIssue]) -> Outcome {
         let list = issues.iter().map(|i| i.to_string()).collect::<Vec<_>>().join("; ");
-        tracing::error!(
-            trigger = trigger.as_str(),
-            path = %self.path.display(),
-            issues = %list,
-            "invalid config; keeping the config in force"
-        );
         self.metrics.config_reloads_total.with_label_values(&["failure"]).inc();
+        if let Some(suppressed) = self.metrics.repeated.hit(Repeated::ReloadFailed) {
+            tracing::error!(
+                trigger = trigger.as_str(),
+                path = %self.path.display(),
+                issues = %list,
+                suppressed,
+                "invalid config; keeping the config in force"
+            );
+        }
         Outcome::Failed(list)
+    }
+
+    /// Counts a failed reload and logs it, rate-limited: a file that stays
+    /// broken while something keeps touching it (or SIGHUPs in a loop) must
+    /// not flood the log.
+    fn log_failure(&self, trigger: Trigger, msg: &str) {
+        self.metrics.config_reloads_total.with_label_values(&["failure"]).inc();
+        if let Some(suppressed) = self.metrics.repeated.hit(Repeated::ReloadFailed) {
+            tracing::error!(trigger = trigger.as_str(), error = %msg, suppressed,
+                "config reload failed; keeping the config in force");
+        }
     }
 
     fn apply_log_level(&self, level: &str) {
@@ -380,7 +393,10 @@ macro_rules! diff_keys {
 pub fn changed_keys(a: &Config, b: &Config) -> Vec<&'static str> {
     let mut out = Vec::new();
     diff_keys!(a, b, out;
-        server { listen, allowed_origins, trust_forwarded_for, shutdown_timeout_secs }
+        server {
+            listen, allowed_origins, trust_forwarded_for, shutdown_timeout_secs, idle_timeout_secs,
+            request_timeout_secs, max_http_connections,
+        }
         auth { ingest_tokens, dashboard_tokens }
         ingest { max_batch, max_body_bytes }
         persist {

@@ -4,7 +4,9 @@
 
 use crate::activity::Activity;
 use crate::config::{Config, ConfigRx, LiveConfig};
+use crate::conn::{limit, Gate, GuardedIo, RequestDeadline, Settings, TrackedBody};
 use crate::hub::{local::LocalHub, Hub};
+use crate::log_throttle::Repeated;
 use crate::metrics::Metrics;
 use crate::persist::{PersistCallback, PersistError};
 use crate::pipeline::{Pipeline, Sinks};
@@ -137,11 +139,12 @@ impl ServerBuilder {
         let app =
             Arc::new(App { config: config_rx, pipeline, stats, activity, plugin, metrics, hub, ws: WsState::new() });
         let pusher = tokio::spawn(crate::ws::stats_pusher(app.clone(), gauges_changed));
+        let log_flusher = tokio::spawn(app.metrics.repeated.clone().run_flusher());
         let metrics_listener = match config.metrics.listen_addr().map_err(StartError::Config)? {
             Some(addr) => Some(bind(addr)?),
             None => None,
         };
-        Ok(Running { app, pusher, metrics_listener })
+        Ok(Running { app, pusher, log_flusher, metrics_listener })
     }
 }
 
@@ -149,6 +152,8 @@ impl ServerBuilder {
 pub struct Running {
     pub app: Arc<App>,
     pusher: tokio::task::JoinHandle<()>,
+    /// Writes the summary lines of rate-limited warnings (see [`crate::log_throttle`]).
+    log_flusher: tokio::task::JoinHandle<()>,
     /// The separate metrics listener (`metrics.listen`), bound at start.
     metrics_listener: Option<TcpListener>,
 }
@@ -165,6 +170,26 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
+}
+
+/// First wait after a failed `accept`; doubles up to [`ACCEPT_BACKOFF_MAX`].
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// Longest wait after failed `accept`s in a row (out of file descriptors).
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// The front door's settings for `config`; warns when the configured
+/// connection limit had to be lowered to fit the open-file limit.
+fn front_door_settings(config: &Config, auto_max: usize) -> Settings {
+    let (settings, lowered) = Settings::from_config(&config.server, auto_max);
+    if lowered {
+        tracing::warn!(
+            configured = config.server.max_http_connections,
+            using = settings.max_connections,
+            "server.max_http_connections is above 90% of the open-file limit (less a reserve); using that instead \
+             (raise the limit, e.g. LimitNOFILE= or ulimit -n, to allow more)"
+        );
+    }
+    settings
 }
 
 /// The peer address of a request, for warp filters.
@@ -192,34 +217,84 @@ impl Running {
         let routes = crate::http::routes(app.clone());
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-        // A client must send its request head within 10 s (slowloris).
-        http.http1()
-            .keep_alive(true)
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(10));
+        // Deadlines are enforced by `GuardedIo` (idle before and between
+        // requests, a late head) and the handlers (a late body); hyper's own
+        // header timeout (30 s by default) would cut a head short of
+        // `request_timeout_secs` and without the contract's 408 body.
+        http.http1().keep_alive(true).timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(None);
         let http = http.http1_only();
+        let gate = Gate::new(&app.metrics);
+        let auto_max = limit::auto_max_connections(limit::nofile_soft_limit());
+        let mut config_rx = app.config.clone();
+        let mut settings = front_door_settings(&config_rx.borrow_and_update().config, auto_max);
+        app.metrics.http_max_connections.set(settings.max_connections as i64);
+        let mut accept_backoff = ACCEPT_BACKOFF_MIN;
         let mut shutdown = std::pin::pin!(shutdown);
         if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, version = crate::VERSION, "sidewire listening");
+            tracing::info!(
+                %addr,
+                version = crate::VERSION,
+                max_http_connections = settings.max_connections,
+                open_file_limit = %limit::nofile_soft_limit().map_or_else(|| "unknown".to_string(), |n| n.to_string()),
+                idle_timeout_secs = settings.idle.as_secs(),
+                request_timeout_secs = settings.request.as_secs(),
+                "sidewire listening"
+            );
         }
         loop {
             let (stream, peer) = tokio::select! {
                 r = listener.accept() => match r {
-                    Ok(pair) => pair,
+                    Ok(pair) => {
+                        accept_backoff = ACCEPT_BACKOFF_MIN;
+                        pair
+                    }
                     Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        // EMFILE and friends: the connection stays queued, so
+                        // retrying at once would spin. Back off, log rarely.
+                        app.metrics.http_accept_errors_total.inc();
+                        if let Some(suppressed) = app.metrics.repeated.hit(Repeated::AcceptFailed) {
+                            tracing::warn!(error = %e, suppressed, open_connections = gate.open(),
+                                retry_in_ms = accept_backoff.as_millis() as u64, "accept failed");
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(accept_backoff) => {}
+                            _ = &mut shutdown => break,
+                        }
+                        accept_backoff = (accept_backoff * 2).min(ACCEPT_BACKOFF_MAX);
                         continue;
                     }
                 },
                 _ = &mut shutdown => break,
             };
+            if config_rx.has_changed().unwrap_or(false) {
+                settings = front_door_settings(&config_rx.borrow_and_update().config, auto_max);
+            }
+            let Some(slot) = gate.admit(&settings) else {
+                // Closed at once: the client sees a reset or EOF and can retry
+                // elsewhere; the descriptor is free again right away.
+                drop(stream);
+                tracing::debug!(%peer, limit = settings.max_connections, "connection refused: at capacity");
+                continue;
+            };
             let _ = stream.set_nodelay(true);
+            let conn = gate.conn_state(&settings);
+            let io = GuardedIo::new(stream, conn.clone(), slot);
             let app = app.clone();
             let routes = routes.clone();
-            let service = hyper::service::service_fn(move |req| handle(app.clone(), routes.clone(), peer, req));
-            let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let service = hyper::service::service_fn(move |req| {
+                let (deadline, in_service) = conn.begin_request();
+                let res = handle(app.clone(), routes.clone(), peer, deadline, req);
+                async move {
+                    let res = res.await?;
+                    // The connection leaves HTTP: no deadline applies any more.
+                    if res.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                        in_service.upgraded();
+                        return Ok::<_, Infallible>(res.map(|b| TrackedBody::new(b, None)));
+                    }
+                    Ok(res.map(|b| TrackedBody::new(b, Some(in_service))))
+                }
+            });
+            let conn = http.serve_connection_with_upgrades(TokioIo::new(io), service);
             let conn = graceful.watch(conn.into_owned());
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
@@ -249,6 +324,8 @@ impl Running {
         if let Err(e) = app.plugin.close().await {
             tracing::warn!(error = %e, "closing the store failed");
         }
+        self.log_flusher.abort();
+        app.metrics.repeated.flush_all();
         tracing::info!("stopped");
     }
 }
@@ -259,8 +336,10 @@ async fn handle(
     app: Arc<App>,
     routes: warp::filters::BoxedFilter<(Response,)>,
     peer: SocketAddr,
+    deadline: RequestDeadline,
     mut req: http::Request<Incoming>,
 ) -> Result<Response, Infallible> {
+    req.extensions_mut().insert(deadline);
     // Scrapes and probes get no span: exported every few seconds by every
     // Prometheus and orchestrator, they would drown the traces that matter.
     let probe = matches!(req.uri().path(), "/metrics" | "/healthz" | "/readyz");

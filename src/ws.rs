@@ -24,6 +24,7 @@ use crate::config::LiveConfig;
 use crate::error::{ApiError, ErrorCode};
 use crate::event::format_ts;
 use crate::hub::Frame;
+use crate::log_throttle::Repeated;
 use crate::persist::EventQuery;
 use crate::server::App;
 use futures::{ready, SinkExt, StreamExt};
@@ -409,7 +410,6 @@ async fn connection(app: Arc<App>, socket: Socket, after_seq: Option<u64>, id: S
     let mut first_live_sent: Option<u64> = None;
     let mut resumed = false;
     let mut client_messages = 0u64;
-    let mut invalid_seen = 0u32;
     let ping_every = Duration::from_secs(ws_cfg.ping_interval_secs);
     let mut ping_tick = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     let mut pong_deadline: Option<tokio::time::Instant> = None;
@@ -443,7 +443,7 @@ async fn connection(app: Arc<App>, socket: Socket, after_seq: Option<u64>, id: S
                     Some(Ok(Message::Close(_))) => break End::ClientClose,
                     Some(Ok(Message::Pong(_))) => pong_deadline = None,
                     Some(Ok(Message::Ping(_))) | Some(Ok(Message::Frame(_))) => {}
-                    Some(Ok(Message::Binary(_))) => invalid(&app, span, &mut invalid_seen, "a binary frame"),
+                    Some(Ok(Message::Binary(_))) => invalid(&app, span, "a binary frame"),
                     Some(Ok(Message::Text(text))) => {
                         client_messages += 1;
                         match ClientMessage::parse(&text) {
@@ -460,8 +460,8 @@ async fn connection(app: Arc<App>, socket: Socket, after_seq: Option<u64>, id: S
                                     Err(end) => break end,
                                 }
                             }
-                            Ok(ClientMessage::Resume(_)) => invalid(&app, span, &mut invalid_seen, "a resume that is not the first message"),
-                            Err(why) => invalid(&app, span, &mut invalid_seen, &why),
+                            Ok(ClientMessage::Resume(_)) => invalid(&app, span, "a resume that is not the first message"),
+                            Err(why) => invalid(&app, span, &why),
                         }
                     }
                     Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(e))) => {
@@ -543,19 +543,13 @@ fn take_frames(
     None
 }
 
-/// Invalid messages logged per connection; the rest are only counted, so a
-/// misbehaving client cannot flood the log.
-const INVALID_LOGGED: u32 = 5;
-
-fn invalid(app: &App, span: &tracing::Span, seen: &mut u32, what: &str) {
+/// Counts an invalid client message and logs it, rate-limited across all
+/// connections (a fleet of misbehaving clients, or one that reconnects
+/// after each message, must not flood the log either).
+fn invalid(app: &App, span: &tracing::Span, what: &str) {
     app.metrics.ws_invalid_messages_total.inc();
-    *seen += 1;
-    match *seen {
-        n if n <= INVALID_LOGGED => span.in_scope(|| tracing::warn!(what, "ignored an invalid client message")),
-        n if n == INVALID_LOGGED + 1 => {
-            span.in_scope(|| tracing::warn!("further invalid messages from this connection are counted but not logged"))
-        }
-        _ => {}
+    if let Some(suppressed) = app.metrics.repeated.hit(Repeated::InvalidWsMessage) {
+        span.in_scope(|| tracing::warn!(what, suppressed, "ignored an invalid client message"));
     }
 }
 

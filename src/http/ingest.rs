@@ -6,6 +6,7 @@
 //! validated whole, so a request is all or nothing.
 
 use super::{bearer, json_response, named, token_ok, with_app};
+use crate::conn::RequestDeadline;
 use crate::error::{ApiError, ErrorCode};
 use crate::event::{NewEvent, Rules};
 use crate::server::App;
@@ -89,6 +90,11 @@ pub enum BodyFormat {
             body = crate::api_docs::ErrorBody,
             example = json!({"error": {"code": "unauthorized",
                 "message": "a valid ingest token is required: Authorization: Bearer <token>"}})),
+        (status = 408, description = "The request (head and body) did not arrive within `server.request_timeout_secs` \
+            of its first byte; the connection is closed after this answer.",
+            body = crate::api_docs::ErrorBody,
+            example = json!({"error": {"code": "request_timeout",
+                "message": "the request body did not arrive within server.request_timeout_secs (30 s)"}})),
         (status = 413, description = "The body is over `ingest.max_body_bytes` or the batch over `ingest.max_batch`.",
             body = crate::api_docs::ErrorBody,
             example = json!({"error": {"code": "payload_too_large",
@@ -110,19 +116,31 @@ pub fn route(app: Arc<App>) -> warp::filters::BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
+        .and(warp::ext::optional::<RequestDeadline>())
         .and(with_app(app))
-        .then(|headers: http::HeaderMap, body, app: Arc<App>| async move {
-            let status_and_res = match ingest(&app, &headers, body).await {
+        .then(|headers: http::HeaderMap, body, deadline: Option<RequestDeadline>, app: Arc<App>| async move {
+            let mut res = match ingest(&app, &headers, body, deadline).await {
                 Ok(outcome) => json_response(http::StatusCode::ACCEPTED, &outcome),
                 Err(e) => e.to_response(),
             };
-            app.metrics.ingest_requests_total.with_label_values(&[status_and_res.status().as_str()]).inc();
-            named(ROUTE, status_and_res)
+            if res.status() == http::StatusCode::REQUEST_TIMEOUT {
+                // The rest of a late body may still be on its way: the
+                // connection cannot carry another request.
+                app.metrics.http_timeouts_total.with_label_values(&["request_body"]).inc();
+                res.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+            }
+            app.metrics.ingest_requests_total.with_label_values(&[res.status().as_str()]).inc();
+            named(ROUTE, res)
         })
         .boxed()
 }
 
-async fn ingest<S, B>(app: &App, headers: &http::HeaderMap, body: S) -> Result<crate::pipeline::IngestOutcome, ApiError>
+async fn ingest<S, B>(
+    app: &App,
+    headers: &http::HeaderMap,
+    body: S,
+    deadline: Option<RequestDeadline>,
+) -> Result<crate::pipeline::IngestOutcome, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
@@ -142,7 +160,18 @@ where
             return Err(too_large_body(max));
         }
     }
-    let bytes = read_limited(body, max).await?;
+    let bytes = match deadline {
+        Some(RequestDeadline(at)) => tokio::time::timeout_at(at, read_limited(body, max)).await.map_err(|_| {
+            ApiError::new(
+                ErrorCode::RequestTimeout,
+                format!(
+                    "the request body did not arrive within server.request_timeout_secs ({} s)",
+                    cfg.server.request_timeout_secs
+                ),
+            )
+        })??,
+        None => read_limited(body, max).await?,
+    };
     let events = parse_body(&bytes, format, cfg.ingest.max_batch, &live.rules)?;
     let span = tracing::info_span!("ingest", events = events.len());
     app.pipeline.submit(events).instrument(span).await

@@ -257,7 +257,10 @@ impl PersistCallback for WebhookPlugin {
                 )));
             }
             let delay = backoff_delay(self.backoff, attempt - 1, hint);
-            tracing::warn!(url = %self.shown_url, batch = %batch_range, attempt, attempts, error = %reason,
+            // Debug, not warn: a target that stays down fails every batch, and
+            // the final failure is logged (rate-limited) by the pipeline with
+            // this reason in it.
+            tracing::debug!(url = %self.shown_url, batch = %batch_range, attempt, attempts, error = %reason,
                 retry_in_ms = delay.as_millis() as u64, "webhook attempt failed; retrying");
             tokio::time::sleep(delay).await;
         }

@@ -1,0 +1,337 @@
+//! The front door (issue 14; contract section 7 `server.idle_timeout_secs`,
+//! `server.request_timeout_secs`, `server.max_http_connections`, section 2
+//! 408 `request_timeout`): idle and slow connections, the connection cap,
+//! and their live reload. Real servers on loopback, raw sockets where the
+//! point is what a misbehaving client does.
+
+mod common;
+
+use common::*;
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use sidewire::config::{Config, LiveConfig};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+/// A server with the given front-door settings (seconds, seconds, connections).
+async fn start(idle: u64, request: u64, max: usize) -> (TestServer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config_in(dir.path());
+    cfg.server.idle_timeout_secs = idle;
+    cfg.server.request_timeout_secs = request;
+    cfg.server.max_http_connections = max;
+    (TestServer::start(cfg).await, dir)
+}
+
+/// How a socket ended (or not) within a time limit.
+#[derive(Debug, PartialEq)]
+enum Ending {
+    /// EOF or reset, after this long.
+    Closed(Duration),
+    /// Bytes came instead (what they were).
+    Data(String),
+    StillOpen,
+}
+
+/// Waits up to `limit` for the server to close `sock`, which sends nothing.
+async fn ending(sock: &mut TcpStream, limit: Duration) -> Ending {
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    match tokio::time::timeout(limit, sock.read(&mut buf)).await {
+        Err(_) => Ending::StillOpen,
+        Ok(Ok(0)) | Ok(Err(_)) => Ending::Closed(started.elapsed()),
+        Ok(Ok(n)) => Ending::Data(String::from_utf8_lossy(&buf[..n]).into_owned()),
+    }
+}
+
+/// Reads one HTTP/1.1 response (head + `Content-Length` body) from `sock`
+/// within `limit`: (status, head, body). `None` when the socket closed or
+/// nothing whole came.
+async fn read_response(sock: &mut TcpStream, limit: Duration) -> Option<(u16, String, String)> {
+    let deadline = Instant::now() + limit;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let head = text[..end].to_string();
+            let len = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                .unwrap_or(0usize);
+            if buf.len() >= end + 4 + len {
+                let status = head.split(' ').nth(1)?.parse().ok()?;
+                return Some((status, head, text[end + 4..end + 4 + len].to_string()));
+            }
+        }
+        let left = deadline.checked_duration_since(Instant::now())?;
+        match tokio::time::timeout(left, sock.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return None,
+        }
+    }
+}
+
+/// One keep-alive `GET path` on an open socket: the status.
+async fn get_on(sock: &mut TcpStream, path: &str) -> Option<u16> {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: sidewire\r\n\r\n");
+    sock.write_all(req.as_bytes()).await.ok()?;
+    read_response(sock, Duration::from_secs(5)).await.map(|(status, _, _)| status)
+}
+
+async fn metric(c: &reqwest::Client, metrics_base: &str, sample: &str) -> Option<f64> {
+    let text = get_reply(c, &format!("{metrics_base}/metrics")).await.text;
+    text.lines().find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+// ---------------------------------------------------------------- idle
+
+#[tokio::test]
+async fn a_connection_that_never_sends_a_byte_is_closed_after_the_idle_timeout() {
+    let (srv, _dir) = start(1, 30, 0).await;
+    let mut silent = TcpStream::connect(srv.addr).await.unwrap();
+    match ending(&mut silent, Duration::from_secs(5)).await {
+        Ending::Closed(after) => {
+            assert!(after >= Duration::from_millis(900), "closed before the idle timeout: {after:?}");
+            assert!(after <= Duration::from_secs(2), "idle_timeout_secs = 1, closed after {after:?}");
+        }
+        other => panic!("a silent connection must be closed after 1 s (+1 s): {other:?}"),
+    }
+    // The same between keep-alive requests.
+    let mut kept = TcpStream::connect(srv.addr).await.unwrap();
+    assert_eq!(get_on(&mut kept, "/healthz").await, Some(200));
+    assert_eq!(get_on(&mut kept, "/api/v1/stats").await, Some(200), "keep-alive works within the timeout");
+    match ending(&mut kept, Duration::from_secs(5)).await {
+        Ending::Closed(after) => assert!(after <= Duration::from_secs(2), "closed after {after:?}"),
+        other => panic!("an idle keep-alive connection must be closed after 1 s (+1 s): {other:?}"),
+    }
+    let c = client();
+    assert!(metric(&c, &srv.base, r#"sidewire_http_timeouts_total{phase="idle"}"#).await.unwrap() >= 2.0);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_thousand_silent_connections_are_all_closed() {
+    // Both ends live in this process: stay well inside its open-file limit.
+    let soft = sidewire::conn::limit::raise_nofile_limit().map(|l| l.soft).unwrap_or(1024);
+    let n = 1000.min((soft.saturating_sub(400) / 3) as usize);
+    let (srv, _dir) = start(1, 30, 0).await;
+    let mut socks = Vec::new();
+    for _ in 0..n {
+        socks.push(TcpStream::connect(srv.addr).await.unwrap());
+    }
+    let opened = Instant::now();
+    let endings = futures::future::join_all(socks.iter_mut().map(|s| ending(s, Duration::from_secs(4)))).await;
+    let open = endings.iter().filter(|e| !matches!(e, Ending::Closed(_))).count();
+    assert_eq!(open, 0, "still open or answered after {:?}", opened.elapsed());
+    // The slots came back: the server holds no connection now.
+    wait_until("open connections back to 0", Duration::from_secs(5), || async {
+        srv.app.metrics.http_open_connections.get() == 0
+    })
+    .await;
+    srv.stop().await;
+}
+
+// ---------------------------------------------------------------- request timeout
+
+#[tokio::test]
+async fn a_request_head_that_does_not_arrive_in_time_gets_408_and_the_connection_closes() {
+    // Idle is shorter than the request timeout: once the first byte is in,
+    // the request timeout is the one that runs.
+    let (srv, _dir) = start(1, 2, 0).await;
+    let mut sock = TcpStream::connect(srv.addr).await.unwrap();
+    let started = Instant::now();
+    sock.write_all(b"POST /api/v1/ingest HTTP/1.1\r\nHost: sidewire\r\nContent-Ty").await.unwrap();
+    let (status, head, body) = read_response(&mut sock, Duration::from_secs(5)).await.expect("a 408 answer");
+    let after = started.elapsed();
+    assert_eq!(status, 408, "{head}");
+    assert!(after >= Duration::from_millis(1900) && after <= Duration::from_secs(3), "answered after {after:?}");
+    assert!(head.to_ascii_lowercase().contains("connection: close"), "{head}");
+    assert_error(status, &serde_json::from_str(&body).unwrap_or(Value::Null), 408, "request_timeout", None);
+    assert!(matches!(ending(&mut sock, Duration::from_secs(2)).await, Ending::Closed(_)));
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_body_gets_408_with_the_error_body_and_the_connection_closes() {
+    let (srv, _dir) = start(1, 2, 0).await;
+    let mut sock = TcpStream::connect(srv.addr).await.unwrap();
+    let started = Instant::now();
+    let body = json!({"type": "slow_body", "data": {"pad": "x".repeat(200)}}).to_string();
+    let head = format!(
+        "POST /api/v1/ingest HTTP/1.1\r\nHost: sidewire\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    // One byte every 300 ms: never idle for a second, never done in 2 s.
+    let (mut rd, mut wr) = sock.into_split();
+    let bytes = body.into_bytes();
+    let dribble = tokio::spawn(async move {
+        for b in bytes {
+            if wr.write_all(&[b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(6), rd.read_to_end(&mut buf)).await;
+    let after = started.elapsed();
+    dribble.abort();
+    assert!(read.is_ok(), "no answer and no close within 6 s");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("not an HTTP answer: {text:?}"));
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("connection: close"), "{head}");
+    assert_error(408, &serde_json::from_str(body).unwrap(), 408, "request_timeout", None);
+    assert!(after >= Duration::from_millis(1900) && after <= Duration::from_secs(3), "answered after {after:?}");
+    let c = client();
+    assert_eq!(stats_of(&c, &srv.base).await["eventsTotal"], json!(0), "nothing of a late request is accepted");
+    assert_eq!(metric(&c, &srv.base, r#"sidewire_ingest_requests_total{status="408"}"#).await, Some(1.0));
+    assert_eq!(metric(&c, &srv.base, r#"sidewire_http_timeouts_total{phase="request_body"}"#).await, Some(1.0));
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_request_within_the_timeout_is_served_even_with_pauses_longer_than_idle() {
+    let (srv, _dir) = start(1, 4, 0).await;
+    let mut sock = TcpStream::connect(srv.addr).await.unwrap();
+    let body = json!({"type": "slow_but_fine"}).to_string();
+    let head = format!(
+        "POST /api/v1/ingest HTTP/1.1\r\nHost: sidewire\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    let (a, b) = body.split_at(5);
+    sock.write_all(a.as_bytes()).await.unwrap();
+    // Longer than the idle timeout, inside the request timeout.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sock.write_all(b.as_bytes()).await.unwrap();
+    let (status, _, body) = read_response(&mut sock, Duration::from_secs(5)).await.expect("an answer");
+    assert_eq!(status, 202, "{body}");
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn an_upgraded_websocket_is_exempt_from_both_timeouts() {
+    let (srv, _dir) = start(1, 1, 0).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(srv.ws_url("/api/v1/ws/dashboard")).await.unwrap();
+    // Quiet for longer than both timeouts (the server's own pushes are
+    // writes: they do not count as the client sending a request).
+    let quiet_until = Instant::now() + Duration::from_millis(2500);
+    while let Ok(Some(msg)) = tokio::time::timeout_at(quiet_until.into(), ws.next()).await {
+        assert!(msg.is_ok(), "the WebSocket failed while quiet: {msg:?}");
+    }
+    ws.send(Message::Text(r#"{"type":"ping"}"#.into())).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let msg = tokio::time::timeout_at(deadline.into(), ws.next()).await.expect("pong in time").unwrap().unwrap();
+        if let Message::Text(t) = msg {
+            if serde_json::from_str::<Value>(&t).unwrap()["type"] == "pong" {
+                break;
+            }
+        }
+    }
+    srv.stop().await;
+}
+
+// ---------------------------------------------------------------- the cap
+
+#[tokio::test]
+async fn at_the_cap_new_connections_are_refused_while_health_and_open_ones_keep_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config_in(dir.path());
+    cfg.server.max_http_connections = 3;
+    let metrics_port = free_port();
+    cfg.metrics.listen = format!("127.0.0.1:{metrics_port}");
+    let srv = TestServer::start(cfg).await;
+    let private = format!("http://127.0.0.1:{metrics_port}");
+    let c = client();
+    // Three connections fill the cap: two keep-alive HTTP, one WebSocket.
+    let mut a = TcpStream::connect(srv.addr).await.unwrap();
+    let mut b = TcpStream::connect(srv.addr).await.unwrap();
+    assert_eq!(get_on(&mut a, "/healthz").await, Some(200));
+    assert_eq!(get_on(&mut b, "/healthz").await, Some(200));
+    let (mut ws, _) = tokio_tungstenite::connect_async(srv.ws_url("/api/v1/ws/dashboard")).await.unwrap();
+    wait_until("3 connections open", Duration::from_secs(5), || async {
+        srv.app.metrics.http_open_connections.get() == 3
+    })
+    .await;
+
+    // The fourth is closed at once, before any answer.
+    for _ in 0..3 {
+        let mut refused = TcpStream::connect(srv.addr).await.expect("the kernel still completes the handshake");
+        let _ = refused.write_all(b"GET /healthz HTTP/1.1\r\nHost: sidewire\r\n\r\n").await;
+        match ending(&mut refused, Duration::from_secs(2)).await {
+            Ending::Closed(after) => assert!(after < Duration::from_secs(1), "closed after {after:?}"),
+            other => panic!("a connection over the cap must be closed at once: {other:?}"),
+        }
+    }
+    assert!(c.get(srv.url("/healthz")).send().await.is_err(), "no HTTP answer over the cap");
+    assert_eq!(
+        metric(&c, &private, r#"sidewire_http_rejected_connections_total{reason="at_capacity"}"#).await,
+        Some(4.0)
+    );
+    assert_eq!(metric(&c, &private, "sidewire_http_open_connections").await, Some(3.0));
+    assert_eq!(metric(&c, &private, "sidewire_http_max_connections").await, Some(3.0));
+    // The health probe on the metrics listener answers...
+    let r = get_reply(&c, &format!("{private}/healthz")).await;
+    assert_eq!((r.status, r.body), (200, json!({"status": "ok"})));
+    // ... and the open connections keep working.
+    assert_eq!(get_on(&mut a, "/api/v1/stats").await, Some(200));
+    assert_eq!(get_on(&mut b, "/readyz").await, Some(200));
+    ws.send(Message::Text(r#"{"type":"ping"}"#.into())).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let msg = tokio::time::timeout_at(deadline.into(), ws.next()).await.expect("pong in time").unwrap().unwrap();
+        if matches!(&msg, Message::Text(t) if t.contains("\"pong\"")) {
+            break;
+        }
+    }
+    // A closed WebSocket frees its place.
+    ws.close(None).await.unwrap();
+    drop(ws);
+    wait_until("a place is free again", Duration::from_secs(5), || async {
+        srv.app.metrics.http_open_connections.get() == 2
+    })
+    .await;
+    let r = get_reply(&c, &srv.url("/healthz")).await;
+    assert_eq!(r.status, 200);
+    srv.stop().await;
+}
+
+// ---------------------------------------------------------------- live reload
+
+#[tokio::test]
+async fn new_timeouts_and_caps_apply_to_new_connections_after_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config_in(dir.path());
+    cfg.server.idle_timeout_secs = 30;
+    let (tx, rx) = tokio::sync::watch::channel(LiveConfig::new(cfg.clone()));
+    let srv = TestServer::start_with(sidewire::ServerBuilder::new(cfg.clone()).config_channel(rx)).await;
+    let mut before = TcpStream::connect(srv.addr).await.unwrap();
+    wait_until("the first connection is accepted", Duration::from_secs(5), || async {
+        srv.app.metrics.http_open_connections.get() == 1
+    })
+    .await;
+
+    let mut reloaded: Config = cfg.clone();
+    reloaded.server.idle_timeout_secs = 1;
+    reloaded.server.max_http_connections = 2;
+    tx.send_replace(LiveConfig::new(reloaded));
+    let mut after = TcpStream::connect(srv.addr).await.unwrap();
+    assert!(
+        matches!(ending(&mut after, Duration::from_secs(3)).await, Ending::Closed(d) if d <= Duration::from_secs(2)),
+        "a connection accepted after the reload has the new idle timeout"
+    );
+    assert_eq!(ending(&mut before, Duration::from_millis(200)).await, Ending::StillOpen, "the old one keeps its 30 s");
+    // The cap of 2 is in force: one open, one more fits, the third is refused.
+    let mut second = TcpStream::connect(srv.addr).await.unwrap();
+    assert_eq!(get_on(&mut second, "/healthz").await, Some(200));
+    let mut third = TcpStream::connect(srv.addr).await.unwrap();
+    assert!(matches!(ending(&mut third, Duration::from_secs(2)).await, Ending::Closed(_)));
+    drop(before);
+    srv.stop().await;
+}
