@@ -21,6 +21,7 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`server`]: wiring, the accept loop and graceful shutdown.
 //! - [`reload`]: config hot reload (folder watcher, SIGHUP).
+//! - [`retention`]: how much history the store keeps; the background task.
 //! - [`telemetry`]: logging, OpenTelemetry export, request spans.
 //!
 //! # Embedding
@@ -45,6 +46,7 @@ pub mod metrics;
 pub mod persist;
 pub mod pipeline;
 pub mod reload;
+pub mod retention;
 pub mod server;
 pub mod stats;
 pub mod telemetry;

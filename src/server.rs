@@ -137,11 +137,12 @@ impl ServerBuilder {
         let app =
             Arc::new(App { config: config_rx, pipeline, stats, activity, plugin, metrics, hub, ws: WsState::new() });
         let pusher = tokio::spawn(crate::ws::stats_pusher(app.clone(), gauges_changed));
+        let retention = crate::retention::spawn(app.plugin.clone(), app.config.clone(), app.metrics.clone());
         let metrics_listener = match config.metrics.listen_addr().map_err(StartError::Config)? {
             Some(addr) => Some(bind(addr)?),
             None => None,
         };
-        Ok(Running { app, pusher, metrics_listener })
+        Ok(Running { app, pusher, retention: Some(retention), metrics_listener })
     }
 }
 
@@ -149,6 +150,8 @@ impl ServerBuilder {
 pub struct Running {
     pub app: Arc<App>,
     pusher: tokio::task::JoinHandle<()>,
+    /// Retention and store gauges; stopped before the store closes.
+    retention: Option<crate::retention::RetentionTask>,
     /// The separate metrics listener (`metrics.listen`), bound at start.
     metrics_listener: Option<TcpListener>,
 }
@@ -246,6 +249,7 @@ impl Running {
         if let Some(task) = metrics_task {
             let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
         }
+        drop(self.retention.take());
         if let Err(e) = app.plugin.close().await {
             tracing::warn!(error = %e, "closing the store failed");
         }

@@ -23,19 +23,39 @@
 //!
 //! Dedupe relies on the pipeline's window of recent ids; queries are served
 //! by the in-memory activity ring, which `recover` refills from the files.
+//!
+//! # Retention
+//! Retention removes whole rotated files, oldest first, never the active
+//! file: a file goes when its newest event is older than `retention_max_age`
+//! (its modification time), or while the files together hold more than
+//! `retention_max_events` events or `retention_max_bytes` bytes. So a jsonl
+//! store keeps at most the limits, and up to one rotated file
+//! (`jsonl_max_bytes`) less. Event counts of rotated files are counted once
+//! and remembered (rotated files never change).
+//!
+//! # Export and import
+//! Export reads the rotated files oldest first, then the active file, on a
+//! blocking thread that hands events over a bounded channel. Import appends
+//! (the files are append-only), so it takes only seqs above the highest
+//! stored one.
 
-use super::{Batch, PersistCallback, PersistError, Recovered};
+use super::{Batch, EventStream, PersistCallback, PersistError, Recovered};
 use crate::event::Event;
 use crate::pipeline::DEDUPE_WINDOW;
+use crate::retention::{Retention, RetentionStep, StoreUsage};
 use crate::stats::DurableStats;
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 const NAME: &str = "jsonl";
 
@@ -71,6 +91,11 @@ struct Inner {
     /// A `parking_lot` mutex, not a tokio one: it is only ever locked inside
     /// `spawn_blocking`, never across an `.await`.
     writer: Mutex<Writer>,
+    /// The highest seq in a file retention removed.
+    floor: AtomicU64,
+    /// Events per rotated file, by (size, modification time): rotated files
+    /// never change, and renames keep both.
+    counts: Mutex<HashMap<(u64, SystemTime), u64>>,
 }
 
 /// The open active file and what we know about it.
@@ -85,6 +110,22 @@ struct Writer {
     /// after a failure (queued ack retries) skips events at or below it, so
     /// no line is ever written twice by this process.
     stored_seq: u64,
+    /// Lines in the active file, once counted (for `retention_max_events`).
+    active_lines: Option<u64>,
+}
+
+impl Writer {
+    fn active_events(&mut self, path: &Path) -> io::Result<u64> {
+        if let Some(n) = self.active_lines {
+            return Ok(n);
+        }
+        let n = match count_lines(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            r => r?,
+        };
+        self.active_lines = Some(n);
+        Ok(n)
+    }
 }
 
 fn err(e: impl std::fmt::Display) -> PersistError {
@@ -144,7 +185,14 @@ fn rename_if_present(from: &Path, to: &Path) -> io::Result<()> {
 
 impl JsonlPlugin {
     pub fn new(opts: JsonlOptions) -> Self {
-        Self { inner: Arc::new(Inner { opts, writer: Mutex::new(Writer::default()) }) }
+        Self {
+            inner: Arc::new(Inner {
+                opts,
+                writer: Mutex::new(Writer::default()),
+                floor: AtomicU64::new(0),
+                counts: Mutex::new(HashMap::new()),
+            }),
+        }
     }
 
     /// Runs `f` with the options and the locked writer on the blocking pool.
@@ -212,6 +260,7 @@ impl Writer {
             rename_if_present(path, &rotated(path, 1)).map_err(|e| fail(path, e))?;
         }
         tracing::info!(path = %path.display(), max_files = opts.max_files, "jsonl file rotated");
+        self.active_lines = Some(0);
         self.open(path)?;
         Ok(())
     }
@@ -230,6 +279,9 @@ impl Writer {
         match written {
             Ok(()) => {
                 self.len = before + bytes.len() as u64;
+                if let Some(n) = self.active_lines.as_mut() {
+                    *n += bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+                }
                 Ok(())
             }
             Err(e) => {
@@ -421,6 +473,7 @@ fn recover_blocking(opts: &JsonlOptions, w: &mut Writer) -> Result<Recovered, Pe
         }
     }
     w.file = None;
+    w.active_lines = None;
     w.stored_seq = max_seq.max(state_seq);
     w.open(path)?;
     let ids = recent.iter().filter_map(|e| e.id.as_ref().map(|id| (id.to_string(), e.seq))).collect();
@@ -451,6 +504,180 @@ fn persist_blocking(opts: &JsonlOptions, w: &mut Writer, batch: &Batch) -> Resul
             "cannot write the jsonl state file; stats after a restart may lag");
     }
     Ok(())
+}
+
+/// The rotated files that exist, oldest first (`path.N` ... `path.1`).
+fn rotated_files(path: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut n = 1;
+    loop {
+        let p = rotated(path, n);
+        if !p.exists() {
+            break;
+        }
+        out.push(p);
+        n += 1;
+    }
+    out.reverse();
+    out
+}
+
+/// Complete lines in a file (= events, but for blank or bad lines).
+fn count_lines(path: &Path) -> io::Result<u64> {
+    let mut reader = BufReader::with_capacity(SCAN_BUFFER, File::open(path)?);
+    let mut n = 0;
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(n);
+        }
+        n += buf.iter().filter(|&&b| b == b'\n').count() as u64;
+        let len = buf.len();
+        reader.consume(len);
+    }
+}
+
+/// The seq of the last complete line of a file (0: none readable).
+fn last_seq_of(path: &Path) -> io::Result<u64> {
+    let mut f = File::open(path)?;
+    let len = f.metadata()?.len();
+    // An event line is at most about 64 KiB of data plus escapes and fields.
+    let tail = len.min(512 * 1024);
+    f.seek(SeekFrom::Start(len - tail))?;
+    let mut buf = Vec::with_capacity(tail as usize);
+    f.read_to_end(&mut buf)?;
+    Ok(buf
+        .split(|&b| b == b'\n')
+        .rev()
+        .filter(|l| !l.is_empty())
+        .find_map(|l| Event::from_json(l).map(|e| e.seq))
+        .unwrap_or(0))
+}
+
+/// The first event of a file (`None`: empty or unreadable).
+fn first_event_of(path: &Path) -> Option<Event> {
+    let mut reader = BufReader::new(File::open(path).ok()?);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line).ok()? == 0 {
+            return None;
+        }
+        if let Some(e) = Event::from_json(line.strip_suffix(b"\n").unwrap_or(&line)) {
+            return Some(e);
+        }
+    }
+}
+
+impl Inner {
+    fn events_in(&self, path: &Path, meta: &fs::Metadata) -> io::Result<u64> {
+        let key = (meta.len(), meta.modified()?);
+        if let Some(n) = self.counts.lock().get(&key) {
+            return Ok(*n);
+        }
+        let n = count_lines(path)?;
+        let mut counts = self.counts.lock();
+        if counts.len() > 4 * (self.opts.max_files as usize + 1) {
+            counts.clear(); // forgotten files; recounting is cheap enough
+        }
+        counts.insert(key, n);
+        Ok(n)
+    }
+
+    /// One retention step: removes the oldest rotated file when the policy
+    /// says so. Runs with the writer lock held, so no rotation renames files
+    /// under it.
+    fn enforce(&self, w: &mut Writer, policy: &Retention, now: DateTime<Utc>) -> Result<RetentionStep, PersistError> {
+        let path = &self.opts.path;
+        let files = rotated_files(path);
+        let Some(oldest) = files.first() else { return Ok(RetentionStep::default()) };
+        let io = |p: &Path, e: io::Error| err(format!("retention: cannot read {}: {e}", p.display()));
+        let meta = fs::metadata(oldest).map_err(|e| io(oldest, e))?;
+        let mut due = policy.max_age.is_some_and(|age| {
+            let modified: DateTime<Utc> = meta.modified().map(Into::into).unwrap_or(now);
+            chrono::Duration::from_std(age).is_ok_and(|age| modified < now - age)
+        });
+        if !due && (policy.max_events.is_some() || policy.max_bytes.is_some()) {
+            let (mut events, mut bytes) = (0u64, 0u64);
+            for f in files.iter().chain(std::iter::once(path)) {
+                let m = match fs::metadata(f) {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io(f, e)),
+                };
+                bytes += m.len();
+                if policy.max_events.is_some() {
+                    events += if f == path {
+                        w.active_events(path).map_err(|e| io(f, e))?
+                    } else {
+                        self.events_in(f, &m).map_err(|e| io(f, e))?
+                    };
+                }
+            }
+            due = policy.max_events.is_some_and(|n| events > n) || policy.max_bytes.is_some_and(|n| bytes > n);
+        }
+        if !due {
+            return Ok(RetentionStep::default());
+        }
+        let deleted = self.events_in(oldest, &meta).map_err(|e| io(oldest, e))?;
+        let last = last_seq_of(oldest).map_err(|e| io(oldest, e))?;
+        fs::remove_file(oldest).map_err(|e| err(format!("retention: cannot remove {}: {e}", oldest.display())))?;
+        self.floor.fetch_max(last, Ordering::SeqCst);
+        tracing::info!(path = %oldest.display(), events = deleted, last_seq = last, "retention removed a jsonl file");
+        Ok(RetentionStep { deleted, more: files.len() > 1 })
+    }
+}
+
+/// An import batch: appended as is, only above every stored seq.
+fn import_blocking(opts: &JsonlOptions, w: &mut Writer, batch: &Batch) -> Result<(), PersistError> {
+    if let Some(first) = batch.events.first().filter(|e| e.seq <= w.stored_seq) {
+        return Err(PersistError::Conflict {
+            plugin: NAME,
+            message: format!(
+                "seq {} is not above the highest stored seq {}; a jsonl store only appends",
+                first.seq, w.stored_seq
+            ),
+        });
+    }
+    persist_blocking(opts, w, batch)
+}
+
+/// Sends every event with seq > `after`, oldest first, down `tx`; stops
+/// when the receiver is gone.
+fn read_files(path: &Path, after: u64, tx: &tokio::sync::mpsc::Sender<Result<Arc<Event>, PersistError>>) {
+    let mut last = after;
+    for file in rotated_files(path).into_iter().chain(std::iter::once(path.to_path_buf())) {
+        let f = match File::open(&file) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(err(format!("cannot read {}: {e}", file.display()))));
+                return;
+            }
+        };
+        let mut reader = BufReader::with_capacity(SCAN_BUFFER, f);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) => break,
+                // A torn last line (a write in progress) is not an event yet.
+                Ok(_) if line.last() != Some(&b'\n') => break,
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(err(format!("cannot read {}: {e}", file.display()))));
+                    return;
+                }
+            }
+            // Repeats of a batch written twice are skipped, as at recovery.
+            if let Some(e) = Event::from_json(&line[..line.len() - 1]).filter(|e| e.seq > last) {
+                last = e.seq;
+                if tx.blocking_send(Ok(Arc::new(e))).is_err() {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -491,6 +718,55 @@ impl PersistCallback for JsonlPlugin {
             None => Ok(()),
         })
         .await
+    }
+
+    fn retention_floor(&self) -> u64 {
+        self.inner.floor.load(Ordering::SeqCst)
+    }
+
+    async fn enforce_retention(
+        &self,
+        policy: &Retention,
+        now: DateTime<Utc>,
+        _max_events: usize,
+    ) -> Result<RetentionStep, PersistError> {
+        let inner = self.inner.clone();
+        let policy = *policy;
+        tokio::task::spawn_blocking(move || {
+            let mut w = inner.writer.lock();
+            inner.enforce(&mut w, &policy, now)
+        })
+        .await
+        .map_err(|e| err(format!("file task failed: {e}")))?
+    }
+
+    async fn usage(&self) -> Result<Option<StoreUsage>, PersistError> {
+        let path = self.inner.opts.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let files: Vec<PathBuf> = rotated_files(&path).into_iter().chain(std::iter::once(path.clone())).collect();
+            let bytes: u64 = files.iter().filter_map(|f| fs::metadata(f).ok()).map(|m| m.len()).sum();
+            let oldest = files.iter().find_map(|f| first_event_of(f));
+            let limit_bytes = crate::retention::free_bytes(folder_of(&path)).map(|f| f + bytes);
+            Some(StoreUsage {
+                bytes,
+                limit_bytes,
+                oldest_stored_at: oldest.map(|e| e.timestamp.timestamp_millis() as f64 / 1000.0),
+            })
+        })
+        .await
+        .map_err(|e| err(format!("file task failed: {e}")))
+    }
+
+    fn read_after(&self, after: u64) -> Result<EventStream, PersistError> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let path = self.inner.opts.path.clone();
+        tokio::task::spawn_blocking(move || read_files(&path, after, &tx));
+        Ok(Box::pin(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) })))
+    }
+
+    async fn import(&self, batch: &Batch) -> Result<(), PersistError> {
+        let batch = batch.clone();
+        self.blocking(move |opts, w| import_blocking(opts, w, &batch)).await
     }
 }
 
