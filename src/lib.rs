@@ -22,6 +22,7 @@
 //! - [`server`]: wiring, the accept loop and graceful shutdown.
 //! - [`reload`]: config hot reload (folder watcher, SIGHUP).
 //! - [`retention`]: how much history the store keeps; the background task.
+//! - [`transfer`]: `sidewire export` / `sidewire import` (NDJSON, streaming).
 //! - [`telemetry`]: logging, OpenTelemetry export, request spans.
 //!
 //! # Embedding
@@ -50,6 +51,7 @@ pub mod retention;
 pub mod server;
 pub mod stats;
 pub mod telemetry;
+pub mod transfer;
 pub mod ws;
 
 pub use server::{ServerBuilder, StartError};
