@@ -773,7 +773,8 @@ impl PersistCallback for JsonlPlugin {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::{TimeZone, Utc};
+    use chrono::TimeZone;
+    use futures::StreamExt;
 
     fn event(seq: u64) -> Arc<Event> {
         let ts = Utc.timestamp_millis_opt(1_767_211_200_000).unwrap();
@@ -998,6 +999,68 @@ mod tests {
         p.close().await.unwrap();
         p.persist(&batch(&[2])).await.unwrap();
         assert_eq!(seqs_in(&path), vec![1, 2]);
+    }
+
+    #[tokio::test]
+    async fn retention_removes_whole_rotated_files_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        // Two lines per file.
+        let p = plugin(&path, 2 * line_len() + 1, 10, 10);
+        p.recover().await.unwrap();
+        for s in 1..=9 {
+            p.persist(&batch(&[s])).await.unwrap();
+        }
+        // Files: .4 [1,2] .3 [3,4] .2 [5,6] .1 [7,8] active [9]
+        let now = Utc::now();
+        let by_count = Retention { max_events: Some(4), ..Default::default() };
+        let mut deleted = 0;
+        loop {
+            let step = p.enforce_retention(&by_count, now, 1000).await.unwrap();
+            deleted += step.deleted;
+            if step.deleted == 0 {
+                break;
+            }
+        }
+        // At most 4 kept, by whole files: [7,8] and [9] stay.
+        assert_eq!(deleted, 6);
+        assert_eq!(p.retention_floor(), 6);
+        assert!(!rotated(&path, 2).exists() && rotated(&path, 1).exists());
+        let all: Vec<u64> = p.read_after(0).unwrap().map(|e| e.unwrap().seq).collect().await;
+        assert_eq!(all, vec![7, 8, 9]);
+
+        // Age: a rotated file whose newest event is older than the limit goes.
+        let by_age = Retention { max_age: Some(std::time::Duration::from_secs(60)), ..Default::default() };
+        assert_eq!(p.enforce_retention(&by_age, now, 1000).await.unwrap().deleted, 0);
+        let later = now + chrono::Duration::minutes(5);
+        assert_eq!(p.enforce_retention(&by_age, later, 1000).await.unwrap().deleted, 2);
+        // Never the active file.
+        assert_eq!(p.enforce_retention(&by_age, later, 1000).await.unwrap().deleted, 0);
+        assert_eq!(seqs_in(&path), vec![9]);
+
+        let by_bytes = Retention { max_bytes: Some(1), ..Default::default() };
+        for s in 10..=12 {
+            p.persist(&batch(&[s])).await.unwrap();
+        }
+        while p.enforce_retention(&by_bytes, now, 1000).await.unwrap().deleted > 0 {}
+        assert!(rotated_files(&path).is_empty());
+        let usage = p.usage().await.unwrap().unwrap();
+        assert_eq!(usage.bytes, fs::metadata(&path).unwrap().len());
+    }
+
+    #[tokio::test]
+    async fn import_appends_only_above_the_stored_seqs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let p = plugin(&path, 1 << 20, 3, 10);
+        p.recover().await.unwrap();
+        p.import(&batch(&[3, 4])).await.unwrap();
+        let e = p.import(&batch(&[4, 5])).await.unwrap_err();
+        assert!(matches!(e, PersistError::Conflict { .. }), "{e}");
+        p.import(&batch(&[7])).await.unwrap();
+        assert_eq!(seqs_in(&path), vec![3, 4, 7]);
+        let after: Vec<u64> = p.read_after(3).unwrap().map(|e| e.unwrap().seq).collect().await;
+        assert_eq!(after, vec![4, 7]);
     }
 
     #[tokio::test]
