@@ -29,9 +29,12 @@ use std::time::Duration;
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(10);
 /// Pause between two steps of one pass: leaves the writer to ingest.
 pub const STEP_PAUSE: Duration = Duration::from_millis(20);
-/// Most events one step removes. Measured on SQLite: a step of this size
-/// takes about a millisecond, so an ingest commit waits at most that long.
-pub const STEP_EVENTS: usize = 1_000;
+/// Most events one step removes. Small on purpose: on SQLite a step holds
+/// the single writer, so an ingest commit may wait for one step. 250
+/// events take well under a millisecond there, and with [`STEP_PAUSE`] a
+/// backlog still goes at up to ~12,000 events/s (measured: 1,000-event
+/// steps cost ingest p99 a few ms under load; see docs/BENCHMARKS.md).
+pub const STEP_EVENTS: usize = 250;
 /// How often store size and oldest-event age are refreshed for the metrics.
 pub const USAGE_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -160,6 +163,7 @@ async fn run(plugin: Arc<dyn PersistCallback>, mut config: ConfigRx, metrics: Ar
         }
         let mut pause = CHECK_INTERVAL;
         if policy.is_active() {
+            let started = std::time::Instant::now();
             match plugin.enforce_retention(&policy, Utc::now(), STEP_EVENTS).await {
                 Ok(step) => {
                     if failing {
@@ -168,7 +172,12 @@ async fn run(plugin: Arc<dyn PersistCallback>, mut config: ConfigRx, metrics: Ar
                     }
                     if step.deleted > 0 {
                         metrics.persist_retention_deleted_total.with_label_values(&[name]).inc_by(step.deleted);
-                        tracing::debug!(plugin = name, deleted = step.deleted, "retention removed old events");
+                        tracing::debug!(
+                            plugin = name,
+                            deleted = step.deleted,
+                            ms = started.elapsed().as_secs_f64() * 1e3,
+                            "retention removed old events"
+                        );
                     }
                     if step.more {
                         pause = STEP_PAUSE;
