@@ -67,6 +67,10 @@ enum Command {
         /// Read here instead of stdin.
         #[arg(long, short)]
         input: Option<PathBuf>,
+        /// Import even though something answers on the config's server.listen
+        /// (e.g. the old sidecar, on another store, during a move).
+        #[arg(long)]
+        force: bool,
     },
     /// Exit 0 when a sidecar answers its health check (for container healthchecks).
     Health {
@@ -97,7 +101,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { path } => return check_config(&path),
         Command::Emit { url, kind, data, id, source, token } => emit(&url, &kind, data, id, source, token),
         Command::Export { after_seq, since, types, output } => export(cli.config, after_seq, since, types, output),
-        Command::Import { input } => import(cli.config, input),
+        Command::Import { input, force } => import(cli.config, input, force),
         Command::Health { url } => health(&url),
         Command::Demo { url, rate, duration, token } => demo(url, rate, duration, token),
     };
@@ -292,16 +296,22 @@ fn export(
     })
 }
 
-fn import(config: Option<PathBuf>, input: Option<PathBuf>) -> anyhow::Result<()> {
+fn import(config: Option<PathBuf>, input: Option<PathBuf>, force: bool) -> anyhow::Result<()> {
     quiet_logs();
     runtime()?.block_on(async move {
         let (config, plugin, recovered) = open_store(config, true).await?;
         // A running sidecar on this store would overwrite the imported stats
         // with its own at its next commit.
-        if let Ok(addr) = config.listen_addr() {
-            if addr.port() != 0 && std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(300)).is_ok() {
-                bail!("something listens on {addr} (server.listen): stop the sidecar that uses this store before importing");
-            }
+        let listening = |addr: std::net::SocketAddr| {
+            addr.port() != 0
+                && std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(300)).is_ok()
+        };
+        if let Some(addr) = config.listen_addr().ok().filter(|a| !force && listening(*a)) {
+            bail!(
+                "something listens on {addr} (server.listen): stop the sidecar that uses this store before \
+                 importing (its next commit would overwrite the imported stats), or pass --force when that \
+                 is another sidecar on another store"
+            );
         }
         let rules = config.stats.counter_rules();
         let stats = recovered.stats.clone().unwrap_or_default();

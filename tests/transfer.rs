@@ -162,6 +162,16 @@ async fn a_history_moves_exactly_and_collisions_are_refused() {
         lines(&ok(sidewire(&["export", "--since", "1h", "--type", "query_complete"], &src_cfg, None), "since 1h"));
     assert_eq!(recent.len(), 50);
 
+    // A sidecar answering on the target's listen address: refused, unless --force.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let cfg = config_file(d, "busy", "sqlite");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("127.0.0.1:0", &busy.local_addr().unwrap().to_string());
+    std::fs::write(&cfg, text).unwrap();
+    let out = sidewire(&["import"], &cfg, Some(&exported));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stop the sidecar"), "{out:?}");
+    ok(sidewire(&["import", "--force"], &cfg, Some(&exported)), "import --force");
+
     // Clear errors: a line that is not an export, a store that is not there.
     let out = sidewire(&["import"], &config_file(d, "other", "sqlite"), Some(b"{\"type\":\"x\"}\n"));
     assert!(String::from_utf8_lossy(&out.stderr).contains("line 1: no `seq`"), "{:?}", out);
