@@ -733,6 +733,16 @@ impl PersistCallback for JsonlPlugin {
         let inner = self.inner.clone();
         let policy = *policy;
         tokio::task::spawn_blocking(move || {
+            if policy.max_events.is_some() {
+                // Count new rotated files before taking the writer lock, so
+                // ingest never waits for a count (the cache key survives the
+                // renames of a rotation).
+                for f in rotated_files(&inner.opts.path) {
+                    if let Ok(m) = fs::metadata(&f) {
+                        let _ = inner.events_in(&f, &m);
+                    }
+                }
+            }
             let mut w = inner.writer.lock();
             inner.enforce(&mut w, &policy, now)
         })
