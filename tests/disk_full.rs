@@ -1,5 +1,5 @@
-//! A full disk, for real (issue 13): the SQLite store on a small tmpfs that
-//! the test mounts (as root) and fills. Ingest must answer 503
+//! A full disk, for real (issue 13): the SQLite and the jsonl store on a
+//! small tmpfs that the test mounts (as root) and fills. Ingest must answer 503
 //! `persist_unavailable` with `Retry-After`, acknowledge nothing it did not
 //! store, report `/readyz` 503 and count `sidewire_persist_failures_total`,
 //! keep serving, and recover by itself once space returns.
@@ -14,6 +14,7 @@ mod external;
 
 use common::*;
 use serde_json::{json, Value};
+use sidewire::config::PluginKind;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -76,7 +77,9 @@ fn fill(dir: &Path) -> PathBuf {
 fn failures(metrics: &str) -> f64 {
     metrics
         .lines()
-        .find_map(|l| l.strip_prefix("sidewire_persist_failures_total{plugin=\"sqlite\"}"))
+        .find_map(|l| {
+            l.strip_prefix("sidewire_persist_failures_total{plugin=").and_then(|r| r.split_once('}')).map(|(_, v)| v)
+        })
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
 }
@@ -86,19 +89,28 @@ async fn status_of(c: &reqwest::Client, url: &str) -> u16 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_refuses_honestly_and_recovers_by_itself() {
-    const TEST: &str = "a_full_disk_refuses_honestly_and_recovers_by_itself";
+async fn sqlite_on_a_full_disk_refuses_honestly_and_recovers_by_itself() {
+    full_disk("sqlite_on_a_full_disk_refuses_honestly_and_recovers_by_itself", PluginKind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jsonl_on_a_full_disk_refuses_honestly_and_recovers_by_itself() {
+    full_disk("jsonl_on_a_full_disk_refuses_honestly_and_recovers_by_itself", PluginKind::Jsonl).await;
+}
+
+async fn full_disk(test: &str, plugin: PluginKind) {
     let fs = match Tmpfs::mount("16m") {
         Ok(fs) => fs,
         Err(why) if external::is_required("mount") => {
-            panic!("{TEST}: {why} — and SIDEWIRE_TEST_REQUIRE lists `mount`, so this is a failure")
+            panic!("{test}: {why} — and SIDEWIRE_TEST_REQUIRE lists `mount`, so this is a failure")
         }
         Err(why) => {
-            external::skip(TEST, &format!("{why} (list `mount` in SIDEWIRE_TEST_REQUIRE to make this a failure)"));
+            external::skip(test, &format!("{why} (list `mount` in SIDEWIRE_TEST_REQUIRE to make this a failure)"));
             return;
         }
     };
-    let srv = TestServer::start(config_in(fs.path())).await;
+    let config = with_plugin(config_in(fs.path()), plugin);
+    let srv = TestServer::start(config.clone()).await;
     let c = client();
     let mut acked: Vec<u64> = Vec::new();
     let (status, body) = ingest(&c, &srv.base, &json!({"type": "first", "id": "first"})).await;
@@ -172,7 +184,7 @@ async fn a_full_disk_refuses_honestly_and_recovers_by_itself() {
     srv.stop().await;
 
     // And it survives a restart.
-    let srv = TestServer::start(config_in(fs.path())).await;
+    let srv = TestServer::start(config).await;
     assert_eq!(seqs_of(&activity_all(&c, &srv.base, "", 500).await), want);
     srv.stop().await;
     drop(fs);

@@ -39,7 +39,7 @@
 //! (the files are append-only), so it takes only seqs above the highest
 //! stored one.
 
-use super::{Batch, EventStream, PersistCallback, PersistError, Recovered};
+use super::{Batch, EventStream, PersistCallback, PersistError, Recovered, RECOVERY_HEADROOM};
 use crate::event::Event;
 use crate::pipeline::DEDUPE_WINDOW;
 use crate::retention::{Retention, RetentionStep, StoreUsage};
@@ -53,7 +53,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -93,6 +93,8 @@ struct Inner {
     writer: Mutex<Writer>,
     /// The highest seq in a file retention removed.
     floor: AtomicU64,
+    /// The last append failed (a full disk); health then waits for headroom.
+    write_failed: AtomicBool,
     /// Events per rotated file, by (size, modification time): rotated files
     /// never change, and renames keep both.
     counts: Mutex<HashMap<(u64, SystemTime), u64>>,
@@ -190,6 +192,7 @@ impl JsonlPlugin {
                 opts,
                 writer: Mutex::new(Writer::default()),
                 floor: AtomicU64::new(0),
+                write_failed: AtomicBool::new(false),
                 counts: Mutex::new(HashMap::new()),
             }),
         }
@@ -692,15 +695,28 @@ impl PersistCallback for JsonlPlugin {
 
     async fn persist(&self, batch: &Batch) -> Result<(), PersistError> {
         let batch = batch.clone();
-        self.blocking(move |opts, w| persist_blocking(opts, w, &batch)).await
+        let result = self.blocking(move |opts, w| persist_blocking(opts, w, &batch)).await;
+        self.inner.write_failed.store(result.is_err(), Ordering::SeqCst);
+        result
     }
 
     /// Opens the active file for append (creating it when missing), which
-    /// fails when the folder is gone or not writable. Does not take the
+    /// fails when the folder is gone or not writable; after a failed append
+    /// also waits for [`RECOVERY_HEADROOM`] free bytes (a full disk), so
+    /// readiness returns by itself once there is room. Does not take the
     /// writer lock, so `/readyz` answers even while a batch is being synced.
     async fn health(&self) -> Result<(), PersistError> {
         let path = self.inner.opts.path.clone();
+        let failed = self.inner.write_failed.load(Ordering::SeqCst);
         tokio::task::spawn_blocking(move || {
+            if failed {
+                let free = crate::retention::free_bytes(folder_of(&path));
+                if let Some(f) = free.filter(|&f| f < RECOVERY_HEADROOM) {
+                    return Err(err(format!(
+                        "the last append failed and the disk has {f} bytes free (waiting for {RECOVERY_HEADROOM})"
+                    )));
+                }
+            }
             OpenOptions::new()
                 .create(true)
                 .append(true)

@@ -208,6 +208,11 @@ pub trait PersistCallback: Send + Sync + 'static {
     }
 }
 
+/// Free bytes on its filesystem that a store whose last write failed waits
+/// for before it reports healthy again (room for a few large batches and
+/// a checkpoint), so `/readyz` does not flap while batches still fail.
+pub const RECOVERY_HEADROOM: u64 = 4 << 20;
+
 /// Stored events in seq order (see [`PersistCallback::read_after`]).
 pub type EventStream = futures::stream::BoxStream<'static, Result<Arc<Event>, PersistError>>;
 

@@ -24,7 +24,7 @@
 //! sending (and does not flap while batches still fail). `journal_size_limit` keeps
 //! the WAL file from staying large after a checkpoint.
 
-use super::{Batch, EventQuery, EventStream, PersistCallback, PersistError, Recovered};
+use super::{Batch, EventQuery, EventStream, PersistCallback, PersistError, Recovered, RECOVERY_HEADROOM};
 use crate::config::SqliteSync;
 use crate::event::Event;
 use crate::retention::{Retention, RetentionStep, StoreUsage};
@@ -69,9 +69,6 @@ const VACUUM_PAGES: i64 = 512;
 const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 /// Events per page of an export read.
 const EXPORT_PAGE: usize = 1_000;
-/// Free bytes a failed store waits for before it reports healthy again
-/// (room for a few large batches and a checkpoint).
-const RECOVERY_HEADROOM: u64 = 4 << 20;
 /// The `state` key of the retention floor.
 const FLOOR_KEY: &str = "retention_floor";
 
