@@ -123,6 +123,8 @@ struct Shared {
     floor: AtomicU64,
     /// The last write failed; health probes until one succeeds.
     write_failed: AtomicBool,
+    /// The last retention step left free pages to give back.
+    pages_pending: AtomicBool,
 }
 
 /// A small pool of read-only connections, opened on demand.
@@ -166,7 +168,8 @@ impl SqlitePlugin {
         .map_err(err)?;
         migrate(&mut conn)?;
         ensure_incremental_vacuum(&conn, path);
-        let shared = Arc::new(Shared::default());
+        // A first retention step checks for free pages left from before.
+        let shared = Arc::new(Shared { pages_pending: AtomicBool::new(true), ..Shared::default() });
         let floor: Option<String> = conn
             .query_row("SELECT value FROM state WHERE key = ?1", [FLOOR_KEY], |r| r.get(0))
             .optional()
@@ -627,8 +630,13 @@ impl PersistCallback for SqlitePlugin {
                 upto
             }
         };
+        if upto.is_none() && !self.shared.pages_pending.load(Ordering::SeqCst) {
+            // Nothing due and no space to give back: leave the writer alone.
+            return Ok(RetentionStep::default());
+        }
         let upto = upto.unwrap_or(0);
         let pruned = self.call(|reply| Command::Prune { upto, max: max_events, reply }).await??;
+        self.shared.pages_pending.store(pruned.more_pages, Ordering::SeqCst);
         if !pruned.more_rows {
             // The next step measures afresh (new events, a new `now`).
             *self.plan.lock() = None;
