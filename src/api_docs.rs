@@ -628,8 +628,9 @@ pub struct ResumeCompleteData {
     /// Stored events sent (oldest first) before this message.
     pub replayed: u64,
     pub last_seq: u64,
-    /// True when more than `ws.max_replay` events were missed: only the
-    /// first `ws.max_replay` were replayed.
+    /// True when not every missed event was replayed: more than
+    /// `ws.max_replay` were missed (the newest `ws.max_replay` were
+    /// replayed), or retention removed some of them (what is kept was).
     pub truncated: bool,
 }
 

@@ -172,6 +172,61 @@ pub struct PersistConfig {
     pub memory_capacity: usize,
     /// PostgreSQL DSN for the `postgres` plugin (never logged).
     pub postgres_url: String,
+    /// Remove events stored longer ago than this (`"30d"`, `"12h"`; `"off"`).
+    /// Live-reloadable, like the other `retention_*` keys.
+    pub retention_max_age: String,
+    /// Keep at most this many events; 0: no limit.
+    pub retention_max_events: u64,
+    /// Keep the store at most this large (`"2GiB"`, `"500MB"` or bytes); 0: no limit.
+    pub retention_max_bytes: ByteSize,
+}
+
+/// A byte size written as a number of bytes or a string with a unit
+/// (see [`crate::retention::parse_size`]).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum ByteSize {
+    Bytes(u64),
+    Text(String),
+}
+
+impl Default for ByteSize {
+    fn default() -> Self {
+        ByteSize::Bytes(0)
+    }
+}
+
+impl ByteSize {
+    /// The size in bytes; `None` for 0 (no limit).
+    pub fn parse(&self) -> Result<Option<u64>, String> {
+        match self {
+            ByteSize::Bytes(n) => Ok((*n > 0).then_some(*n)),
+            ByteSize::Text(t) => crate::retention::parse_size(t),
+        }
+    }
+}
+
+impl PersistConfig {
+    /// The retention limits (invalid values, which validation reports, count
+    /// as no limit).
+    pub fn retention(&self) -> crate::retention::Retention {
+        crate::retention::Retention {
+            max_age: crate::retention::parse_duration(&self.retention_max_age).ok().flatten(),
+            max_events: (self.retention_max_events > 0).then_some(self.retention_max_events),
+            max_bytes: self.retention_max_bytes.parse().ok().flatten(),
+        }
+    }
+
+    /// `self` without the live-reloadable keys, to compare what needs a restart.
+    pub fn without_live_keys(&self) -> PersistConfig {
+        let d = PersistConfig::default();
+        PersistConfig {
+            retention_max_age: d.retention_max_age,
+            retention_max_events: d.retention_max_events,
+            retention_max_bytes: d.retention_max_bytes,
+            ..self.clone()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -200,6 +255,9 @@ impl Default for PersistConfig {
             webhook_backoff_ms: 200,
             memory_capacity: 100_000,
             postgres_url: String::new(),
+            retention_max_age: "30d".into(),
+            retention_max_events: 0,
+            retention_max_bytes: ByteSize::Bytes(0),
         }
     }
 }
@@ -221,6 +279,9 @@ impl fmt::Debug for PersistConfig {
             .field("webhook_max_retries", &self.webhook_max_retries)
             .field("memory_capacity", &self.memory_capacity)
             .field("postgres_url", &redact_url(&self.postgres_url))
+            .field("retention_max_age", &self.retention_max_age)
+            .field("retention_max_events", &self.retention_max_events)
+            .field("retention_max_bytes", &self.retention_max_bytes)
             .finish()
     }
 }
@@ -594,6 +655,12 @@ impl Config {
         if p.jsonl_max_bytes < 4096 {
             bad("persist.jsonl_max_bytes", "must be at least 4096".into());
         }
+        if let Err(e) = crate::retention::parse_duration(&p.retention_max_age) {
+            bad("persist.retention_max_age", e);
+        }
+        if let Err(e) = p.retention_max_bytes.parse() {
+            bad("persist.retention_max_bytes", e);
+        }
         if p.webhook_timeout_ms == 0 {
             bad("persist.webhook_timeout_ms", "must be at least 1".into());
         }
@@ -662,7 +729,7 @@ impl Config {
         if self.server.trust_forwarded_for != new.server.trust_forwarded_for {
             out.push("server.trust_forwarded_for");
         }
-        if self.persist != new.persist {
+        if self.persist.without_live_keys() != new.persist.without_live_keys() {
             out.push("persist");
         }
         if self.broadcast != new.broadcast {

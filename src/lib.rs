@@ -24,6 +24,8 @@
 //!   the open-file limit.
 //! - [`log_throttle`]: rate-limited logging of warnings that repeat.
 //! - [`reload`]: config hot reload (folder watcher, SIGHUP).
+//! - [`retention`]: how much history the store keeps; the background task.
+//! - [`transfer`]: `sidewire export` / `sidewire import` (NDJSON, streaming).
 //! - [`telemetry`]: logging, OpenTelemetry export, request spans.
 //!
 //! # Embedding
@@ -50,9 +52,11 @@ pub mod metrics;
 pub mod persist;
 pub mod pipeline;
 pub mod reload;
+pub mod retention;
 pub mod server;
 pub mod stats;
 pub mod telemetry;
+pub mod transfer;
 pub mod ws;
 
 pub use server::{ServerBuilder, StartError};

@@ -54,6 +54,31 @@ enum Command {
         #[arg(long, env = "SIDEWIRE_TOKEN")]
         token: Option<String>,
     },
+    /// Write the stored events as NDJSON (one event with its seq per line, oldest first).
+    Export {
+        /// Only events with seq above this.
+        #[arg(long, default_value_t = 0)]
+        after_seq: u64,
+        /// Only events with a timestamp at or after this: an RFC 3339 time or a duration back (24h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only events of this type (repeatable; any of them).
+        #[arg(long = "type")]
+        types: Vec<String>,
+        /// Write here instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Load events written by `export` into the configured store, keeping seqs, ids and timestamps.
+    Import {
+        /// Read here instead of stdin.
+        #[arg(long, short)]
+        input: Option<PathBuf>,
+        /// Import even though something answers on the config's server.listen
+        /// (e.g. the old sidecar, on another store, during a move).
+        #[arg(long)]
+        force: bool,
+    },
     /// Exit 0 when a sidecar answers its health check (for container healthchecks).
     Health {
         #[arg(long, default_value = "http://127.0.0.1:8790/healthz")]
@@ -82,6 +107,8 @@ fn main() -> ExitCode {
         Command::Serve => serve(cli.config),
         Command::CheckConfig { path } => return check_config(&path),
         Command::Emit { url, kind, data, id, source, token } => emit(&url, &kind, data, id, source, token),
+        Command::Export { after_seq, since, types, output } => export(cli.config, after_seq, since, types, output),
+        Command::Import { input, force } => import(cli.config, input, force),
         Command::Health { url } => health(&url),
         Command::Demo { url, rate, duration, token } => demo(url, rate, duration, token),
     };
@@ -234,6 +261,114 @@ fn emit(
         } else {
             println!("{seq}");
         }
+        Ok(())
+    })
+}
+
+/// Logs of the store (warnings only) on stderr, for export and import.
+fn quiet_logs() {
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter("warn").init();
+}
+
+/// Loads the config and opens its store, refusing to create one that is not there.
+async fn open_store(
+    path: Option<PathBuf>,
+    create: bool,
+) -> anyhow::Result<(Config, std::sync::Arc<dyn sidewire::persist::PersistCallback>, sidewire::persist::Recovered)> {
+    let (config, source) = Config::load(path.as_deref())?;
+    if let ConfigSource::Defaults = source {
+        eprintln!("no config file at {}; using the built-in defaults", sidewire::config::DEFAULT_PATH);
+    }
+    let p = &config.persist;
+    let file = match p.plugin {
+        sidewire::config::PluginKind::Sqlite => Some(&p.sqlite_path),
+        sidewire::config::PluginKind::Jsonl => Some(&p.jsonl_path),
+        _ => None,
+    };
+    if let Some(file) = file.filter(|f| !create && !f.exists()) {
+        bail!("there is no {} store at {}", p.plugin.as_str(), file.display());
+    }
+    let plugin = sidewire::persist::from_config(&config)?;
+    let recovered = plugin.recover().await.context("cannot open the store")?;
+    Ok((config, plugin, recovered))
+}
+
+fn export(
+    config: Option<PathBuf>,
+    after_seq: u64,
+    since: Option<String>,
+    types: Vec<String>,
+    output: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    quiet_logs();
+    let since = since
+        .map(|s| sidewire::transfer::parse_since(&s, chrono::Utc::now()))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    if let Some(t) = types.iter().find(|t| !sidewire::event::is_event_type(t)) {
+        bail!("--type {t:?} is not a valid event type");
+    }
+    let filter = sidewire::transfer::ExportFilter { after_seq, since, types };
+    runtime()?.block_on(async move {
+        let (_, plugin, recovered) = open_store(config, false).await?;
+        let mut progress = sidewire::transfer::Progress::new("exported");
+        let summary = match output {
+            Some(path) => {
+                let file = std::fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+                let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+                let s =
+                    sidewire::transfer::export(&*plugin, &filter, recovered.last_seq, &mut out, &mut progress).await?;
+                out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+                s
+            }
+            None => {
+                let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+                sidewire::transfer::export(&*plugin, &filter, recovered.last_seq, &mut out, &mut progress).await?
+            }
+        };
+        plugin.close().await?;
+        eprintln!("exported {} events (last seq {})", summary.events, summary.last_seq);
+        Ok(())
+    })
+}
+
+fn import(config: Option<PathBuf>, input: Option<PathBuf>, force: bool) -> anyhow::Result<()> {
+    quiet_logs();
+    runtime()?.block_on(async move {
+        let (config, plugin, recovered) = open_store(config, true).await?;
+        // A running sidecar on this store would overwrite the imported stats
+        // with its own at its next commit.
+        let listening = |addr: std::net::SocketAddr| {
+            addr.port() != 0
+                && std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(300)).is_ok()
+        };
+        if let Some(addr) = config.listen_addr().ok().filter(|a| !force && listening(*a)) {
+            bail!(
+                "something listens on {addr} (server.listen): stop the sidecar that uses this store before \
+                 importing (its next commit would overwrite the imported stats), or pass --force when that \
+                 is another sidecar on another store"
+            );
+        }
+        let rules = config.stats.counter_rules();
+        let stats = recovered.stats.clone().unwrap_or_default();
+        let mut progress = sidewire::transfer::Progress::new("imported");
+        let result = match input {
+            Some(path) => {
+                let file = std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+                let mut r = std::io::BufReader::with_capacity(1 << 20, file);
+                sidewire::transfer::import(&*plugin, &rules, stats, &mut r, &mut progress).await
+            }
+            None => {
+                let mut r = std::io::BufReader::with_capacity(1 << 20, std::io::stdin().lock());
+                sidewire::transfer::import(&*plugin, &rules, stats, &mut r, &mut progress).await
+            }
+        };
+        plugin.close().await?;
+        let summary = result?;
+        eprintln!(
+            "imported {} events (last seq {}); the store now counts {} events in all",
+            summary.events, summary.last_seq, summary.stats.events_total
+        );
         Ok(())
     })
 }

@@ -5,8 +5,8 @@
 
 use parking_lot::Mutex;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use std::collections::HashSet;
 
@@ -34,6 +34,14 @@ pub struct Metrics {
     pub persist_failures_total: IntCounterVec,
     pub persist_duration_seconds: HistogramVec,
     pub persist_queue_depth: IntGauge,
+    /// Bytes the store occupies on disk (plugins that keep files).
+    pub persist_store_bytes: IntGaugeVec,
+    /// The store size at which its filesystem is full (store + free space).
+    pub persist_store_limit_bytes: IntGaugeVec,
+    /// Events removed by retention.
+    pub persist_retention_deleted_total: IntCounterVec,
+    /// Age of the oldest kept event (since it was stored); 0 when empty.
+    pub persist_oldest_event_age_seconds: GaugeVec,
     pub config_reloads_total: IntCounterVec,
     pub http_requests_total: IntCounterVec,
     pub http_request_duration_seconds: HistogramVec,
@@ -74,6 +82,12 @@ fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCoun
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("metric registered once");
+    g
+}
+
+fn int_gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
     r.register(Box::new(g.clone())).expect("metric registered once");
     g
 }
@@ -163,6 +177,36 @@ impl Metrics {
                 LATENCY_BUCKETS.to_vec(),
             ),
             persist_queue_depth: gauge(&r, "sidewire_persist_queue_depth", "Events waiting for the persist plugin."),
+            persist_store_bytes: int_gauge_vec(
+                &r,
+                "sidewire_persist_store_bytes",
+                "Bytes the store occupies on disk.",
+                &["plugin"],
+            ),
+            persist_store_limit_bytes: int_gauge_vec(
+                &r,
+                "sidewire_persist_store_limit_bytes",
+                "The store size at which its filesystem is full (store plus free space).",
+                &["plugin"],
+            ),
+            persist_retention_deleted_total: counter_vec(
+                &r,
+                "sidewire_persist_retention_deleted_total",
+                "Events removed from the store by retention.",
+                &["plugin"],
+            ),
+            persist_oldest_event_age_seconds: {
+                let g = GaugeVec::new(
+                    Opts::new(
+                        "sidewire_persist_oldest_event_age_seconds",
+                        "Seconds since the oldest kept event was stored (0: the store is empty).",
+                    ),
+                    &["plugin"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("metric registered once");
+                g
+            },
             config_reloads_total: counter_vec(
                 &r,
                 "sidewire_config_reloads_total",
@@ -249,6 +293,7 @@ impl Metrics {
         self.persist_success_total.with_label_values(&[plugin]);
         self.persist_failures_total.with_label_values(&[plugin]);
         self.persist_duration_seconds.with_label_values(&[plugin]);
+        self.persist_retention_deleted_total.with_label_values(&[plugin]);
     }
 
     /// The `type` label for an event type: itself for the first 100 seen.
@@ -297,6 +342,7 @@ mod tests {
         let text = m.render();
         assert!(text.contains("sidewire_ws_disconnects_total{reason=\"slow_consumer\"} 0"));
         assert!(text.contains("sidewire_persist_failures_total{plugin=\"sqlite\"} 0"));
+        assert!(text.contains("sidewire_persist_retention_deleted_total{plugin=\"sqlite\"} 0"));
         assert!(text.contains("sidewire_config_reloads_total{result=\"failure\"} 0"));
         assert!(text.contains(&format!("sidewire_build_info{{version=\"{}\"}} 1", crate::VERSION)));
     }

@@ -216,16 +216,18 @@ impl Reloader {
             self.log_failure(trigger, &msg);
             return Outcome::Failed(msg);
         }
+        let changed = changed_keys(&old, &applied);
         let mut kept: Vec<&'static str> = Vec::new();
         for name in &restart_only {
-            let keys: Vec<&'static str> = all_changes.iter().copied().filter(|k| covers(name, k)).collect();
+            // Live keys inside a restart-only section (persist.retention_*) did apply.
+            let keys: Vec<&'static str> =
+                all_changes.iter().copied().filter(|k| covers(name, k) && !changed.contains(k)).collect();
             let keys = if keys.is_empty() { vec![*name] } else { keys };
             for key in keys {
                 tracing::warn!(key, "config change needs a restart; keeping the value in force");
                 kept.push(key);
             }
         }
-        let changed = changed_keys(&old, &applied);
         if old.telemetry.log_level != applied.telemetry.log_level {
             self.apply_log_level(&applied.telemetry.log_level);
         }
@@ -344,7 +346,15 @@ fn keep_restart_only(old: &Config, mut new: Config, names: &[&str]) -> Config {
         match *name {
             "server.listen" => new.server.listen = old.server.listen.clone(),
             "server.trust_forwarded_for" => new.server.trust_forwarded_for = old.server.trust_forwarded_for,
-            "persist" => new.persist = old.persist.clone(),
+            "persist" => {
+                // Retention is live: keep the old plugin settings, take the new limits.
+                new.persist = crate::config::PersistConfig {
+                    retention_max_age: new.persist.retention_max_age,
+                    retention_max_events: new.persist.retention_max_events,
+                    retention_max_bytes: new.persist.retention_max_bytes,
+                    ..old.persist.clone()
+                }
+            }
             "broadcast" => new.broadcast = old.broadcast.clone(),
             "metrics.listen" => new.metrics = old.metrics.clone(),
             "ingest" => new.ingest = old.ingest.clone(),
@@ -402,7 +412,7 @@ pub fn changed_keys(a: &Config, b: &Config) -> Vec<&'static str> {
         persist {
             plugin, ack, queue_len, queue_max_bytes, sqlite_path, sqlite_synchronous, jsonl_path, jsonl_max_bytes,
             jsonl_max_files, webhook_url, webhook_timeout_ms, webhook_max_retries, webhook_backoff_ms,
-            memory_capacity, postgres_url,
+            memory_capacity, postgres_url, retention_max_age, retention_max_events, retention_max_bytes,
         }
         stats { interval_secs, min_push_interval_ms, counters }
         ws {
@@ -445,6 +455,7 @@ mod tests {
         new.metrics.listen = "127.0.0.1:9100".into();
         // and live ones
         new.stats.interval_secs = 2;
+        new.persist.retention_max_events = 5;
         new.auth.ingest_tokens = vec!["t".into()];
         (old, new)
     }
@@ -458,7 +469,11 @@ mod tests {
         assert!(old.restart_only_changes(&applied).is_empty(), "{:?}", old.restart_only_changes(&applied));
         assert_eq!(applied.stats.interval_secs, 2);
         assert_eq!(applied.auth.ingest_tokens, vec!["t".to_string()]);
-        assert_eq!(changed_keys(&old, &applied), vec!["auth.ingest_tokens", "stats.interval_secs"]);
+        assert_eq!(applied.persist.retention_max_events, 5, "retention is live");
+        assert_eq!(
+            changed_keys(&old, &applied),
+            vec!["auth.ingest_tokens", "persist.retention_max_events", "stats.interval_secs"]
+        );
     }
 
     #[test]

@@ -140,11 +140,12 @@ impl ServerBuilder {
             Arc::new(App { config: config_rx, pipeline, stats, activity, plugin, metrics, hub, ws: WsState::new() });
         let pusher = tokio::spawn(crate::ws::stats_pusher(app.clone(), gauges_changed));
         let log_flusher = tokio::spawn(app.metrics.repeated.clone().run_flusher());
+        let retention = crate::retention::spawn(app.plugin.clone(), app.config.clone(), app.metrics.clone());
         let metrics_listener = match config.metrics.listen_addr().map_err(StartError::Config)? {
             Some(addr) => Some(bind(addr)?),
             None => None,
         };
-        Ok(Running { app, pusher, log_flusher, metrics_listener })
+        Ok(Running { app, pusher, log_flusher, retention: Some(retention), metrics_listener })
     }
 }
 
@@ -154,6 +155,8 @@ pub struct Running {
     pusher: tokio::task::JoinHandle<()>,
     /// Writes the summary lines of rate-limited warnings (see [`crate::log_throttle`]).
     log_flusher: tokio::task::JoinHandle<()>,
+    /// Retention and store gauges; stopped before the store closes.
+    retention: Option<crate::retention::RetentionTask>,
     /// The separate metrics listener (`metrics.listen`), bound at start.
     metrics_listener: Option<TcpListener>,
 }
@@ -321,6 +324,7 @@ impl Running {
         if let Some(task) = metrics_task {
             let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
         }
+        drop(self.retention.take());
         if let Err(e) = app.plugin.close().await {
             tracing::warn!(error = %e, "closing the store failed");
         }

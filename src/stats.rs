@@ -44,8 +44,14 @@ pub struct DurableStats {
 impl DurableStats {
     /// Accounts one accepted event.
     pub fn apply(&mut self, seq: u64, event: &NewEvent, rules: &[CounterRule]) {
+        self.apply_at(seq, event, rules, crate::event::now_ms());
+    }
+
+    /// [`apply`](Self::apply) with the acceptance time given (an import
+    /// accounts each event at its own timestamp).
+    pub fn apply_at(&mut self, seq: u64, event: &NewEvent, rules: &[CounterRule], at: DateTime<Utc>) {
         self.last_seq = self.last_seq.max(seq);
-        self.last_event_at = Some(crate::event::now_ms());
+        self.last_event_at = Some(at);
         self.events_total += 1;
         *self.events_by_type.entry(event.kind.clone()).or_default() += 1;
         for rule in rules.iter().filter(|r| r.on == event.kind) {

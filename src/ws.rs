@@ -588,7 +588,9 @@ async fn replay(
         tracing::warn!(error = %e, "resume replay failed");
         End::ReplayFailed
     })?;
-    let truncated = events.len() > max;
+    // Also truncated when retention removed events the client has not seen:
+    // the replay then starts at the oldest kept event.
+    let truncated = events.len() > max || after < app.plugin.retention_floor();
     events.truncate(max);
     events.reverse();
     let newest = events.last().map_or(0, |e| e.seq);

@@ -23,19 +23,39 @@
 //!
 //! Dedupe relies on the pipeline's window of recent ids; queries are served
 //! by the in-memory activity ring, which `recover` refills from the files.
+//!
+//! # Retention
+//! Retention removes whole rotated files, oldest first, never the active
+//! file: a file goes when its newest event is older than `retention_max_age`
+//! (its modification time), or while the files together hold more than
+//! `retention_max_events` events or `retention_max_bytes` bytes. So a jsonl
+//! store keeps at most the limits, and up to one rotated file
+//! (`jsonl_max_bytes`) less. Event counts of rotated files are counted once
+//! and remembered (rotated files never change).
+//!
+//! # Export and import
+//! Export reads the rotated files oldest first, then the active file, on a
+//! blocking thread that hands events over a bounded channel. Import appends
+//! (the files are append-only), so it takes only seqs above the highest
+//! stored one.
 
-use super::{Batch, PersistCallback, PersistError, Recovered};
+use super::{Batch, EventStream, PersistCallback, PersistError, Recovered, RECOVERY_HEADROOM};
 use crate::event::Event;
 use crate::pipeline::DEDUPE_WINDOW;
+use crate::retention::{Retention, RetentionStep, StoreUsage};
 use crate::stats::DurableStats;
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 const NAME: &str = "jsonl";
 
@@ -71,6 +91,13 @@ struct Inner {
     /// A `parking_lot` mutex, not a tokio one: it is only ever locked inside
     /// `spawn_blocking`, never across an `.await`.
     writer: Mutex<Writer>,
+    /// The highest seq in a file retention removed.
+    floor: AtomicU64,
+    /// The last append failed (a full disk); health then waits for headroom.
+    write_failed: AtomicBool,
+    /// Events per rotated file, by (size, modification time): rotated files
+    /// never change, and renames keep both.
+    counts: Mutex<HashMap<(u64, SystemTime), u64>>,
 }
 
 /// The open active file and what we know about it.
@@ -85,6 +112,22 @@ struct Writer {
     /// after a failure (queued ack retries) skips events at or below it, so
     /// no line is ever written twice by this process.
     stored_seq: u64,
+    /// Lines in the active file, once counted (for `retention_max_events`).
+    active_lines: Option<u64>,
+}
+
+impl Writer {
+    fn active_events(&mut self, path: &Path) -> io::Result<u64> {
+        if let Some(n) = self.active_lines {
+            return Ok(n);
+        }
+        let n = match count_lines(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            r => r?,
+        };
+        self.active_lines = Some(n);
+        Ok(n)
+    }
 }
 
 fn err(e: impl std::fmt::Display) -> PersistError {
@@ -144,7 +187,15 @@ fn rename_if_present(from: &Path, to: &Path) -> io::Result<()> {
 
 impl JsonlPlugin {
     pub fn new(opts: JsonlOptions) -> Self {
-        Self { inner: Arc::new(Inner { opts, writer: Mutex::new(Writer::default()) }) }
+        Self {
+            inner: Arc::new(Inner {
+                opts,
+                writer: Mutex::new(Writer::default()),
+                floor: AtomicU64::new(0),
+                write_failed: AtomicBool::new(false),
+                counts: Mutex::new(HashMap::new()),
+            }),
+        }
     }
 
     /// Runs `f` with the options and the locked writer on the blocking pool.
@@ -212,6 +263,7 @@ impl Writer {
             rename_if_present(path, &rotated(path, 1)).map_err(|e| fail(path, e))?;
         }
         tracing::info!(path = %path.display(), max_files = opts.max_files, "jsonl file rotated");
+        self.active_lines = Some(0);
         self.open(path)?;
         Ok(())
     }
@@ -230,6 +282,9 @@ impl Writer {
         match written {
             Ok(()) => {
                 self.len = before + bytes.len() as u64;
+                if let Some(n) = self.active_lines.as_mut() {
+                    *n += bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+                }
                 Ok(())
             }
             Err(e) => {
@@ -421,6 +476,7 @@ fn recover_blocking(opts: &JsonlOptions, w: &mut Writer) -> Result<Recovered, Pe
         }
     }
     w.file = None;
+    w.active_lines = None;
     w.stored_seq = max_seq.max(state_seq);
     w.open(path)?;
     let ids = recent.iter().filter_map(|e| e.id.as_ref().map(|id| (id.to_string(), e.seq))).collect();
@@ -453,6 +509,180 @@ fn persist_blocking(opts: &JsonlOptions, w: &mut Writer, batch: &Batch) -> Resul
     Ok(())
 }
 
+/// The rotated files that exist, oldest first (`path.N` ... `path.1`).
+fn rotated_files(path: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut n = 1;
+    loop {
+        let p = rotated(path, n);
+        if !p.exists() {
+            break;
+        }
+        out.push(p);
+        n += 1;
+    }
+    out.reverse();
+    out
+}
+
+/// Complete lines in a file (= events, but for blank or bad lines).
+fn count_lines(path: &Path) -> io::Result<u64> {
+    let mut reader = BufReader::with_capacity(SCAN_BUFFER, File::open(path)?);
+    let mut n = 0;
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(n);
+        }
+        n += buf.iter().filter(|&&b| b == b'\n').count() as u64;
+        let len = buf.len();
+        reader.consume(len);
+    }
+}
+
+/// The seq of the last complete line of a file (0: none readable).
+fn last_seq_of(path: &Path) -> io::Result<u64> {
+    let mut f = File::open(path)?;
+    let len = f.metadata()?.len();
+    // An event line is at most about 64 KiB of data plus escapes and fields.
+    let tail = len.min(512 * 1024);
+    f.seek(SeekFrom::Start(len - tail))?;
+    let mut buf = Vec::with_capacity(tail as usize);
+    f.read_to_end(&mut buf)?;
+    Ok(buf
+        .split(|&b| b == b'\n')
+        .rev()
+        .filter(|l| !l.is_empty())
+        .find_map(|l| Event::from_json(l).map(|e| e.seq))
+        .unwrap_or(0))
+}
+
+/// The first event of a file (`None`: empty or unreadable).
+fn first_event_of(path: &Path) -> Option<Event> {
+    let mut reader = BufReader::new(File::open(path).ok()?);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line).ok()? == 0 {
+            return None;
+        }
+        if let Some(e) = Event::from_json(line.strip_suffix(b"\n").unwrap_or(&line)) {
+            return Some(e);
+        }
+    }
+}
+
+impl Inner {
+    fn events_in(&self, path: &Path, meta: &fs::Metadata) -> io::Result<u64> {
+        let key = (meta.len(), meta.modified()?);
+        if let Some(n) = self.counts.lock().get(&key) {
+            return Ok(*n);
+        }
+        let n = count_lines(path)?;
+        let mut counts = self.counts.lock();
+        if counts.len() > 4 * (self.opts.max_files as usize + 1) {
+            counts.clear(); // forgotten files; recounting is cheap enough
+        }
+        counts.insert(key, n);
+        Ok(n)
+    }
+
+    /// One retention step: removes the oldest rotated file when the policy
+    /// says so. Runs with the writer lock held, so no rotation renames files
+    /// under it.
+    fn enforce(&self, w: &mut Writer, policy: &Retention, now: DateTime<Utc>) -> Result<RetentionStep, PersistError> {
+        let path = &self.opts.path;
+        let files = rotated_files(path);
+        let Some(oldest) = files.first() else { return Ok(RetentionStep::default()) };
+        let io = |p: &Path, e: io::Error| err(format!("retention: cannot read {}: {e}", p.display()));
+        let meta = fs::metadata(oldest).map_err(|e| io(oldest, e))?;
+        let mut due = policy.max_age.is_some_and(|age| {
+            let modified: DateTime<Utc> = meta.modified().map(Into::into).unwrap_or(now);
+            chrono::Duration::from_std(age).is_ok_and(|age| modified < now - age)
+        });
+        if !due && (policy.max_events.is_some() || policy.max_bytes.is_some()) {
+            let (mut events, mut bytes) = (0u64, 0u64);
+            for f in files.iter().chain(std::iter::once(path)) {
+                let m = match fs::metadata(f) {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io(f, e)),
+                };
+                bytes += m.len();
+                if policy.max_events.is_some() {
+                    events += if f == path {
+                        w.active_events(path).map_err(|e| io(f, e))?
+                    } else {
+                        self.events_in(f, &m).map_err(|e| io(f, e))?
+                    };
+                }
+            }
+            due = policy.max_events.is_some_and(|n| events > n) || policy.max_bytes.is_some_and(|n| bytes > n);
+        }
+        if !due {
+            return Ok(RetentionStep::default());
+        }
+        let deleted = self.events_in(oldest, &meta).map_err(|e| io(oldest, e))?;
+        let last = last_seq_of(oldest).map_err(|e| io(oldest, e))?;
+        fs::remove_file(oldest).map_err(|e| err(format!("retention: cannot remove {}: {e}", oldest.display())))?;
+        self.floor.fetch_max(last, Ordering::SeqCst);
+        tracing::info!(path = %oldest.display(), events = deleted, last_seq = last, "retention removed a jsonl file");
+        Ok(RetentionStep { deleted, more: files.len() > 1 })
+    }
+}
+
+/// An import batch: appended as is, only above every stored seq.
+fn import_blocking(opts: &JsonlOptions, w: &mut Writer, batch: &Batch) -> Result<(), PersistError> {
+    if let Some(first) = batch.events.first().filter(|e| e.seq <= w.stored_seq) {
+        return Err(PersistError::Conflict {
+            plugin: NAME,
+            message: format!(
+                "seq {} is not above the highest stored seq {}; a jsonl store only appends",
+                first.seq, w.stored_seq
+            ),
+        });
+    }
+    persist_blocking(opts, w, batch)
+}
+
+/// Sends every event with seq > `after`, oldest first, down `tx`; stops
+/// when the receiver is gone.
+fn read_files(path: &Path, after: u64, tx: &tokio::sync::mpsc::Sender<Result<Arc<Event>, PersistError>>) {
+    let mut last = after;
+    for file in rotated_files(path).into_iter().chain(std::iter::once(path.to_path_buf())) {
+        let f = match File::open(&file) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(err(format!("cannot read {}: {e}", file.display()))));
+                return;
+            }
+        };
+        let mut reader = BufReader::with_capacity(SCAN_BUFFER, f);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) => break,
+                // A torn last line (a write in progress) is not an event yet.
+                Ok(_) if line.last() != Some(&b'\n') => break,
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(err(format!("cannot read {}: {e}", file.display()))));
+                    return;
+                }
+            }
+            // Repeats of a batch written twice are skipped, as at recovery.
+            if let Some(e) = Event::from_json(&line[..line.len() - 1]).filter(|e| e.seq > last) {
+                last = e.seq;
+                if tx.blocking_send(Ok(Arc::new(e))).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl PersistCallback for JsonlPlugin {
     fn name(&self) -> &'static str {
@@ -465,15 +695,28 @@ impl PersistCallback for JsonlPlugin {
 
     async fn persist(&self, batch: &Batch) -> Result<(), PersistError> {
         let batch = batch.clone();
-        self.blocking(move |opts, w| persist_blocking(opts, w, &batch)).await
+        let result = self.blocking(move |opts, w| persist_blocking(opts, w, &batch)).await;
+        self.inner.write_failed.store(result.is_err(), Ordering::SeqCst);
+        result
     }
 
     /// Opens the active file for append (creating it when missing), which
-    /// fails when the folder is gone or not writable. Does not take the
+    /// fails when the folder is gone or not writable; after a failed append
+    /// also waits for [`RECOVERY_HEADROOM`] free bytes (a full disk), so
+    /// readiness returns by itself once there is room. Does not take the
     /// writer lock, so `/readyz` answers even while a batch is being synced.
     async fn health(&self) -> Result<(), PersistError> {
         let path = self.inner.opts.path.clone();
+        let failed = self.inner.write_failed.load(Ordering::SeqCst);
         tokio::task::spawn_blocking(move || {
+            if failed {
+                let free = crate::retention::free_bytes(folder_of(&path));
+                if let Some(f) = free.filter(|&f| f < RECOVERY_HEADROOM) {
+                    return Err(err(format!(
+                        "the last append failed and the disk has {f} bytes free (waiting for {RECOVERY_HEADROOM})"
+                    )));
+                }
+            }
             OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -492,12 +735,72 @@ impl PersistCallback for JsonlPlugin {
         })
         .await
     }
+
+    fn retention_floor(&self) -> u64 {
+        self.inner.floor.load(Ordering::SeqCst)
+    }
+
+    async fn enforce_retention(
+        &self,
+        policy: &Retention,
+        now: DateTime<Utc>,
+        _max_events: usize,
+    ) -> Result<RetentionStep, PersistError> {
+        let inner = self.inner.clone();
+        let policy = *policy;
+        tokio::task::spawn_blocking(move || {
+            if policy.max_events.is_some() {
+                // Count new rotated files before taking the writer lock, so
+                // ingest never waits for a count (the cache key survives the
+                // renames of a rotation).
+                for f in rotated_files(&inner.opts.path) {
+                    if let Ok(m) = fs::metadata(&f) {
+                        let _ = inner.events_in(&f, &m);
+                    }
+                }
+            }
+            let mut w = inner.writer.lock();
+            inner.enforce(&mut w, &policy, now)
+        })
+        .await
+        .map_err(|e| err(format!("file task failed: {e}")))?
+    }
+
+    async fn usage(&self) -> Result<Option<StoreUsage>, PersistError> {
+        let path = self.inner.opts.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let files: Vec<PathBuf> = rotated_files(&path).into_iter().chain(std::iter::once(path.clone())).collect();
+            let bytes: u64 = files.iter().filter_map(|f| fs::metadata(f).ok()).map(|m| m.len()).sum();
+            let oldest = files.iter().find_map(|f| first_event_of(f));
+            let limit_bytes = crate::retention::free_bytes(folder_of(&path)).map(|f| f + bytes);
+            Some(StoreUsage {
+                bytes,
+                limit_bytes,
+                oldest_stored_at: oldest.map(|e| e.timestamp.timestamp_millis() as f64 / 1000.0),
+            })
+        })
+        .await
+        .map_err(|e| err(format!("file task failed: {e}")))
+    }
+
+    fn read_after(&self, after: u64) -> Result<EventStream, PersistError> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let path = self.inner.opts.path.clone();
+        tokio::task::spawn_blocking(move || read_files(&path, after, &tx));
+        Ok(Box::pin(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) })))
+    }
+
+    async fn import(&self, batch: &Batch) -> Result<(), PersistError> {
+        let batch = batch.clone();
+        self.blocking(move |opts, w| import_blocking(opts, w, &batch)).await
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::{TimeZone, Utc};
+    use chrono::TimeZone;
+    use futures::StreamExt;
 
     fn event(seq: u64) -> Arc<Event> {
         let ts = Utc.timestamp_millis_opt(1_767_211_200_000).unwrap();
@@ -722,6 +1025,68 @@ mod tests {
         p.close().await.unwrap();
         p.persist(&batch(&[2])).await.unwrap();
         assert_eq!(seqs_in(&path), vec![1, 2]);
+    }
+
+    #[tokio::test]
+    async fn retention_removes_whole_rotated_files_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        // Two lines per file.
+        let p = plugin(&path, 2 * line_len() + 1, 10, 10);
+        p.recover().await.unwrap();
+        for s in 1..=9 {
+            p.persist(&batch(&[s])).await.unwrap();
+        }
+        // Files: .4 [1,2] .3 [3,4] .2 [5,6] .1 [7,8] active [9]
+        let now = Utc::now();
+        let by_count = Retention { max_events: Some(4), ..Default::default() };
+        let mut deleted = 0;
+        loop {
+            let step = p.enforce_retention(&by_count, now, 1000).await.unwrap();
+            deleted += step.deleted;
+            if step.deleted == 0 {
+                break;
+            }
+        }
+        // At most 4 kept, by whole files: [7,8] and [9] stay.
+        assert_eq!(deleted, 6);
+        assert_eq!(p.retention_floor(), 6);
+        assert!(!rotated(&path, 2).exists() && rotated(&path, 1).exists());
+        let all: Vec<u64> = p.read_after(0).unwrap().map(|e| e.unwrap().seq).collect().await;
+        assert_eq!(all, vec![7, 8, 9]);
+
+        // Age: a rotated file whose newest event is older than the limit goes.
+        let by_age = Retention { max_age: Some(std::time::Duration::from_secs(60)), ..Default::default() };
+        assert_eq!(p.enforce_retention(&by_age, now, 1000).await.unwrap().deleted, 0);
+        let later = now + chrono::Duration::minutes(5);
+        assert_eq!(p.enforce_retention(&by_age, later, 1000).await.unwrap().deleted, 2);
+        // Never the active file.
+        assert_eq!(p.enforce_retention(&by_age, later, 1000).await.unwrap().deleted, 0);
+        assert_eq!(seqs_in(&path), vec![9]);
+
+        let by_bytes = Retention { max_bytes: Some(1), ..Default::default() };
+        for s in 10..=12 {
+            p.persist(&batch(&[s])).await.unwrap();
+        }
+        while p.enforce_retention(&by_bytes, now, 1000).await.unwrap().deleted > 0 {}
+        assert!(rotated_files(&path).is_empty());
+        let usage = p.usage().await.unwrap().unwrap();
+        assert_eq!(usage.bytes, fs::metadata(&path).unwrap().len());
+    }
+
+    #[tokio::test]
+    async fn import_appends_only_above_the_stored_seqs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let p = plugin(&path, 1 << 20, 3, 10);
+        p.recover().await.unwrap();
+        p.import(&batch(&[3, 4])).await.unwrap();
+        let e = p.import(&batch(&[4, 5])).await.unwrap_err();
+        assert!(matches!(e, PersistError::Conflict { .. }), "{e}");
+        p.import(&batch(&[7])).await.unwrap();
+        assert_eq!(seqs_in(&path), vec![3, 4, 7]);
+        let after: Vec<u64> = p.read_after(3).unwrap().map(|e| e.unwrap().seq).collect().await;
+        assert_eq!(after, vec![4, 7]);
     }
 
     #[tokio::test]

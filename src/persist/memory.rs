@@ -6,6 +6,7 @@ use crate::event::Event;
 use async_trait::async_trait;
 use parking_lot::RwLock;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 #[derive(Debug)]
@@ -13,11 +14,14 @@ pub struct MemoryPlugin {
     capacity: usize,
     /// Oldest first; at most `capacity` events, the oldest dropped first.
     events: RwLock<VecDeque<Arc<Event>>>,
+    /// The seq of the last event dropped for capacity (resume says
+    /// `truncated` for a client behind it).
+    dropped_upto: AtomicU64,
 }
 
 impl MemoryPlugin {
     pub fn new(capacity: usize) -> Self {
-        Self { capacity: capacity.max(1), events: RwLock::new(VecDeque::new()) }
+        Self { capacity: capacity.max(1), events: RwLock::new(VecDeque::new()), dropped_upto: AtomicU64::new(0) }
     }
 }
 
@@ -43,11 +47,17 @@ impl PersistCallback for MemoryPlugin {
         let mut events = self.events.write();
         for e in &batch.events {
             if events.len() == self.capacity {
-                events.pop_front();
+                if let Some(old) = events.pop_front() {
+                    self.dropped_upto.fetch_max(old.seq, Ordering::Relaxed);
+                }
             }
             events.push_back(e.clone());
         }
         Ok(())
+    }
+
+    fn retention_floor(&self) -> u64 {
+        self.dropped_upto.load(Ordering::Relaxed)
     }
 
     fn can_query(&self) -> bool {

@@ -13,8 +13,10 @@ pub mod webhook;
 
 use crate::config::{Config, PluginKind};
 use crate::event::Event;
+use crate::retention::{Retention, RetentionStep, StoreUsage};
 use crate::stats::DurableStats;
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -90,6 +92,10 @@ pub enum PersistError {
     /// it was stored with.
     #[error("{plugin}: {} ids of the batch are already stored", ids.len())]
     Duplicates { plugin: &'static str, ids: HashMap<String, u64> },
+    /// An import would overwrite what the store holds (a seq or an id it
+    /// already has); nothing of the refused batch was stored.
+    #[error("{plugin}: {message}")]
+    Conflict { plugin: &'static str, message: String },
 }
 
 impl PersistError {
@@ -175,7 +181,61 @@ pub trait PersistCallback: Send + Sync + 'static {
     async fn close(&self) -> Result<(), PersistError> {
         Ok(())
     }
+
+    // ----- retention (see crate::retention) -----
+
+    /// The highest seq that retention (or a capacity bound) removed: every
+    /// event with seq <= this is gone, every later one is kept. Resume uses
+    /// it to say `truncated: true`. 0: nothing was ever removed.
+    fn retention_floor(&self) -> u64 {
+        0
+    }
+
+    /// One bounded step of retention: removes at most `max_events` of the
+    /// oldest events that `policy` no longer keeps at time `now`, and gives
+    /// freed space back. Must be short (it may run between two ingest
+    /// commits) and only ever remove a prefix in seq order. The retention
+    /// task calls it again soon when [`RetentionStep::more`] is set.
+    async fn enforce_retention(
+        &self,
+        _policy: &Retention,
+        _now: DateTime<Utc>,
+        _max_events: usize,
+    ) -> Result<RetentionStep, PersistError> {
+        Err(PersistError::Unsupported { plugin: self.name(), what: "retention" })
+    }
+
+    /// The store's size for the metrics; `None` when it keeps nothing on
+    /// disk.
+    async fn usage(&self) -> Result<Option<StoreUsage>, PersistError> {
+        Ok(None)
+    }
+
+    // ----- export / import (`sidewire export`, `sidewire import`) -----
+
+    /// Every stored event with seq > `after`, oldest first, gauge reports
+    /// included, as a stream that holds a bounded number of events at a
+    /// time (an export of any size runs in constant memory).
+    fn read_after(&self, _after: u64) -> Result<EventStream, PersistError> {
+        Err(PersistError::Unsupported { plugin: self.name(), what: "export" })
+    }
+
+    /// Stores events that already carry their seqs (an import), with the
+    /// stats as they stand after them, all or nothing. Events arrive in seq
+    /// order. An event whose seq (or id) the store already holds is refused
+    /// with [`PersistError::Conflict`], naming it.
+    async fn import(&self, _batch: &Batch) -> Result<(), PersistError> {
+        Err(PersistError::Unsupported { plugin: self.name(), what: "import" })
+    }
 }
+
+/// Free bytes on its filesystem that a store whose last write failed waits
+/// for before it reports healthy again (room for a few large batches and
+/// a checkpoint), so `/readyz` does not flap while batches still fail.
+pub const RECOVERY_HEADROOM: u64 = 4 << 20;
+
+/// Stored events in seq order (see [`PersistCallback::read_after`]).
+pub type EventStream = futures::stream::BoxStream<'static, Result<Arc<Event>, PersistError>>;
 
 /// A seq floor from the wall clock (microseconds since the Unix epoch), for
 /// stores that keep no seq across restarts: seqs stay increasing and unique

@@ -1,0 +1,278 @@
+//! Retention (`[persist] retention_*`): how much history the store keeps,
+//! and the background task that enforces it.
+//!
+//! The policy is a prefix rule: retention only ever removes the *oldest*
+//! events (lowest seqs), so what is kept is always "every event from seq S
+//! on". Activity paging and WebSocket resume therefore behave as if older
+//! events never existed, and a resume from before S can say
+//! `truncated: true` exactly (see [`crate::persist::PersistCallback::retention_floor`]).
+//!
+//! The task never touches the write path itself: it asks the plugin for one
+//! small step at a time ([`PersistCallback::enforce_retention`]), so a store
+//! with a single writer (SQLite) interleaves a short delete between two
+//! group commits instead of stalling ingest behind one long one. Between
+//! steps it yields for [`STEP_PAUSE`]; when nothing is due it sleeps
+//! [`CHECK_INTERVAL`]. The policy is re-read from the config channel before
+//! every step, so a reload applies at once.
+//!
+//! Counters, `eventsTotal`, `eventsByType`, gauges and `lastSeq` live in the
+//! durable stats, not in the events, and are never reduced by retention.
+
+use crate::config::ConfigRx;
+use crate::metrics::Metrics;
+use crate::persist::{PersistCallback, PersistError};
+use chrono::Utc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Time between two checks when nothing was due.
+pub const CHECK_INTERVAL: Duration = Duration::from_secs(10);
+/// Pause between two steps of one pass: leaves the writer to ingest.
+pub const STEP_PAUSE: Duration = Duration::from_millis(20);
+/// Most events one step removes. Small on purpose: on SQLite a step holds
+/// the single writer, so an ingest commit may wait for one step. 250
+/// events take well under a millisecond there, and with [`STEP_PAUSE`] a
+/// backlog still goes at up to ~12,000 events/s (measured: 1,000-event
+/// steps cost ingest p99 a few ms under load; see docs/BENCHMARKS.md).
+pub const STEP_EVENTS: usize = 250;
+/// How often store size and oldest-event age are refreshed for the metrics.
+pub const USAGE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The limits in force; `None` is "no limit of this kind". Any combination
+/// applies: an event goes as soon as one limit says so.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Remove events stored longer ago than this.
+    pub max_age: Option<Duration>,
+    /// Keep at most this many events.
+    pub max_events: Option<u64>,
+    /// Keep the store's size at most this (bytes on disk, as the store
+    /// counts them: SQLite's used pages, jsonl's files).
+    pub max_bytes: Option<u64>,
+}
+
+impl Retention {
+    /// Whether any limit is set.
+    pub fn is_active(&self) -> bool {
+        self.max_age.is_some() || self.max_events.is_some() || self.max_bytes.is_some()
+    }
+}
+
+/// What one retention step did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionStep {
+    /// Events removed by this step.
+    pub deleted: u64,
+    /// Whether more is due right away (more events over a limit, or space
+    /// still to give back); the task then steps again after [`STEP_PAUSE`].
+    pub more: bool,
+}
+
+/// What a store reports about its size, for the metrics gauges.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StoreUsage {
+    /// Bytes the store occupies on disk.
+    pub bytes: u64,
+    /// The size at which the store would fill its filesystem (its size plus
+    /// the free space next to it), when known. `retention_max_bytes` keeps
+    /// the store below its own cap; this is the limit nobody configured.
+    pub limit_bytes: Option<u64>,
+    /// When the oldest kept event was stored (seconds since the Unix epoch);
+    /// `None` for an empty store.
+    pub oldest_stored_at: Option<f64>,
+}
+
+/// Parses a humane duration: a whole number and a unit, `s`, `m`, `h`,
+/// `d` or `w` (`"30d"`, `"12h"`, `"90m"`). `"off"`, `""` and `"0"` mean
+/// no limit (`Ok(None)`).
+pub fn parse_duration(text: &str) -> Result<Option<Duration>, String> {
+    let t = text.trim();
+    if t.is_empty() || t == "0" || t.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let bad = || format!("{text:?} is not a duration like \"30d\", \"12h\", \"90m\" or \"off\"");
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit.trim() {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(bad()),
+    };
+    let total =
+        n.checked_mul(secs).filter(|&s| s <= 100 * 365 * 86_400).ok_or_else(|| format!("{text:?} is too long"))?;
+    Ok((total > 0).then(|| Duration::from_secs(total)))
+}
+
+/// Parses a humane byte size: a whole number with an optional unit
+/// (`B`, `KB`/`MB`/`GB`/`TB` powers of 1000, `KiB`/`MiB`/`GiB`/`TiB` powers
+/// of 1024; case-insensitive). `0` means no limit (`Ok(None)`).
+pub fn parse_size(text: &str) -> Result<Option<u64>, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let bad = || format!("{text:?} is not a size like \"500MB\", \"2GiB\" or 1048576");
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => return Err(bad()),
+    };
+    let total = n.checked_mul(mult).ok_or_else(|| format!("{text:?} is too large"))?;
+    Ok((total > 0).then_some(total))
+}
+
+/// Runs retention and refreshes the store gauges until dropped. Failures
+/// are logged and retried at the next check; they never reach ingest.
+pub fn spawn(plugin: Arc<dyn PersistCallback>, config: ConfigRx, metrics: Arc<Metrics>) -> RetentionTask {
+    let task = tokio::spawn(run(plugin, config, metrics));
+    RetentionTask { task }
+}
+
+/// The running retention task; dropping it stops the task.
+#[derive(Debug)]
+pub struct RetentionTask {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RetentionTask {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn run(plugin: Arc<dyn PersistCallback>, mut config: ConfigRx, metrics: Arc<Metrics>) {
+    let name = plugin.name();
+    let mut last_usage = None::<tokio::time::Instant>;
+    let mut failing = false;
+    loop {
+        let policy = config.borrow().config.persist.retention();
+        if last_usage.is_none_or(|t| t.elapsed() >= USAGE_INTERVAL) {
+            refresh_usage(&*plugin, &metrics).await;
+            last_usage = Some(tokio::time::Instant::now());
+        }
+        let mut pause = CHECK_INTERVAL;
+        if policy.is_active() {
+            let started = std::time::Instant::now();
+            match plugin.enforce_retention(&policy, Utc::now(), STEP_EVENTS).await {
+                Ok(step) => {
+                    if failing {
+                        tracing::info!(plugin = name, "retention works again");
+                        failing = false;
+                    }
+                    if step.deleted > 0 {
+                        metrics.persist_retention_deleted_total.with_label_values(&[name]).inc_by(step.deleted);
+                        tracing::debug!(
+                            plugin = name,
+                            deleted = step.deleted,
+                            ms = started.elapsed().as_secs_f64() * 1e3,
+                            "retention removed old events"
+                        );
+                    }
+                    if step.more {
+                        pause = STEP_PAUSE;
+                    }
+                }
+                Err(PersistError::Unsupported { .. }) => {}
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(plugin = name, error = %e, "retention step failed; retrying later");
+                        failing = true;
+                    }
+                }
+            }
+        }
+        // A reload wakes the task early, so a tightened limit applies at once.
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            changed = config.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+async fn refresh_usage(plugin: &dyn PersistCallback, metrics: &Metrics) {
+    let name = plugin.name();
+    let usage = match plugin.usage().await {
+        Ok(Some(u)) => u,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::debug!(plugin = name, error = %e, "cannot read the store's size");
+            return;
+        }
+    };
+    metrics.persist_store_bytes.with_label_values(&[name]).set(usage.bytes.min(i64::MAX as u64) as i64);
+    if let Some(limit) = usage.limit_bytes {
+        metrics.persist_store_limit_bytes.with_label_values(&[name]).set(limit.min(i64::MAX as u64) as i64);
+    }
+    let now = Utc::now().timestamp_millis() as f64 / 1000.0;
+    let age = usage.oldest_stored_at.map_or(0.0, |t| (now - t).max(0.0));
+    metrics.persist_oldest_event_age_seconds.with_label_values(&[name]).set(age);
+}
+
+/// Bytes free for an unprivileged writer on the filesystem holding `dir`.
+pub fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+        let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: `c` is a valid NUL-terminated path and `st` is written by
+        // statvfs before it is read (only on success).
+        let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+        if rc != 0 {
+            return None;
+        }
+        // SAFETY: statvfs returned 0, so it filled `st`.
+        let st = unsafe { st.assume_init() };
+        // The field types differ between platforms (u32 on some 32-bit ones).
+        #[allow(clippy::unnecessary_cast)]
+        Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30d").unwrap(), Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_duration(" 12h ").unwrap(), Some(Duration::from_secs(12 * 3_600)));
+        assert_eq!(parse_duration("90m").unwrap(), Some(Duration::from_secs(5_400)));
+        assert_eq!(parse_duration("45s").unwrap(), Some(Duration::from_secs(45)));
+        assert_eq!(parse_duration("2w").unwrap(), Some(Duration::from_secs(14 * 86_400)));
+        for off in ["", "0", "off", "OFF", "0d"] {
+            assert_eq!(parse_duration(off).unwrap(), None, "{off}");
+        }
+        for bad in ["30", "d", "30 days", "-1d", "1.5h", "3y", "99999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1048576").unwrap(), Some(1 << 20));
+        assert_eq!(parse_size("500MB").unwrap(), Some(500_000_000));
+        assert_eq!(parse_size("2GiB").unwrap(), Some(2 << 30));
+        assert_eq!(parse_size("10 kib").unwrap(), Some(10 << 10));
+        assert_eq!(parse_size("0").unwrap(), None);
+        for bad in ["", "MB", "1.5GB", "5 parsecs", "-3", "99999999999TiB"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+}
