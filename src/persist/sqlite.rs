@@ -94,8 +94,6 @@ enum Command {
 #[derive(Debug, Clone, Copy)]
 struct Pruned {
     deleted: u64,
-    /// The highest seq deleted so far (the new floor).
-    floor: u64,
     /// Events at or below the cutoff are left.
     more_rows: bool,
     /// Free pages are left to give back.
@@ -299,10 +297,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>, shared: Ar
             }
             Command::Prune { upto, max, reply } => {
                 reset_transaction(&conn);
-                let result = prune(&mut conn, upto, max, shared.floor.load(Ordering::SeqCst)).map_err(err);
-                if let Ok(p) = &result {
-                    shared.floor.fetch_max(p.floor, Ordering::SeqCst);
-                }
+                let result = prune(&mut conn, upto, max, &shared.floor).map_err(err);
                 let _ = reply.send(result);
             }
             Command::Import(batch, reply) => {
@@ -428,7 +423,13 @@ fn import_batch(conn: &mut Connection, batch: &Batch) -> Result<(), PersistError
 /// One retention chunk: deletes the oldest events up to `upto` (at most
 /// `max` of them), records the new floor in the same transaction, then
 /// gives up to [`VACUUM_PAGES`] free pages back.
-fn prune(conn: &mut Connection, upto: u64, max: usize, floor: u64) -> rusqlite::Result<Pruned> {
+///
+/// The shared `floor` rises *before* the delete commits: a resume that
+/// reads after the commit must already see the new floor, or it would
+/// replay past the deleted events with `truncated: false`. A failed commit
+/// leaves the floor too high, which only makes a resume say `truncated`.
+fn prune(conn: &mut Connection, upto: u64, max: usize, shared_floor: &AtomicU64) -> rusqlite::Result<Pruned> {
+    let floor = shared_floor.load(Ordering::SeqCst);
     let upto = upto.min(i64::MAX as u64) as i64;
     let tx = conn.transaction()?;
     let top: Option<i64> = tx.query_row(
@@ -445,6 +446,7 @@ fn prune(conn: &mut Connection, upto: u64, max: usize, floor: u64) -> rusqlite::
             "INSERT INTO state (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             params![FLOOR_KEY, new_floor.to_string()],
         )?;
+        shared_floor.fetch_max(new_floor, Ordering::SeqCst);
     }
     tx.commit()?;
     let more_rows = top.is_some_and(|t| t < upto);
@@ -456,7 +458,7 @@ fn prune(conn: &mut Connection, upto: u64, max: usize, floor: u64) -> rusqlite::
         let auto: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
         more_pages = auto == 2 && conn.query_row("PRAGMA freelist_count", [], |r| r.get::<_, i64>(0))? > 0;
     }
-    Ok(Pruned { deleted, floor: new_floor, more_rows, more_pages })
+    Ok(Pruned { deleted, more_rows, more_pages })
 }
 
 /// A tiny write, to learn whether the store takes writes again.
