@@ -195,6 +195,10 @@ pub async fn import(
     let mut batch_bytes = 0usize;
     // The first line of the pending batch, to name it in a conflict.
     let mut batch_line = 0u64;
+    // Seqs are strictly increasing in acceptance order: an import appends
+    // above everything the store ever handed out, never into its past (a
+    // pruned range, or seqs a failed commit skipped).
+    let store_last = stats.last_seq;
     let mut prev_seq = 0u64;
     let mut imported = 0u64;
     let mut imported_seq = 0u64;
@@ -215,6 +219,15 @@ pub async fn import(
         }
         let (seq, new) =
             parse_line(text, &no_reserved).map_err(|message| TransferError::Line { line: line_no, message })?;
+        if seq <= store_last {
+            return Err(TransferError::Line {
+                line: line_no,
+                message: format!(
+                    "seq {seq} is not above the store's last seq {store_last}; an import only adds events after \
+                     everything the store has held"
+                ),
+            });
+        }
         if seq <= prev_seq {
             return Err(TransferError::Line {
                 line: line_no,
