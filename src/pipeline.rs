@@ -292,7 +292,7 @@ impl Writer {
         let mut group = self.sequence(&jobs, &known);
         if let Some(persister) = self.persister.clone() {
             // Queued ack: the events are ours now; answer before storing.
-            self.accept(&group);
+            self.accept(&group, &known);
             let (events, outcomes) = (&group.batch.events, &group.outcomes);
             count_accepted(&self.sinks, events, group.duplicates);
             for (job, outcome) in jobs.into_iter().zip(outcomes) {
@@ -317,7 +317,7 @@ impl Writer {
             };
             match result {
                 Ok(()) => {
-                    self.accept(&group);
+                    self.accept(&group, &known);
                     publish(&self.sinks, group, jobs);
                 }
                 Err(e) => self.refuse(jobs, &e),
@@ -327,9 +327,14 @@ impl Writer {
     }
 
     /// The group is (or, with queued ack, will be) stored: its stats and ids
-    /// are the writer's from now on.
-    fn accept(&mut self, group: &Group) {
+    /// are the writer's from now on. `known`: ids the store turned out to
+    /// hold already; remembered too, so a client retrying the same old batch
+    /// is answered from the window next time, without the store.
+    fn accept(&mut self, group: &Group, known: &HashMap<String, u64>) {
         self.state = (*group.batch.stats).clone();
+        for (id, seq) in known {
+            self.window.insert(id, *seq);
+        }
         for e in &group.batch.events {
             if let Some(id) = &e.id {
                 self.window.insert(id, e.seq);
@@ -490,23 +495,37 @@ async fn persister_loop(
         match msg {
             PersisterMsg::Group(mut group) => {
                 let mut delay = Duration::from_millis(100);
-                loop {
+                let stored = loop {
                     match store(&sinks, &group.batch, &group.spans).await {
-                        Ok(()) => break,
+                        Ok(()) => break true,
                         Err(PersistError::Duplicates { ids, .. }) => {
                             // Already answered, and those ids are stored: keep
-                            // the rest. (The lookup before sequencing and the
-                            // window make this a race that should not occur.)
-                            tracing::error!(ids = ids.len(), "queued events were already stored; storing the rest");
+                            // the rest. The lookup before sequencing and the
+                            // window make this unreachable from ingest alone
+                            // (another writer on the same store, e.g. an
+                            // `import --force`, could); the stored stats then
+                            // still count the dropped events.
+                            tracing::error!(
+                                ids = ids.len(),
+                                "queued events were already stored by someone else; storing the rest \
+                                 (stats count the others too)"
+                            );
                             group.batch.events.retain(|e| e.id.as_deref().is_none_or(|id| !ids.contains_key(id)));
+                        }
+                        // Retrying cannot help: the store refuses these events as they are.
+                        Err(e @ PersistError::Corrupt { .. }) => {
+                            tracing::error!(error = %e, events = group.batch.events.len(), "queued events cannot be stored; dropped");
+                            break false;
                         }
                         Err(_) => {
                             tokio::time::sleep(delay).await;
                             delay = (delay * 2).min(Duration::from_secs(10));
                         }
                     }
+                };
+                if stored {
+                    publish(&sinks, group, Vec::new());
                 }
-                publish(&sinks, group, Vec::new());
                 sinks.metrics.persist_queue_depth.set((queue_len - queue.available_permits()) as i64);
             }
             PersisterMsg::Close(done) => {
