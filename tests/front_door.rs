@@ -330,8 +330,15 @@ async fn new_timeouts_and_caps_apply_to_new_connections_after_a_reload() {
     // The cap of 2 is in force: one open, one more fits, the third is refused.
     let mut second = TcpStream::connect(srv.addr).await.unwrap();
     assert_eq!(get_on(&mut second, "/healthz").await, Some(200));
+    let refused = || srv.app.metrics.http_rejected_connections_total.with_label_values(&["at_capacity"]).get();
+    let refused_before = refused();
     let mut third = TcpStream::connect(srv.addr).await.unwrap();
-    assert!(matches!(ending(&mut third, Duration::from_secs(2)).await, Ending::Closed(_)));
+    // Closed at accept, well before the 1 s idle timeout could close it.
+    assert!(
+        matches!(ending(&mut third, Duration::from_secs(2)).await, Ending::Closed(d) if d < Duration::from_millis(500)),
+        "the third connection is refused at once"
+    );
+    assert_eq!(refused(), refused_before + 1, "and counted as at_capacity");
     drop(before);
     srv.stop().await;
 }
