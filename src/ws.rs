@@ -65,13 +65,38 @@ pub fn socket_config() -> WebSocketConfig {
 
 /// Connection bookkeeping shared by all dashboard sockets.
 pub struct WsState {
-    per_ip: Mutex<HashMap<IpAddr, IpEntry>>,
+    per_ip: Mutex<PerIp>,
     open: AtomicUsize,
     next_id: AtomicU64,
     /// The newest `stats_update` message; every connection watches it.
     stats_tx: watch::Sender<Utf8Bytes>,
     /// Flips to true at shutdown: every connection closes with 1001.
     shutdown_tx: watch::Sender<bool>,
+}
+
+/// Per-IP counts. An entry outlives its last connection by up to a minute
+/// (its connects still count against the rate limit), so entries of
+/// addresses that are gone are swept out once the map has doubled since the
+/// last sweep: every address ever seen (say, through `X-Forwarded-For`)
+/// never accumulates.
+#[derive(Default)]
+struct PerIp {
+    map: HashMap<IpAddr, IpEntry>,
+    sweep_at: usize,
+}
+
+impl PerIp {
+    const MIN_SWEEP: usize = 1024;
+
+    fn sweep_if_due(&mut self, now: Instant) {
+        if self.map.len() < self.sweep_at.max(Self::MIN_SWEEP) {
+            return;
+        }
+        self.map.retain(|_, e| {
+            e.open > 0 || e.connects.back().is_some_and(|t| now.duration_since(*t) < Duration::from_secs(60))
+        });
+        self.sweep_at = self.map.len() * 2;
+    }
 }
 
 #[derive(Default)]
@@ -84,7 +109,7 @@ struct IpEntry {
 impl WsState {
     pub fn new() -> Self {
         Self {
-            per_ip: Mutex::new(HashMap::new()),
+            per_ip: Mutex::new(PerIp::default()),
             open: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             stats_tx: watch::channel(Utf8Bytes::from_static("")).0,
@@ -156,11 +181,11 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let ws = &self.app.ws;
         ws.open.fetch_sub(1, Ordering::AcqRel);
-        let mut map = ws.per_ip.lock();
-        if let Some(e) = map.get_mut(&self.ip) {
+        let mut per_ip = ws.per_ip.lock();
+        if let Some(e) = per_ip.map.get_mut(&self.ip) {
             e.open = e.open.saturating_sub(1);
             if e.open == 0 && e.connects.is_empty() {
-                map.remove(&self.ip);
+                per_ip.map.remove(&self.ip);
             }
         }
     }
@@ -223,15 +248,17 @@ fn admit(
     }
     let ip = ip_key(client_ip(cfg, peer, headers));
     let ws = &app.ws;
-    let mut map = ws.per_ip.lock();
-    let entry = map.entry(ip).or_default();
+    let mut per_ip = ws.per_ip.lock();
     let now = Instant::now();
+    per_ip.sweep_if_due(now);
+    let map = &mut per_ip.map;
+    let entry = map.entry(ip).or_default();
     while entry.connects.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60)) {
         entry.connects.pop_front();
     }
     if entry.open >= cfg.ws.max_connections_per_ip {
         let n = entry.open;
-        drop(map);
+        drop(per_ip);
         return Err(reject(
             app,
             "per_ip_limit",
@@ -243,7 +270,7 @@ fn admit(
     }
     if entry.connects.len() >= cfg.ws.connect_rate_per_ip_per_min as usize {
         let wait = 60 - now.duration_since(entry.connects[0]).as_secs().min(59);
-        drop(map);
+        drop(per_ip);
         return Err(reject(
             app,
             "rate_limit",
@@ -255,7 +282,7 @@ fn admit(
         ));
     }
     if ws.open.load(Ordering::Acquire) >= cfg.ws.max_connections {
-        drop(map);
+        drop(per_ip);
         return Err(reject(
             app,
             "at_capacity",
@@ -831,6 +858,24 @@ mod tests {
         assert_ne!(ip_key(a), ip_key(c));
         let v4: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
         assert_eq!(ip_key(v4), "10.0.0.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn per_ip_entries_of_gone_addresses_are_swept() {
+        let mut p = PerIp::default();
+        let long_ago = Instant::now();
+        let now = long_ago + Duration::from_secs(61);
+        for i in 0..PerIp::MIN_SWEEP as u32 {
+            let e = p.map.entry(IpAddr::from(i.to_be_bytes())).or_default();
+            e.connects.push_back(long_ago);
+        }
+        p.map.entry("10.9.9.9".parse().unwrap()).or_default().open = 1; // still connected
+        p.map.entry("10.9.9.8".parse().unwrap()).or_default().connects.push_back(now); // connected a moment ago
+        p.sweep_if_due(now);
+        assert_eq!(p.map.len(), 2, "only the live and the recent entries stay");
+        assert_eq!(p.sweep_at, 4);
+        p.sweep_if_due(now); // below MIN_SWEEP: nothing to do
+        assert_eq!(p.map.len(), 2);
     }
 
     #[test]
