@@ -100,6 +100,10 @@ enum Cmd {
         rate: u64,
         #[arg(long, default_value_t = 10)]
         duration: u64,
+        /// Events per ingest request (sent every per_request/rate seconds);
+        /// 0: whatever is due every 10 ms.
+        #[arg(long, default_value_t = 0)]
+        per_request: u64,
     },
     /// N idle connections: server RSS per connection and time to open them.
     Conns {
@@ -163,8 +167,9 @@ fn main() -> anyhow::Result<()> {
                 let shape = IngestShape { batch: batch.clamp(1, 100_000), payload, ids };
                 ingest(addr, cli.token, concurrency.clamp(1, 4096), shape, capped(duration)).await
             }
-            Cmd::Fanout { clients, rate, duration } => {
-                fanout(addr, cli.token, clients.min(MAX_CLIENTS), rate.max(1), capped(duration)).await
+            Cmd::Fanout { clients, rate, duration, per_request } => {
+                let per_request = per_request.min(10_000);
+                fanout(addr, cli.token, clients.min(MAX_CLIENTS), rate.max(1), capped(duration), per_request).await
             }
             Cmd::Conns { clients, server_pid, hold } => {
                 conns(addr, clients.min(MAX_CLIENTS), server_pid, capped(hold)).await
@@ -444,6 +449,7 @@ async fn fanout(
     clients: usize,
     rate: u64,
     duration: Duration,
+    per_request: u64,
 ) -> anyhow::Result<()> {
     let base = Instant::now();
     let run_id = format!("bench_{:08x}", rand::random::<u32>());
@@ -520,11 +526,15 @@ async fn fanout(
     }
     let open_secs = open_started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(500)).await; // subscriptions settle
-                                                          // Producer: `rate` events/s, in 10 ms ticks, each event stamped with the shared clock.
+                                                          // Producer: `rate` events/s, in 10 ms ticks (or `per_request` events every
+                                                          // per_request/rate s), each with a unique id and stamped with the shared clock.
     let mut sender = http_conn(addr).await?;
     let total = rate * duration.as_secs();
-    let tick = Duration::from_millis(10);
-    let per_tick = (rate as f64 / 100.0).max(0.01);
+    let (tick, per_tick) = if per_request == 0 {
+        (Duration::from_millis(10), (rate as f64 / 100.0).max(0.01))
+    } else {
+        (Duration::from_secs_f64(per_request as f64 / rate as f64), per_request as f64)
+    };
     let mut sent = 0u64;
     let mut owed = 0.0;
     let mut non202 = 0u64;
@@ -539,7 +549,9 @@ async fn fanout(
         }
         owed -= n as f64;
         let t = now_us(base);
-        let events: Vec<_> = (0..n).map(|_| json!({"type": run_id, "data": {"t": t}})).collect();
+        let events: Vec<_> = (sent..sent + n)
+            .map(|i| json!({"type": run_id, "id": format!("{run_id}-{i}"), "data": {"t": t}}))
+            .collect();
         sender.ready().await?;
         let res = sender.send_request(ingest_request(addr, &token, serde_json::to_vec(&events)?.into())).await?;
         if res.status() != 202 {
@@ -578,7 +590,7 @@ async fn fanout(
             ("out of order", format!("{ooo}")),
             ("server-closed", format!("{closes:?}")),
         ],
-        json!({"clients": clients, "connected": connected, "rate": rate, "seconds": secs, "sent": sent,
+        json!({"clients": clients, "connected": connected, "rate": rate, "per_request": per_request, "seconds": secs, "sent": sent,
                "delivered": received, "delivered_per_sec": received as f64 / secs, "latency": summary(&h),
                "lost": lost, "out_of_order": ooo, "closed": closes}),
     );
@@ -648,7 +660,7 @@ async fn e2e(addr: SocketAddr, token: Option<String>, count: u64, gap_ms: u64) -
             break;
         }
         let t = now_us(base);
-        let body = json!({"type": run_id, "data": {"t": t, "i": i}}).to_string();
+        let body = json!({"type": run_id, "id": format!("{run_id}-{i}"), "data": {"t": t, "i": i}}).to_string();
         sender.ready().await?;
         let res = sender.send_request(ingest_request(addr, &token, body.into())).await?;
         let _ = res.into_body().collect().await;
