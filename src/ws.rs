@@ -427,6 +427,18 @@ async fn connection(app: Arc<App>, socket: Socket, after_seq: Option<u64>, id: S
     );
     let mut stats_rx = app.ws.stats_tx.subscribe();
     stats_rx.mark_unchanged();
+    // The newest stats push, as a stream whose pending future survives the
+    // loop's iterations: every connection watches the same channel, and a
+    // fresh `changed()` per iteration would register with (and, when
+    // dropped, deregister from) its shared waiter list for every message
+    // sent, from every connection. Ends if the server's sender is gone.
+    let stats_updates = futures::stream::unfold(stats_rx, |mut rx| async move {
+        rx.changed().await.ok()?;
+        let text = rx.borrow_and_update().clone();
+        Some((text, rx))
+    })
+    .fuse();
+    let mut stats_updates = std::pin::pin!(stats_updates);
     out.push(Out::Text("connection_ack", ack));
     out.push(Out::Text("stats_update", message("stats_update", Value::Object(app.stats_snapshot()))));
     let mut shutdown_rx = app.ws.shutdown_tx.subscribe();
@@ -505,12 +517,8 @@ async fn connection(app: Arc<App>, socket: Socket, after_seq: Option<u64>, id: S
                         break end;
                     }
                 }
-                changed = stats_rx.changed() => {
-                    if changed.is_ok() {
-                        // At most one unsent stats_update: the newest.
-                        out.stats = Some(stats_rx.borrow_and_update().clone());
-                    }
-                }
+                // At most one unsent stats_update: the newest.
+                Some(text) = stats_updates.next() => out.stats = Some(text),
                 _ = ping_tick.tick() => {
                     if pong_deadline.is_none() {
                         pong_deadline = Some(tokio::time::Instant::now() + stall);
@@ -731,6 +739,8 @@ type Sink = futures::stream::SplitSink<Socket, Message>;
 /// `stats_update` (latest wins), and the socket's sending half.
 struct Outbox<'a> {
     app: &'a App,
+    /// `sidewire_ws_messages_sent_total{type="event"}`, looked up once.
+    events_sent: prometheus::IntCounter,
     sink: Sink,
     queue: VecDeque<Out>,
     cap: usize,
@@ -741,7 +751,8 @@ struct Outbox<'a> {
 
 impl<'a> Outbox<'a> {
     fn new(app: &'a App, sink: Sink, cap: usize) -> Self {
-        Self { app, sink, queue: VecDeque::new(), cap: cap.max(1), stats: None, unflushed: false }
+        let events_sent = app.metrics.ws_messages_sent_total.with_label_values(&["event"]);
+        Self { app, events_sent, sink, queue: VecDeque::new(), cap: cap.max(1), stats: None, unflushed: false }
     }
 
     /// Queues a message; `false` when the queue is full (a slow consumer).
@@ -767,21 +778,44 @@ impl<'a> Outbox<'a> {
     /// leaves in one write. Cancellation-safe: a message leaves the queue
     /// only when the sink has taken it, and a cut-short flush is redone.
     fn poll_write(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), WsError>> {
-        loop {
+        // Counted per call rather than per message: the counters are shared by
+        // every connection.
+        let (mut events, mut messages) = (0u64, 0u64);
+        let result = loop {
             if self.stats.is_none() && self.queue.is_empty() {
-                break;
+                break Ok(());
             }
-            ready!(self.sink.poll_ready_unpin(cx))?;
+            match self.sink.poll_ready_unpin(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => break Err(e),
+                Poll::Pending => break Ok(()),
+            }
             let (kind, msg) = match self.stats.take() {
                 Some(text) => ("stats_update", Message::Text(text)),
                 None => self.queue.pop_front().expect("checked above").into_message(),
             };
-            self.sink.start_send_unpin(msg)?;
-            self.unflushed = true;
-            if kind != "ping" {
-                self.app.metrics.ws_messages_sent_total.with_label_values(&[kind]).inc();
-                self.app.stats.messages_window.add(1);
+            if let Err(e) = self.sink.start_send_unpin(msg) {
+                break Err(e);
             }
+            self.unflushed = true;
+            match kind {
+                "ping" => {}
+                "event" => events += 1,
+                other => self.app.metrics.ws_messages_sent_total.with_label_values(&[other]).inc(),
+            }
+            if kind != "ping" {
+                messages += 1;
+            }
+        };
+        if events > 0 {
+            self.events_sent.inc_by(events);
+        }
+        if messages > 0 {
+            self.app.stats.messages_window.add(messages);
+        }
+        result?;
+        if self.stats.is_some() || !self.queue.is_empty() {
+            return Poll::Pending; // the sink is not ready; it woke us up when it is
         }
         if self.unflushed {
             ready!(self.sink.poll_flush_unpin(cx))?;
