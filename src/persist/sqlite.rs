@@ -161,11 +161,11 @@ impl SqlitePlugin {
             SqliteSync::Normal => "NORMAL",
             SqliteSync::Full => "FULL",
         };
-        // wal_autocheckpoint=0: checkpoints run on their own thread (see
-        // `checkpointer`), not inside whichever commit crosses the threshold.
+        // Checkpoints run on their own thread (see `checkpointer`); the
+        // writer's automatic checkpoint stays as a backstop at a larger size.
         conn.execute_batch(&format!(
             "PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON; PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT};
-             PRAGMA wal_autocheckpoint=0;"
+             PRAGMA wal_autocheckpoint={WRITER_CHECKPOINT_PAGES};"
         ))
         .map_err(err)?;
         migrate(&mut conn)?;
@@ -435,13 +435,24 @@ fn import_batch(conn: &mut Connection, batch: &Batch) -> Result<(), PersistError
 /// How often the checkpointer copies committed WAL pages into the database.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// The writer's own automatic checkpoint, at 8,192 WAL pages (32 MiB): a
+/// backstop, not the main path. A WAL starts over from its beginning only
+/// when a write finds every frame copied back, and under sustained full-speed
+/// ingest the checkpointer thread is always a few commits behind the writer,
+/// so without it the WAL grew without bound (4.2 GB after two minutes at
+/// 90,000 events/s). When the writer checkpoints, nothing is appended
+/// meanwhile, so it completes and the WAL restarts; the checkpointer has
+/// copied most pages by then, so the writer's share is small.
+const WRITER_CHECKPOINT_PAGES: u32 = 8192;
+
 /// Copies the WAL into the database file on its own connection and thread,
 /// every [`CHECKPOINT_EVERY`], with `PASSIVE` checkpoints: they never wait
 /// for the writer or readers, and the writer never waits for them. With
-/// SQLite's automatic checkpoint, the commit that crossed 1,000 WAL pages
-/// did the copy (and its fsync) itself, and every request in that group
-/// commit waited: milliseconds at the p99 of single-event ingest. Stops when
-/// `stop` disconnects (the plugin is dropped).
+/// SQLite's automatic checkpoint alone, the commit that crossed 1,000 WAL
+/// pages did the whole copy (and its fsync) itself, and every request in that
+/// group commit waited: milliseconds at the p99 of single-event ingest (see
+/// [`WRITER_CHECKPOINT_PAGES`] for the backstop). Stops when `stop`
+/// disconnects (the plugin is dropped).
 fn checkpointer(path: &Path, stop: std::sync::mpsc::Receiver<()>) {
     let conn = match Connection::open(path) {
         Ok(c) => c,
