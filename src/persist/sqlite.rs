@@ -100,10 +100,24 @@ struct Pruned {
     more_pages: bool,
 }
 
+/// The checkpointer thread, owned by the writer thread: stopped (and waited
+/// for) before the writer's last checkpoint at close, so the final
+/// `TRUNCATE` checkpoint and the file's shrinking never race with it; stopped
+/// too when the writer thread ends for any other reason.
+struct Checkpoints {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Checkpoints {
+    fn stop(self) {
+        drop(self.stop);
+        let _ = self.thread.join();
+    }
+}
+
 pub struct SqlitePlugin {
     path: PathBuf,
-    /// Dropped with the plugin: the checkpointer thread then stops.
-    _stop_checkpoints: std::sync::mpsc::Sender<()>,
     /// Bounded: the pipeline has one batch in flight, plus one retention
     /// chunk, health probes and close.
     writer: mpsc::Sender<Command>,
@@ -177,22 +191,22 @@ impl SqlitePlugin {
             .optional()
             .map_err(err)?;
         shared.floor.store(floor.and_then(|f| f.parse().ok()).unwrap_or(0), Ordering::SeqCst);
-        let (tx, rx) = mpsc::channel(16);
-        let writer_shared = shared.clone();
-        std::thread::Builder::new()
-            .name("sidewire-sqlite".into())
-            .spawn(move || writer_loop(conn, rx, writer_shared))
-            .map_err(err)?;
         let (stop_checkpoints, stopped) = std::sync::mpsc::channel();
         let checkpoint_path = path.to_path_buf();
-        std::thread::Builder::new()
+        let checkpoints = std::thread::Builder::new()
             .name("sidewire-sqlite-ckpt".into())
             .spawn(move || checkpointer(&checkpoint_path, stopped))
+            .map_err(err)?;
+        let (tx, rx) = mpsc::channel(16);
+        let writer_shared = shared.clone();
+        let checkpoints = Checkpoints { stop: stop_checkpoints, thread: checkpoints };
+        std::thread::Builder::new()
+            .name("sidewire-sqlite".into())
+            .spawn(move || writer_loop(conn, rx, writer_shared, checkpoints))
             .map_err(err)?;
         Ok(SqlitePlugin {
             path: path.to_path_buf(),
             writer: tx,
-            _stop_checkpoints: stop_checkpoints,
             readers: Readers { path: path.to_path_buf(), pool: Arc::new(Mutex::new(Vec::new())) },
             shared,
             plan: Mutex::new(None),
@@ -296,7 +310,8 @@ fn reset_transaction(conn: &Connection) {
     }
 }
 
-fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>, shared: Arc<Shared>) {
+fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>, shared: Arc<Shared>, checkpoints: Checkpoints) {
+    let mut checkpoints = Some(checkpoints);
     while let Some(cmd) = rx.blocking_recv() {
         match cmd {
             Command::Persist(batch, reply) => {
@@ -325,6 +340,9 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>, shared: Ar
                 let _ = reply.send(result);
             }
             Command::Close(reply) => {
+                if let Some(c) = checkpoints.take() {
+                    c.stop();
+                }
                 let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
                 drop(conn);
                 let _ = reply.send(());
