@@ -40,6 +40,7 @@
 
 pub mod activity;
 pub mod api_docs;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod demo;

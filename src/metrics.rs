@@ -56,6 +56,12 @@ pub struct Metrics {
     pub http_timeouts_total: IntCounterVec,
     /// Failed `accept` calls on the public listener (EMFILE and friends).
     pub http_accept_errors_total: IntCounter,
+    /// Live replicas as this one sees them (1 without a cluster).
+    pub cluster_replicas: IntGauge,
+    /// 1 while the configured broadcast bus is connected.
+    pub broadcast_bus_up: IntGaugeVec,
+    pub broadcast_received_total: IntCounter,
+    pub broadcast_gap_fills_total: IntCounter,
     /// Rate-limits the warnings that can repeat without bound; kept next to
     /// the counters because every site that counts such a warning logs it.
     pub repeated: std::sync::Arc<crate::log_throttle::LogThrottle>,
@@ -259,11 +265,31 @@ impl Metrics {
                 "sidewire_http_accept_errors_total",
                 "Failed accept calls on the public listener.",
             ),
+            cluster_replicas: gauge(&r, "sidewire_cluster_replicas", "Live replicas as this one sees them."),
+            broadcast_bus_up: int_gauge_vec(
+                &r,
+                "sidewire_broadcast_bus_up",
+                "1 while the configured broadcast bus (local, redis, postgres) is connected.",
+                &["backend"],
+            ),
+            broadcast_received_total: counter(
+                &r,
+                "sidewire_broadcast_received_total",
+                "Events received from other replicas over the broadcast bus.",
+            ),
+            broadcast_gap_fills_total: counter(
+                &r,
+                "sidewire_broadcast_gap_fills_total",
+                "Times missing seqs were read back from the store.",
+            ),
             repeated: Default::default(),
             registry: r,
             seen_types: Mutex::new(HashSet::new()),
         };
         m.build_info.with_label_values(&[crate::VERSION]).set(1);
+        // One process until a cluster says otherwise (see crate::cluster).
+        m.cluster_replicas.set(1);
+        m.broadcast_bus_up.with_label_values(&["local"]).set(1);
         for reason in DISCONNECT_REASONS {
             m.ws_disconnects_total.with_label_values(&[reason]);
         }

@@ -14,19 +14,19 @@
 //! With `persist.ack = "queued"` the writer answers right after assigning
 //! seqs and hands the batch to a persister task that retries with backoff.
 
-use crate::activity::Activity;
+use crate::cluster::Cluster;
 use crate::config::{AckMode, ConfigRx};
 use crate::error::{ApiError, ErrorCode};
 use crate::event::{Event, NewEvent};
-use crate::hub::Hub;
+use crate::hub::Delivery;
 use crate::log_throttle::Repeated;
 use crate::metrics::Metrics;
-use crate::persist::{Batch, PersistCallback, PersistError};
-use crate::stats::{DurableStats, Stats};
+use crate::persist::{Batch, NewBatch, PersistCallback, PersistError};
+use crate::stats::DurableStats;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 /// Ids remembered for dedupe by plugins that cannot look ids up in their store.
@@ -64,12 +64,26 @@ enum Msg {
 /// Shared parts the writer publishes to after a commit.
 pub struct Sinks {
     pub plugin: Arc<dyn PersistCallback>,
-    pub stats: Arc<Stats>,
-    pub activity: Arc<Activity>,
-    pub hub: Arc<dyn Hub>,
     pub metrics: Arc<Metrics>,
-    /// Woken when a gauge changed (the stats pusher coalesces).
-    pub gauges_changed: Arc<Notify>,
+    pub outlet: Outlet,
+}
+
+/// Where a stored batch goes.
+pub enum Outlet {
+    /// One process: delivered right after its commit.
+    Local(Delivery),
+    /// Several replicas: to the cluster's sequencer, which delivers it in
+    /// the global seq order, between other replicas' batches.
+    Cluster(Arc<Cluster>),
+}
+
+impl Outlet {
+    fn committed(&self, batch: &Batch) {
+        match self {
+            Outlet::Local(d) => d.deliver(batch),
+            Outlet::Cluster(c) => c.committed(batch.clone()),
+        }
+    }
 }
 
 /// Handle to the writer. Cheap to clone.
@@ -276,6 +290,9 @@ impl Writer {
     }
 
     async fn process(&mut self, jobs: Vec<Job>) {
+        if self.sinks.plugin.assigns_seqs() {
+            return self.process_store_assigned(jobs).await;
+        }
         // Durable ack with a plugin that dedupes on insert: no lookup round
         // trip; an id the window missed but the store holds comes back as
         // `Duplicates` and the group is sequenced again without it.
@@ -323,6 +340,48 @@ impl Writer {
                 Err(e) => self.refuse(jobs, &e),
             }
         }
+        self.sinks.metrics.persist_queue_depth.set((self.queue_len - self.queue.available_permits()) as i64);
+    }
+
+    /// A store that assigns seqs itself (shared by several replicas): the
+    /// whole group goes in unsequenced; the store dedupes, sequences and
+    /// folds stats in its commit and answers each event's seq. Always a
+    /// durable ack (config validation refuses queued ack with such a store:
+    /// the seqs are not known before the commit).
+    async fn process_store_assigned(&mut self, jobs: Vec<Job>) {
+        let live = self.config.borrow().clone();
+        let batch = NewBatch { events: jobs.iter().flat_map(|j| j.events.iter()).collect(), counters: &live.counters };
+        let spans: Vec<tracing::Span> = jobs.iter().map(|j| j.span.clone()).collect();
+        let plugin = self.sinks.plugin.name();
+        let parent = spans.first().and_then(|s| s.id());
+        let span = tracing::debug_span!(parent: parent, "persist", plugin, events = batch.events.len());
+        for other in spans.iter().skip(1) {
+            span.follows_from(other);
+        }
+        let started = Instant::now();
+        let result = self.sinks.plugin.persist_new(&batch).instrument(span).await;
+        observe(&self.sinks, started, result.as_ref().map(|_| ()), batch.events.len());
+        drop(batch);
+        let committed = match result {
+            Ok(c) => c,
+            Err(e) => return self.refuse(jobs, &e),
+        };
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        let mut duplicates = 0;
+        let mut at = 0;
+        for job in &jobs {
+            let n = job.events.len();
+            let seqs = committed.seqs[at..at + n].to_vec();
+            let accepted = committed.stored[at..at + n].iter().filter(|s| **s).count();
+            at += n;
+            duplicates += n - accepted;
+            outcomes.push(IngestOutcome { accepted, duplicates: n - accepted, seqs });
+        }
+        self.state = (*committed.batch.stats).clone();
+        let gauges_changed = committed.batch.events.iter().any(|e| e.is_gauge_report());
+        let group =
+            Group { batch: committed.batch, outcomes, spans, duplicates, gauges_changed, permits: Vec::new() };
+        publish(&self.sinks, group, jobs);
         self.sinks.metrics.persist_queue_depth.set((self.queue_len - self.queue.available_permits()) as i64);
     }
 
@@ -436,8 +495,15 @@ async fn store(sinks: &Sinks, batch: &Batch, requests: &[tracing::Span]) -> Resu
     }
     let started = Instant::now();
     let result: Result<(), PersistError> = sinks.plugin.persist(batch).instrument(span).await;
+    observe(sinks, started, result.as_ref().map(|_| ()), batch.events.len());
+    result
+}
+
+/// Times and counts one store attempt (and logs a failure, rate-limited).
+fn observe(sinks: &Sinks, started: Instant, result: Result<(), &PersistError>, events: usize) {
+    let plugin = sinks.plugin.name();
     sinks.metrics.persist_duration_seconds.with_label_values(&[plugin]).observe(started.elapsed().as_secs_f64());
-    match &result {
+    match result {
         Ok(()) => sinks.metrics.persist_success_total.with_label_values(&[plugin]).inc(),
         // Not a failure of the store: the pipeline sequences the group again.
         Err(PersistError::Duplicates { ids, .. }) => tracing::debug!(plugin, ids = ids.len(), "stored ids refused"),
@@ -447,11 +513,10 @@ async fn store(sinks: &Sinks, batch: &Batch, requests: &[tracing::Span]) -> Resu
             // line per 10 s with the count (`suppressed`: left out since the
             // previous line); the counter above stays exact.
             if let Some(suppressed) = sinks.metrics.repeated.hit(Repeated::PersistFailed) {
-                tracing::warn!(plugin, error = %e, events = batch.events.len(), suppressed, "persist failed");
+                tracing::warn!(plugin, error = %e, events, suppressed, "persist failed");
             }
         }
     }
-    result
 }
 
 fn count_accepted(sinks: &Sinks, events: &[Arc<Event>], duplicates: usize) {
@@ -465,13 +530,7 @@ fn count_accepted(sinks: &Sinks, events: &[Arc<Event>], duplicates: usize) {
 /// ack: `jobs` are the group's requests; queued ack answered them already).
 fn publish(sinks: &Sinks, group: Group, jobs: Vec<Job>) {
     let events = &group.batch.events;
-    sinks.stats.commit((*group.batch.stats).clone(), events.len() as u64);
-    sinks.activity.record(events);
-    let live: Vec<Arc<Event>> = events.iter().filter(|e| !e.is_gauge_report()).cloned().collect();
-    sinks.hub.publish(&live);
-    if group.gauges_changed {
-        sinks.gauges_changed.notify_one();
-    }
+    sinks.outlet.committed(&group.batch);
     if !jobs.is_empty() {
         count_accepted(sinks, events, group.duplicates);
     }

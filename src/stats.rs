@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Keys the server always sends; no counter or gauge may take them.
-pub const BUILTIN_STATS: [&str; 9] = [
+pub const BUILTIN_STATS: [&str; 10] = [
     "eventsTotal",
     "eventsPerMinute",
     "eventsByType",
@@ -24,6 +24,7 @@ pub const BUILTIN_STATS: [&str; 9] = [
     "lastEventAt",
     "lastSeq",
     "generatedAt",
+    "replicas",
 ];
 
 /// What survives a restart. Owned by the pipeline's writer; a copy with a
@@ -132,6 +133,23 @@ pub struct Stats {
     pub messages_window: SlidingWindow,
     pub active_connections: AtomicU64,
     started: Instant,
+    cluster: Mutex<ClusterView>,
+}
+
+/// The other live replicas as the last heartbeat saw them: their sums are
+/// added to this replica's `activeConnections` and `messagesPerMinute`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterView {
+    /// Live replicas, this one included (the `replicas` built-in).
+    pub replicas: u64,
+    pub other_connections: u64,
+    pub other_messages_per_minute: u64,
+}
+
+impl Default for ClusterView {
+    fn default() -> Self {
+        Self { replicas: 1, other_connections: 0, other_messages_per_minute: 0 }
+    }
 }
 
 impl Stats {
@@ -142,13 +160,30 @@ impl Stats {
             messages_window: SlidingWindow::default(),
             active_connections: AtomicU64::new(0),
             started: Instant::now(),
+            cluster: Mutex::new(ClusterView::default()),
         }
     }
 
-    /// Replaces the durable part after a commit of `accepted` events.
+    /// Replaces the durable part after a commit of `accepted` events. Stats
+    /// older than the ones held (a lower `lastSeq`, which several replicas
+    /// can hand in out of turn) only count their events.
     pub fn commit(&self, next: DurableStats, accepted: u64) {
-        *self.durable.lock() = next;
+        {
+            let mut durable = self.durable.lock();
+            if next.last_seq >= durable.last_seq {
+                *durable = next;
+            }
+        }
         self.events_window.add(accepted);
+    }
+
+    /// What the other live replicas add (see [`ClusterView`]).
+    pub fn set_cluster(&self, view: ClusterView) {
+        *self.cluster.lock() = view;
+    }
+
+    pub fn cluster(&self) -> ClusterView {
+        *self.cluster.lock()
     }
 
     pub fn last_seq(&self) -> u64 {
@@ -177,8 +212,16 @@ impl Stats {
             "eventsByType".into(),
             Value::Object(d.events_by_type.iter().map(|(k, v)| (k.clone(), (*v).into())).collect()),
         );
-        m.insert("activeConnections".into(), self.active_connections.load(Ordering::Relaxed).into());
-        m.insert("messagesPerMinute".into(), self.messages_window.total().into());
+        let cluster = *self.cluster.lock();
+        m.insert(
+            "activeConnections".into(),
+            (self.active_connections.load(Ordering::Relaxed) + cluster.other_connections).into(),
+        );
+        m.insert(
+            "messagesPerMinute".into(),
+            (self.messages_window.total() + cluster.other_messages_per_minute).into(),
+        );
+        m.insert("replicas".into(), cluster.replicas.into());
         m.insert("uptimeSeconds".into(), self.started.elapsed().as_secs().into());
         m.insert("lastEventAt".into(), d.last_event_at.map(|t| format_ts(&t).into()).unwrap_or(Value::Null));
         m.insert("lastSeq".into(), d.last_seq.into());

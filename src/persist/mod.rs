@@ -8,11 +8,12 @@
 
 pub mod jsonl;
 pub mod memory;
+pub mod postgres;
 pub mod sqlite;
 pub mod webhook;
 
-use crate::config::{Config, PluginKind};
-use crate::event::Event;
+use crate::config::{Config, CounterRule, PluginKind};
+use crate::event::{Event, NewEvent};
 use crate::retention::{Retention, RetentionStep, StoreUsage};
 use crate::stats::DurableStats;
 use async_trait::async_trait;
@@ -28,6 +29,30 @@ pub struct Batch {
     pub events: Vec<Arc<Event>>,
     /// The durable stats after this batch, for plugins that persist them.
     pub stats: Arc<DurableStats>,
+}
+
+/// One group commit for a store that assigns seqs itself (see
+/// [`PersistCallback::assigns_seqs`]): the events of one or more requests in
+/// acceptance order, not yet deduplicated, without seqs.
+#[derive(Debug)]
+pub struct NewBatch<'a> {
+    pub events: Vec<&'a NewEvent>,
+    /// The counter rules in force, to fold the events into the stored stats.
+    pub counters: &'a [CounterRule],
+}
+
+/// What a store that assigns seqs committed for a [`NewBatch`].
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// Per event of the batch, in its order: the seq it was stored with now,
+    /// or, for a duplicate (of the store or of an earlier event of the same
+    /// batch), the seq it got the first time.
+    pub seqs: Vec<u64>,
+    /// Per event of the batch: `true` when stored now, `false` for a duplicate.
+    pub stored: Vec<bool>,
+    /// The events stored now, in seq order, and the store's stats after them
+    /// (which may include events other replicas stored before).
+    pub batch: Batch,
 }
 
 /// What a plugin found in its store at start-up.
@@ -140,6 +165,21 @@ pub trait PersistCallback: Send + Sync + 'static {
 
     /// Stores one batch.
     async fn persist(&self, batch: &Batch) -> Result<(), PersistError>;
+
+    /// Whether the store assigns seqs itself, in its commit (a store shared
+    /// by several replicas: one global order). The pipeline then hands it
+    /// whole groups through [`persist_new`](Self::persist_new) instead of
+    /// sequencing them; the store dedupes against everything it holds and
+    /// folds the events into its stored stats in the same transaction.
+    fn assigns_seqs(&self) -> bool {
+        false
+    }
+
+    /// Stores a group, assigning its seqs (only called when
+    /// [`assigns_seqs`](Self::assigns_seqs) is `true`). All or nothing.
+    async fn persist_new(&self, _batch: &NewBatch<'_>) -> Result<Committed, PersistError> {
+        Err(PersistError::Unsupported { plugin: self.name(), what: "store-assigned seqs" })
+    }
 
     /// Whether the store can take writes now (drives `/readyz`).
     async fn health(&self) -> Result<(), PersistError> {

@@ -1,0 +1,71 @@
+//! Which replicas are alive, and what they add to the stats.
+//!
+//! Every [`EVERY`] each replica upserts its row in `sidewire_replicas`
+//! (its own open dashboards and messages per minute, `seen_at = now()` by
+//! the database's clock, so replicas' clocks need not agree) and reads the
+//! rows seen within [`EXPIRY`]. A replica that stopped or died drops out
+//! within `EXPIRY + EVERY` (12 s), under the contract's 15 s; one that
+//! shuts down cleanly deletes its row at once.
+
+use crate::metrics::Metrics;
+use crate::persist::postgres::PostgresPlugin;
+use crate::stats::{ClusterView, Stats};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const EVERY: Duration = Duration::from_secs(2);
+pub const EXPIRY: Duration = Duration::from_secs(10);
+
+pub(crate) struct Heartbeat {
+    store: Arc<PostgresPlugin>,
+    name: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Heartbeat {
+    pub(crate) fn start(store: Arc<PostgresPlugin>, name: String, stats: Arc<Stats>, metrics: Arc<Metrics>) -> Self {
+        let task = tokio::spawn(run(store.clone(), name.clone(), stats, metrics));
+        Heartbeat { store, name, task }
+    }
+
+    pub(crate) async fn leave(self) {
+        self.task.abort();
+        if let Err(e) = self.store.leave(&self.name).await {
+            tracing::debug!(error = %e, "could not remove this replica's heartbeat (it expires by itself)");
+        }
+    }
+}
+
+async fn run(store: Arc<PostgresPlugin>, name: String, stats: Arc<Stats>, metrics: Arc<Metrics>) {
+    let mut tick = tokio::time::interval(EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        let mine = (stats.active_connections.load(Ordering::Relaxed), stats.messages_window.total());
+        match store.heartbeat(&name, mine.0, mine.1, EXPIRY).await {
+            Ok(rows) => {
+                if failing {
+                    tracing::info!("replica heartbeat written again");
+                    failing = false;
+                }
+                let others = rows.iter().filter(|r| r.name != name);
+                let view = ClusterView {
+                    replicas: (others.clone().count() + 1) as u64,
+                    other_connections: others.clone().map(|r| r.active_connections).sum(),
+                    other_messages_per_minute: others.map(|r| r.messages_per_minute).sum(),
+                };
+                metrics.cluster_replicas.set(view.replicas as i64);
+                stats.set_cluster(view);
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "cannot write this replica's heartbeat; replica count and sums keep \
+                        their last values");
+                    failing = true;
+                }
+            }
+        }
+    }
+}

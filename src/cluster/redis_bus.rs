@@ -1,0 +1,249 @@
+//! `broadcast.backend = "redis"`: each replica publishes every batch it
+//! commits once, on `<prefix>:events`; every replica subscribes and hands
+//! the others' batches to its sequencer.
+//!
+//! Redis pub/sub is at-most-once: a message published while a subscriber
+//! is disconnected is gone. That is fine here: the sequencer notices the
+//! jump in seqs (or the store's head check does) and reads the missing
+//! events from the store. Liveness: the publisher sends a small tick every
+//! [`TICK_EVERY`]; a subscriber that hears nothing (not even its own ticks)
+//! for [`SILENCE`] reconnects, so a stalled connection is noticed, not only
+//! a closed one.
+//!
+//! Message: one header line of JSON (`o`: the origin replica, `s`: the
+//! stats after the batch), then one event per line in its wire form.
+
+use super::Input;
+use crate::event::Event;
+use crate::metrics::Metrics;
+use crate::persist::Batch;
+use crate::stats::DurableStats;
+use futures::StreamExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// The publisher's tick (liveness of the bus).
+pub const TICK_EVERY: Duration = Duration::from_millis(1000);
+/// A subscriber silent this long reconnects.
+pub const SILENCE: Duration = Duration::from_millis(3500);
+/// Deadline of a connect or a publish.
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Reconnect backoff bounds.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Batches waiting to be published.
+const PUBLISH_QUEUE: usize = 1024;
+/// Most batches sent in one pipeline.
+const PUBLISH_BURST: usize = 64;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Header {
+    /// Origin replica.
+    o: String,
+    /// Stats after the batch; absent in a tick.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    s: Option<DurableStats>,
+}
+
+/// Encodes a batch as a bus message.
+pub fn encode(origin: &str, batch: &Batch) -> Vec<u8> {
+    let header = Header { o: origin.to_string(), s: Some((*batch.stats).clone()) };
+    let mut out = serde_json::to_vec(&header).expect("stats serialize");
+    for e in &batch.events {
+        out.push(b'\n');
+        out.extend_from_slice(&e.json);
+    }
+    out
+}
+
+/// What a bus message holds.
+#[derive(Debug)]
+pub enum Message {
+    /// From this replica (a tick or its own batch): liveness only.
+    Own,
+    /// Another replica's tick.
+    Tick,
+    Batch(Batch),
+}
+
+/// Decodes a bus message; `None` when it is not one of ours.
+pub fn decode(me: &str, payload: &[u8]) -> Option<Message> {
+    let mut lines = payload.split(|b| *b == b'\n');
+    let header: Header = serde_json::from_slice(lines.next()?).ok()?;
+    if header.o == me {
+        return Some(Message::Own);
+    }
+    let Some(stats) = header.s else { return Some(Message::Tick) };
+    let events: Option<Vec<Arc<Event>>> = lines.map(|l| Event::from_json(l).map(Arc::new)).collect();
+    let events = events?;
+    if events.is_empty() || events.windows(2).any(|w| w[1].seq <= w[0].seq) {
+        return None;
+    }
+    Some(Message::Batch(Batch { events, stats: Arc::new(stats) }))
+}
+
+/// Starts the publisher and the subscriber; answers the publisher's queue.
+pub(crate) fn start(
+    url: String,
+    prefix: String,
+    me: String,
+    sequencer: mpsc::Sender<Input>,
+    bus_up: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+) -> (mpsc::Sender<Batch>, Vec<tokio::task::JoinHandle<()>>) {
+    let channel = format!("{prefix}:events");
+    let (tx, rx) = mpsc::channel(PUBLISH_QUEUE);
+    let publisher = tokio::spawn(publish_loop(url.clone(), channel.clone(), me.clone(), rx));
+    let subscriber = tokio::spawn(subscribe_loop(url, channel, me, sequencer, bus_up, metrics));
+    (tx, vec![publisher, subscriber])
+}
+
+fn client(url: &str) -> Result<redis::Client, String> {
+    redis::Client::open(url).map_err(|e| format!("broadcast.redis_url: {e}"))
+}
+
+async fn timed<T, E: std::fmt::Display>(f: impl std::future::Future<Output = Result<T, E>>) -> Result<T, String> {
+    match tokio::time::timeout(IO_TIMEOUT, f).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer from Redis within {} s", IO_TIMEOUT.as_secs())),
+    }
+}
+
+async fn publish_loop(url: String, channel: String, me: String, mut rx: mpsc::Receiver<Batch>) {
+    let tick = serde_json::to_vec(&Header { o: me.clone(), s: None }).expect("header");
+    let mut conn: Option<redis::aio::MultiplexedConnection> = None;
+    let mut backoff = BACKOFF_MIN;
+    let mut ticker = tokio::time::interval(TICK_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let mut payloads: Vec<Vec<u8>> = Vec::new();
+        tokio::select! {
+            b = rx.recv() => {
+                let Some(b) = b else { return };
+                payloads.push(encode(&me, &b));
+                while payloads.len() < PUBLISH_BURST {
+                    match rx.try_recv() {
+                        Ok(b) => payloads.push(encode(&me, &b)),
+                        Err(_) => break,
+                    }
+                }
+            }
+            _ = ticker.tick() => payloads.push(tick.clone()),
+        }
+        if conn.is_none() {
+            let connected = match client(&url) {
+                Ok(c) => timed(c.get_multiplexed_async_connection()).await,
+                Err(e) => Err(e),
+            };
+            match connected {
+                Ok(c) => {
+                    conn = Some(c);
+                    backoff = BACKOFF_MIN;
+                }
+                Err(e) => {
+                    // Dropped: the other replicas fill these from the store.
+                    tracing::debug!(error = %e, "redis publisher cannot connect");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        let mut pipe = redis::pipe();
+        for p in &payloads {
+            pipe.cmd("PUBLISH").arg(&channel).arg(p.as_slice()).ignore();
+        }
+        if let Err(e) = timed(pipe.query_async::<()>(c)).await {
+            tracing::debug!(error = %e, "redis publish failed; reconnecting");
+            conn = None;
+        }
+    }
+}
+
+async fn subscribe_loop(
+    url: String,
+    channel: String,
+    me: String,
+    sequencer: mpsc::Sender<Input>,
+    bus_up: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+) {
+    let mut backoff = BACKOFF_MIN;
+    let mut logged_down = false;
+    let set_up = |up: bool| {
+        bus_up.store(up, Ordering::SeqCst);
+        metrics.broadcast_bus_up.with_label_values(&["redis"]).set(i64::from(up));
+    };
+    loop {
+        let session = async {
+            let c = client(&url)?;
+            let mut pubsub = timed(c.get_async_pubsub()).await?;
+            timed(pubsub.subscribe(&channel)).await?;
+            Ok::<_, String>(pubsub)
+        };
+        let error = match session.await {
+            Ok(mut pubsub) => {
+                set_up(true);
+                let _ = sequencer.send(Input::BusUp(true)).await;
+                if logged_down {
+                    tracing::info!(channel = %channel, "redis bus connected again; fan-out is back on Redis");
+                } else {
+                    tracing::info!(channel = %channel, "redis bus connected");
+                }
+                logged_down = false;
+                backoff = BACKOFF_MIN;
+                let mut messages = pubsub.on_message();
+                loop {
+                    match tokio::time::timeout(SILENCE, messages.next()).await {
+                        Err(_) => break format!("nothing heard on {channel} for {} s", SILENCE.as_secs_f32()),
+                        Ok(None) => break "the connection closed".to_string(),
+                        Ok(Some(msg)) => match decode(&me, msg.get_payload_bytes()) {
+                            Some(Message::Batch(b)) => {
+                                if sequencer.try_send(Input::Remote(b)).is_err() {
+                                    tracing::debug!("sequencer queue full; the gap is filled from the store");
+                                }
+                            }
+                            Some(Message::Own | Message::Tick) => {}
+                            None => tracing::debug!("ignored a message on the bus channel that is not sidewire's"),
+                        },
+                    }
+                }
+            }
+            Err(e) => e,
+        };
+        set_up(false);
+        let _ = sequencer.send(Input::BusUp(false)).await;
+        if !logged_down {
+            tracing::warn!(error = %error, "redis bus down; dashboards get events from the store until it is back");
+            logged_down = true;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(seq: u64) -> Arc<Event> {
+        Arc::new(Event::new(seq, "x", crate::event::now_ms(), Some(&format!("id-{seq}")), None, "{\"a\":\"b\\nc\"}"))
+    }
+
+    #[test]
+    fn a_batch_round_trips_and_own_messages_are_recognised() {
+        let stats = DurableStats { last_seq: 3, events_total: 3, ..Default::default() };
+        let batch = Batch { events: vec![ev(2), ev(3)], stats: Arc::new(stats.clone()) };
+        let wire = encode("a", &batch);
+        assert!(matches!(decode("a", &wire), Some(Message::Own)));
+        let Some(Message::Batch(back)) = decode("b", &wire) else { panic!("not a batch") };
+        assert_eq!(back.events, batch.events);
+        assert_eq!(*back.stats, stats);
+        let tick = serde_json::to_vec(&Header { o: "a".into(), s: None }).unwrap();
+        assert!(matches!(decode("b", &tick), Some(Message::Tick)));
+        assert!(decode("b", b"hello").is_none());
+    }
+}
