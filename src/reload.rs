@@ -13,7 +13,7 @@
 //! error is logged with every issue and its line), and keys that need a
 //! restart keep the value in force, with a warning naming each.
 
-use crate::config::{Config, ConfigIssue, LiveConfig};
+use crate::config::{changed_keys, Config, ConfigIssue, LiveConfig};
 use crate::log_throttle::Repeated;
 use crate::metrics::Metrics;
 use crate::telemetry::LogHandle;
@@ -206,27 +206,12 @@ impl Reloader {
             Err(issues) => return self.failed(trigger, &issues),
         };
         let old = self.tx.borrow().config.clone();
-        let restart_only = old.restart_only_changes(&new);
-        let all_changes = changed_keys(&old, &new);
-        let applied = keep_restart_only(&old, new, &restart_only);
-        let leftover = old.restart_only_changes(&applied);
-        if !leftover.is_empty() {
-            // A restart-only key this module does not know how to keep.
-            let msg = format!("cannot keep restart-only keys {leftover:?} at their old value; restart instead");
-            self.log_failure(trigger, &msg);
-            return Outcome::Failed(msg);
-        }
+        // The config table (crate::config::KEYS) says which keys only a restart applies.
+        let kept = old.restart_only_changes(&new);
+        let applied = new.keeping_restart_only(&old);
         let changed = changed_keys(&old, &applied);
-        let mut kept: Vec<&'static str> = Vec::new();
-        for name in &restart_only {
-            // Live keys inside a restart-only section (persist.retention_*) did apply.
-            let keys: Vec<&'static str> =
-                all_changes.iter().copied().filter(|k| covers(name, k) && !changed.contains(k)).collect();
-            let keys = if keys.is_empty() { vec![*name] } else { keys };
-            for key in keys {
-                tracing::warn!(key, "config change needs a restart; keeping the value in force");
-                kept.push(key);
-            }
+        for key in &kept {
+            tracing::warn!(key, "config change needs a restart; keeping the value in force");
         }
         if old.telemetry.log_level != applied.telemetry.log_level {
             self.apply_log_level(&applied.telemetry.log_level);
@@ -339,94 +324,6 @@ fn changes_content(kind: &EventKind) -> bool {
     }
 }
 
-/// `new` with the restart-only parts (as named by
-/// [`Config::restart_only_changes`]) taken from `old`.
-fn keep_restart_only(old: &Config, mut new: Config, names: &[&str]) -> Config {
-    for name in names {
-        match *name {
-            "server.listen" => new.server.listen = old.server.listen.clone(),
-            "server.trust_forwarded_for" => new.server.trust_forwarded_for = old.server.trust_forwarded_for,
-            "persist" => {
-                // Retention is live: keep the old plugin settings, take the new limits.
-                new.persist = crate::config::PersistConfig {
-                    retention_max_age: new.persist.retention_max_age,
-                    retention_max_events: new.persist.retention_max_events,
-                    retention_max_bytes: new.persist.retention_max_bytes,
-                    ..old.persist.clone()
-                }
-            }
-            "broadcast" => new.broadcast = old.broadcast.clone(),
-            "metrics.listen" => new.metrics = old.metrics.clone(),
-            "ingest" => new.ingest = old.ingest.clone(),
-            "activity" => new.activity = old.activity.clone(),
-            "telemetry.log_format/otlp_endpoint" => {
-                new.telemetry.log_format = old.telemetry.log_format;
-                new.telemetry.otlp_endpoint = old.telemetry.otlp_endpoint.clone();
-            }
-            // Unknown names are caught by the caller's second check.
-            _ => {}
-        }
-    }
-    new
-}
-
-/// Whether a restart-only name (`persist`, `server.listen`,
-/// `telemetry.log_format/otlp_endpoint`) covers a dotted key.
-fn covers(name: &str, key: &str) -> bool {
-    let names: Vec<String> = match name.split_once('.') {
-        Some((section, fields)) if fields.contains('/') => {
-            fields.split('/').map(|f| format!("{section}.{f}")).collect()
-        }
-        _ => vec![name.to_string()],
-    };
-    names.iter().any(|n| key == n || key.strip_prefix(n.as_str()).is_some_and(|rest| rest.starts_with('.')))
-}
-
-/// Lists the keys that differ, `section.key`, in file order. Only names,
-/// never values (tokens and DSNs are secrets).
-macro_rules! diff_keys {
-    ($a:expr, $b:expr, $out:ident; $($section:ident { $($field:ident),* $(,)? })*) => {
-        $(
-            let before = $out.len();
-            $( if $a.$section.$field != $b.$section.$field {
-                $out.push(concat!(stringify!($section), ".", stringify!($field)));
-            } )*
-            // A field added to the section but not listed here.
-            if $out.len() == before && $a.$section != $b.$section {
-                $out.push(stringify!($section));
-            }
-        )*
-    };
-}
-
-/// The dotted keys whose values differ between two configs.
-pub fn changed_keys(a: &Config, b: &Config) -> Vec<&'static str> {
-    let mut out = Vec::new();
-    diff_keys!(a, b, out;
-        server {
-            listen, allowed_origins, trust_forwarded_for, shutdown_timeout_secs, idle_timeout_secs,
-            request_timeout_secs, max_http_connections,
-        }
-        auth { ingest_tokens, dashboard_tokens }
-        ingest { max_batch, max_body_bytes }
-        persist {
-            plugin, ack, queue_len, queue_max_bytes, sqlite_path, sqlite_synchronous, jsonl_path, jsonl_max_bytes,
-            jsonl_max_files, webhook_url, webhook_timeout_ms, webhook_max_retries, webhook_backoff_ms,
-            memory_capacity, postgres_url, retention_max_age, retention_max_events, retention_max_bytes,
-        }
-        stats { interval_secs, min_push_interval_ms, counters }
-        ws {
-            max_connections, max_connections_per_ip, connect_rate_per_ip_per_min, send_queue_len,
-            max_replay, ping_interval_secs, pong_timeout_secs,
-        }
-        activity { buffer_size }
-        telemetry { log_level, log_format, otlp_endpoint }
-        broadcast { backend, redis_url }
-        metrics { listen }
-    );
-    out
-}
-
 /// The config file's folder (`.` for a bare name) and file name.
 fn split_path(path: &Path) -> (PathBuf, Option<&std::ffi::OsStr>) {
     let dir = match path.parent() {
@@ -439,58 +336,6 @@ fn split_path(path: &Path) -> (PathBuf, Option<&std::ffi::OsStr>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn every_restart_only_key_changed() -> (Config, Config) {
-        let old = Config::default();
-        let mut new = Config::default();
-        new.server.listen = "127.0.0.1:9999".into();
-        new.server.trust_forwarded_for = true;
-        new.persist.plugin = crate::config::PluginKind::Memory;
-        new.persist.sqlite_path = "elsewhere.db".into();
-        new.broadcast.redis_url = "redis://x".into();
-        new.ingest.max_batch = 7;
-        new.activity.buffer_size = 3;
-        new.telemetry.log_format = crate::config::LogFormat::Json;
-        new.telemetry.otlp_endpoint = "http://c:4318".into();
-        new.metrics.listen = "127.0.0.1:9100".into();
-        // and live ones
-        new.stats.interval_secs = 2;
-        new.persist.retention_max_events = 5;
-        new.auth.ingest_tokens = vec!["t".into()];
-        (old, new)
-    }
-
-    #[test]
-    fn restart_only_keys_keep_their_old_value_and_the_rest_applies() {
-        let (old, new) = every_restart_only_key_changed();
-        let names = old.restart_only_changes(&new);
-        assert!(!names.is_empty());
-        let applied = keep_restart_only(&old, new, &names);
-        assert!(old.restart_only_changes(&applied).is_empty(), "{:?}", old.restart_only_changes(&applied));
-        assert_eq!(applied.stats.interval_secs, 2);
-        assert_eq!(applied.auth.ingest_tokens, vec!["t".to_string()]);
-        assert_eq!(applied.persist.retention_max_events, 5, "retention is live");
-        assert_eq!(
-            changed_keys(&old, &applied),
-            vec!["auth.ingest_tokens", "persist.retention_max_events", "stats.interval_secs"]
-        );
-    }
-
-    #[test]
-    fn changed_keys_names_fields_and_covers_matches_sections() {
-        let (old, new) = every_restart_only_key_changed();
-        let keys = changed_keys(&old, &new);
-        for k in
-            ["server.listen", "persist.plugin", "persist.sqlite_path", "telemetry.otlp_endpoint", "broadcast.redis_url"]
-        {
-            assert!(keys.contains(&k), "{k} in {keys:?}");
-        }
-        assert!(covers("persist", "persist.sqlite_path"));
-        assert!(!covers("persist", "persistence.x"));
-        assert!(covers("server.listen", "server.listen"));
-        assert!(covers("telemetry.log_format/otlp_endpoint", "telemetry.otlp_endpoint"));
-        assert!(!covers("telemetry.log_format/otlp_endpoint", "telemetry.log_level"));
-    }
 
     #[test]
     fn split_path_of_a_bare_name_is_the_current_folder() {

@@ -135,14 +135,14 @@ pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
 
 /// Whether `given` equals one of `tokens`, in time that does not depend on
 /// where they differ.
-pub fn token_ok(tokens: &[String], given: Option<&str>) -> bool {
+pub fn token_ok(tokens: &[crate::config::Secret], given: Option<&str>) -> bool {
     use subtle::ConstantTimeEq;
     let Some(given) = given else { return false };
     let mut ok = subtle::Choice::from(0u8);
     for t in tokens {
         // Equal lengths compare every byte; a length mismatch still walks
         // the longer input so timing does not reveal a prefix match.
-        let (a, b) = (t.as_bytes(), given.as_bytes());
+        let (a, b) = (t.expose().as_bytes(), given.as_bytes());
         let n = a.len().max(b.len());
         let mut same = subtle::Choice::from((a.len() == b.len()) as u8);
         for i in 0..n {
@@ -172,7 +172,7 @@ mod tests {
 
     #[test]
     fn tokens_compare_exactly() {
-        let tokens = vec!["tok-alpha".to_string(), "tok-beta".to_string()];
+        let tokens: Vec<crate::config::Secret> = vec!["tok-alpha".into(), "tok-beta".into()];
         assert!(token_ok(&tokens, Some("tok-beta")));
         assert!(!token_ok(&tokens, Some("tok-alph")));
         assert!(!token_ok(&tokens, Some("tok-alphaa")));

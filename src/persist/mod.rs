@@ -298,7 +298,7 @@ pub fn from_config(config: &Config) -> Result<Arc<dyn PersistCallback>, PersistE
             recent: config.activity.buffer_size,
         })),
         PluginKind::Webhook => Arc::new(webhook::WebhookPlugin::new(webhook::WebhookOptions {
-            url: p.webhook_url.clone(),
+            url: p.webhook_url.expose().to_string(),
             timeout: std::time::Duration::from_millis(p.webhook_timeout_ms),
             max_retries: p.webhook_max_retries,
             backoff: std::time::Duration::from_millis(p.webhook_backoff_ms),
