@@ -151,7 +151,8 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     let result = runtime()?.block_on(async move {
         let listener = sidewire::server::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
         let (config_tx, config_rx) = tokio::sync::watch::channel(LiveConfig::new(config.clone()));
-        let running = sidewire::ServerBuilder::new(config).config_channel(config_rx).start().await?;
+        let port = listener.local_addr()?.port();
+        let running = sidewire::ServerBuilder::new(config).config_channel(config_rx).port(port).start().await?;
         let _reloader = match source {
             ConfigSource::File(p) => Some(
                 sidewire::reload::Reloader::new(p, env, config_tx, running.app.metrics.clone()).log_handle(log).spawn(),

@@ -228,7 +228,6 @@ struct Group {
     /// span (the jobs themselves are answered before storing).
     spans: Vec<tracing::Span>,
     duplicates: usize,
-    gauges_changed: bool,
     /// Queued ack: the jobs' queue permits, released once stored.
     permits: Vec<OwnedSemaphorePermit>,
 }
@@ -378,9 +377,7 @@ impl Writer {
             outcomes.push(IngestOutcome { accepted, duplicates: n - accepted, seqs });
         }
         self.state = (*committed.batch.stats).clone();
-        let gauges_changed = committed.batch.events.iter().any(|e| e.is_gauge_report());
-        let group =
-            Group { batch: committed.batch, outcomes, spans, duplicates, gauges_changed, permits: Vec::new() };
+        let group = Group { batch: committed.batch, outcomes, spans, duplicates, permits: Vec::new() };
         publish(&self.sinks, group, jobs);
         self.sinks.metrics.persist_queue_depth.set((self.queue_len - self.queue.available_permits()) as i64);
     }
@@ -440,7 +437,6 @@ impl Writer {
         let mut events = Vec::new();
         let mut outcomes = Vec::with_capacity(jobs.len());
         let mut duplicates = 0;
-        let mut gauges_changed = false;
         for job in jobs {
             let mut outcome = IngestOutcome { accepted: 0, duplicates: 0, seqs: Vec::with_capacity(job.events.len()) };
             for e in &job.events {
@@ -459,7 +455,6 @@ impl Writer {
                     in_group.insert(id, seq);
                 }
                 next.apply(seq, e, &live.counters);
-                gauges_changed |= e.is_gauge_report();
                 events.push(Arc::new(Event::from_new(seq, e)));
                 outcome.accepted += 1;
                 outcome.seqs.push(seq);
@@ -472,7 +467,6 @@ impl Writer {
             outcomes,
             spans: Vec::new(),
             duplicates,
-            gauges_changed,
             permits: Vec::new(),
         }
     }

@@ -3,13 +3,15 @@
 //! routes, HTTP metrics, and graceful shutdown.
 
 use crate::activity::Activity;
-use crate::config::{Config, ConfigRx, LiveConfig};
+use crate::cluster::{BusKind, Cluster, ClusterOptions};
+use crate::config::{BroadcastBackend, Config, ConfigRx, LiveConfig, PluginKind};
 use crate::conn::{limit, Gate, GuardedIo, RequestDeadline, Settings, TrackedBody};
-use crate::hub::{local::LocalHub, Hub};
+use crate::hub::{local::LocalHub, Delivery, Hub};
 use crate::log_throttle::Repeated;
 use crate::metrics::Metrics;
+use crate::persist::postgres::PostgresPlugin;
 use crate::persist::{PersistCallback, PersistError};
-use crate::pipeline::{Pipeline, Sinks};
+use crate::pipeline::{Outlet, Pipeline, Sinks};
 use crate::stats::Stats;
 use crate::ws::WsState;
 use hyper::body::Incoming;
@@ -37,6 +39,9 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     pub hub: Arc<dyn Hub>,
     pub ws: WsState,
+    /// Several replicas (`persist.plugin = "postgres"`): the sequencer, bus
+    /// and heartbeat of this one.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl App {
@@ -63,11 +68,19 @@ pub struct ServerBuilder {
     config: Config,
     plugin: Option<Arc<dyn PersistCallback>>,
     config_rx: Option<ConfigRx>,
+    port: Option<u16>,
 }
 
 impl ServerBuilder {
     pub fn new(config: Config) -> Self {
-        Self { config, plugin: None, config_rx: None }
+        Self { config, plugin: None, config_rx: None, port: None }
+    }
+
+    /// The port the listener is bound to, for the default replica name
+    /// (`"<hostname>:<port>"`); without it, the port of `server.listen`.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
+        self
     }
 
     /// Uses this plugin instead of the one `persist.plugin` names.
@@ -86,7 +99,8 @@ impl ServerBuilder {
     /// stops accepting, closes WebSockets with 1001, finishes in-flight
     /// requests, stores what is queued and closes the store.
     pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
-        let running = self.start().await?;
+        let port = listener.local_addr()?.port();
+        let running = self.port(port).start().await?;
         running.serve(listener, shutdown).await;
         Ok(())
     }
@@ -107,9 +121,14 @@ impl ServerBuilder {
             None => watch::channel(LiveConfig::new(self.config.clone())).1,
         };
         let config = config_rx.borrow().config.clone();
-        let plugin = match self.plugin {
-            Some(p) => p,
-            None => crate::persist::from_config(&config)?,
+        // The shared store is also the cluster's: keep its concrete type.
+        let (plugin, shared): (Arc<dyn PersistCallback>, Option<Arc<PostgresPlugin>>) = match self.plugin {
+            Some(p) => (p, None),
+            None if config.persist.plugin == PluginKind::Postgres => {
+                let pg = Arc::new(PostgresPlugin::new(crate::persist::postgres_options(&config))?);
+                (pg.clone(), Some(pg))
+            }
+            None => (crate::persist::from_config(&config)?, None),
         };
         let metrics = Arc::new(Metrics::new());
         metrics.init_plugin(plugin.name());
@@ -122,22 +141,42 @@ impl ServerBuilder {
         activity.record(&recovered.recent);
         let hub: Arc<dyn Hub> = Arc::new(LocalHub::new((config.ws.send_queue_len * 4).max(8192)));
         let gauges_changed = Arc::new(Notify::new());
+        let delivery = Delivery {
+            stats: stats.clone(),
+            activity: activity.clone(),
+            hub: hub.clone(),
+            gauges_changed: gauges_changed.clone(),
+        };
+        let cluster = shared.map(|store| {
+            let port = self.port.or_else(|| config.listen_addr().ok().map(|a| a.port())).unwrap_or(0);
+            let options = cluster_options(&config, port);
+            tracing::info!(replica = %options.replica_name, bus = options.bus.label(), store = store.redacted_url(),
+                "joining the cluster");
+            Arc::new(Cluster::start(options, store, delivery_clone(&delivery), stats.clone(), metrics.clone(),
+                recovered.last_seq))
+        });
+        let outlet = match &cluster {
+            Some(c) => Outlet::Cluster(c.clone()),
+            None => Outlet::Local(delivery),
+        };
         let pipeline = Pipeline::start(
-            Sinks {
-                plugin: plugin.clone(),
-                stats: stats.clone(),
-                activity: activity.clone(),
-                hub: hub.clone(),
-                metrics: metrics.clone(),
-                gauges_changed: gauges_changed.clone(),
-            },
+            Sinks { plugin: plugin.clone(), metrics: metrics.clone(), outlet },
             config_rx.clone(),
             durable,
             next_seq,
             &recovered.ids,
         );
-        let app =
-            Arc::new(App { config: config_rx, pipeline, stats, activity, plugin, metrics, hub, ws: WsState::new() });
+        let app = Arc::new(App {
+            config: config_rx,
+            pipeline,
+            stats,
+            activity,
+            plugin,
+            metrics,
+            hub,
+            ws: WsState::new(),
+            cluster,
+        });
         let pusher = tokio::spawn(crate::ws::stats_pusher(app.clone(), gauges_changed));
         let log_flusher = tokio::spawn(app.metrics.repeated.clone().run_flusher());
         let retention = crate::retention::spawn(app.plugin.clone(), app.config.clone(), app.metrics.clone());
@@ -146,6 +185,31 @@ impl ServerBuilder {
             None => None,
         };
         Ok(Running { app, pusher, log_flusher, retention: Some(retention), metrics_listener })
+    }
+}
+
+/// The cluster settings of `config` (section 8); `port` names the replica
+/// when `server.replica_name` is empty.
+fn cluster_options(config: &Config, port: u16) -> ClusterOptions {
+    let b = &config.broadcast;
+    let replica_name = match config.server.replica_name.trim() {
+        "" => crate::cluster::default_replica_name(port),
+        name => name.to_string(),
+    };
+    let bus = match b.backend {
+        BroadcastBackend::Local => BusKind::None,
+        BroadcastBackend::Redis => BusKind::Redis { url: b.redis_url.expose().to_string() },
+        BroadcastBackend::Postgres => BusKind::Postgres { channel: crate::persist::notify_channel(&b.prefix) },
+    };
+    ClusterOptions { replica_name, bus, prefix: b.prefix.clone() }
+}
+
+fn delivery_clone(d: &Delivery) -> Delivery {
+    Delivery {
+        stats: d.stats.clone(),
+        activity: d.activity.clone(),
+        hub: d.hub.clone(),
+        gauges_changed: d.gauges_changed.clone(),
     }
 }
 
@@ -325,6 +389,9 @@ impl Running {
             let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
         }
         drop(self.retention.take());
+        if let Some(cluster) = &app.cluster {
+            cluster.close().await;
+        }
         if let Err(e) = app.plugin.close().await {
             tracing::warn!(error = %e, "closing the store failed");
         }

@@ -29,7 +29,7 @@ impl Heartbeat {
         Heartbeat { store, name, task }
     }
 
-    pub(crate) async fn leave(self) {
+    pub(crate) async fn leave(&self) {
         self.task.abort();
         if let Err(e) = self.store.leave(&self.name).await {
             tracing::debug!(error = %e, "could not remove this replica's heartbeat (it expires by itself)");

@@ -92,6 +92,12 @@ pub struct Cluster {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("bus", &self.bus).finish_non_exhaustive()
+    }
+}
+
 /// Batches waiting for the sequencer. A full queue drops the batch: the
 /// sequencer reads the missing seqs back from the store.
 const INPUT_QUEUE: usize = 4096;
@@ -108,8 +114,11 @@ impl Cluster {
         last_seq: u64,
     ) -> Cluster {
         let (tx, rx) = mpsc::channel(INPUT_QUEUE);
+        metrics.broadcast_bus_up.with_label_values(&[options.bus.label()]).set(i64::from(options.bus == BusKind::None));
         let bus_up = Arc::new(AtomicBool::new(false));
-        metrics.broadcast_bus_up.with_label_values(&[options.bus.label()]).set(0);
+        if options.bus != BusKind::None {
+            let _ = metrics.broadcast_bus_up.remove_label_values(&["local"]);
+        }
         let mut tasks = Vec::new();
         let publisher = match &options.bus {
             BusKind::None => {
@@ -171,11 +180,11 @@ impl Cluster {
 
     /// Leaves the cluster: the heartbeat row goes (this replica stops
     /// counting at once), the tasks stop.
-    pub async fn close(self) {
-        self.heartbeat.leave().await;
-        for t in self.tasks {
+    pub async fn close(&self) {
+        for t in &self.tasks {
             t.abort();
         }
+        self.heartbeat.leave().await;
     }
 }
 

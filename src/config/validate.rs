@@ -1,7 +1,7 @@
 //! Semantic checks of a parsed [`Config`], all at once, each named by its
 //! dotted key (the loader adds the line).
 
-use super::{BroadcastBackend, Config, PluginKind};
+use super::{AckMode, BroadcastBackend, Config, PluginKind};
 
 impl Config {
     /// Semantic checks, all at once: (dotted key, message).
@@ -60,10 +60,21 @@ impl Config {
             {
                 bad("persist.webhook_url", "plugin \"webhook\" needs an http:// or https:// URL".into())
             }
-            PluginKind::Postgres => bad(
-                "persist.plugin",
-                "\"postgres\" is not available in this version yet; use sqlite, jsonl, webhook or memory".into(),
-            ),
+            PluginKind::Postgres => {
+                if p.postgres_url.is_empty() {
+                    bad("persist.postgres_url", "required by plugin \"postgres\"".into());
+                } else if let Err(e) = p.postgres_url.expose().parse::<tokio_postgres::Config>() {
+                    bad("persist.postgres_url", format!("not a PostgreSQL URL: {e}"));
+                }
+                if p.ack == AckMode::Queued {
+                    bad(
+                        "persist.ack",
+                        "\"queued\" cannot be used with plugin \"postgres\": the shared store assigns seqs in its \
+                         commit, so they are not known before it; use \"durable\""
+                            .into(),
+                    );
+                }
+            }
             _ => {}
         }
         if p.memory_capacity == 0 {
@@ -140,12 +151,18 @@ impl Config {
             BroadcastBackend::Postgres => Some("postgres"),
         };
         if let Some(name) = backend {
-            bad("broadcast.backend", format!("\"{name}\" is not available in this version yet; use \"local\""));
             if p.plugin != PluginKind::Postgres {
                 bad(
                     "broadcast.backend",
                     format!("\"{name}\" needs persist.plugin = \"postgres\" (replicas must share one store)"),
                 );
+            }
+        }
+        if b.backend == BroadcastBackend::Redis {
+            if b.redis_url.is_empty() {
+                bad("broadcast.redis_url", "required by backend \"redis\"".into());
+            } else if let Err(e) = redis::Client::open(b.redis_url.expose()) {
+                bad("broadcast.redis_url", format!("not a Redis URL: {e}"));
             }
         }
         if b.prefix.is_empty() {
@@ -210,10 +227,15 @@ mod tests {
             let issues = keys(&format!("[broadcast]\nbackend = \"{backend}\"\n"));
             assert!(issues.iter().all(|(k, _)| k == "broadcast.backend"), "{issues:?}");
             assert!(issues.iter().any(|(_, m)| m.contains("needs persist.plugin = \"postgres\"")), "{issues:?}");
-            // With the shared store the only objection left is the version.
-            let issues = keys(&format!("[persist]\nplugin = \"postgres\"\n[broadcast]\nbackend = \"{backend}\"\n"));
-            assert_eq!(issues.iter().filter(|(k, _)| k == "broadcast.backend").count(), 1, "{issues:?}");
-            assert!(issues.iter().all(|(_, m)| m.contains("not available in this version yet")), "{issues:?}");
+            // With the shared store nothing is left to object to.
+            let text = format!(
+                "[persist]\nplugin = \"postgres\"\npostgres_url = \"postgres://u@db/s\"\n\
+                 [broadcast]\nbackend = \"{backend}\"\nredis_url = \"redis://127.0.0.1/0\"\n"
+            );
+            assert!(Config::from_toml(&text, &[]).is_ok(), "{backend}: {:?}", Config::from_toml(&text, &[]).err());
+            let queued = format!("{text}[persist]\nack = \"queued\"\n").replacen("[persist]\n", "[persist]\nack = \"queued\"\n", 1);
+            let queued = queued.rsplit_once("[persist]\nack").map_or(queued.clone(), |(a, _)| a.to_string());
+            assert!(keys(&queued).iter().any(|(k, _)| k == "persist.ack"), "{backend}");
         }
     }
 }

@@ -303,10 +303,24 @@ pub fn from_config(config: &Config) -> Result<Arc<dyn PersistCallback>, PersistE
             max_retries: p.webhook_max_retries,
             backoff: std::time::Duration::from_millis(p.webhook_backoff_ms),
         })?),
-        PluginKind::Postgres => {
-            return Err(PersistError::Unsupported { plugin: "postgres", what: "this version (not built yet)" })
-        }
+        PluginKind::Postgres => Arc::new(postgres::PostgresPlugin::new(postgres_options(config))?),
     })
+}
+
+/// The `postgres` plugin's options from the config.
+pub fn postgres_options(config: &Config) -> postgres::PostgresOptions {
+    let p = &config.persist;
+    postgres::PostgresOptions {
+        url: p.postgres_url.expose().to_string(),
+        pool_size: p.postgres_pool_size as usize,
+        notify_channel: (config.broadcast.backend == crate::config::BroadcastBackend::Postgres)
+            .then(|| notify_channel(&config.broadcast.prefix)),
+    }
+}
+
+/// The NOTIFY channel of the `postgres` broadcast backend.
+pub fn notify_channel(prefix: &str) -> String {
+    format!("{prefix}:events")
 }
 
 /// Every built-in plugin name (metric label values known up front).
