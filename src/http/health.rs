@@ -84,15 +84,20 @@ pub fn readyz(app: Arc<App>) -> warp::filters::BoxedFilter<(Response,)> {
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err(format!("health check took over {}s", HEALTH_TIMEOUT.as_secs())),
             };
+            let mut checks = json!({"config": "ok", "persist": {"plugin": plugin, "status": "ok"}});
+            if let Err(e) = &persist {
+                checks["persist"] = json!({"plugin": plugin, "status": "unavailable", "error": e});
+            }
+            // Several replicas: a bus that is down degrades fan-out (events
+            // then come from the store) but the replica stays ready.
+            if let Some(up) = app.cluster.as_ref().and_then(|c| c.bus_connected()) {
+                checks["broadcast"] = json!(if up { "ok" } else { "degraded" });
+            }
             let res = match persist {
-                Ok(()) => json_response(
-                    http::StatusCode::OK,
-                    &json!({"status": "ok", "checks": {"config": "ok", "persist": {"plugin": plugin, "status": "ok"}}}),
-                ),
-                Err(e) => json_response(
+                Ok(()) => json_response(http::StatusCode::OK, &json!({"status": "ok", "checks": checks})),
+                Err(_) => json_response(
                     http::StatusCode::SERVICE_UNAVAILABLE,
-                    &json!({"status": "unavailable",
-                            "checks": {"config": "ok", "persist": {"plugin": plugin, "status": "unavailable", "error": e}}}),
+                    &json!({"status": "unavailable", "checks": checks}),
                 ),
             };
             named("/readyz", res)

@@ -263,9 +263,16 @@ impl PostgresPlugin {
                     Box::pin(async move {
                         let tx = c.transaction().await.map_err(db_err)?;
                         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(db_err)?;
-                        tx.batch_execute("CREATE TABLE IF NOT EXISTS sidewire_schema (version INTEGER NOT NULL)")
+                        let exists: bool = tx
+                            .query_one("SELECT to_regclass('sidewire_schema') IS NOT NULL", &[])
                             .await
-                            .map_err(db_err)?;
+                            .map_err(db_err)?
+                            .get(0);
+                        if !exists {
+                            tx.batch_execute("CREATE TABLE sidewire_schema (version INTEGER NOT NULL)")
+                                .await
+                                .map_err(db_err)?;
+                        }
                         let version: i32 = match tx
                             .query_opt("SELECT version FROM sidewire_schema", &[])
                             .await
@@ -389,7 +396,7 @@ impl PostgresPlugin {
                     .map_err(db_err)?;
                     c.query(
                         "SELECT name, active_connections, messages_per_minute FROM sidewire_replicas
-                         WHERE seen_at > now() - make_interval(secs => $1 / 1000.0)",
+                         WHERE seen_at > now() - make_interval(secs => $1::float8 / 1000.0)",
                         &[&expiry_ms],
                     )
                     .await

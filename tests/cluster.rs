@@ -1,0 +1,606 @@
+//! Several replicas (CONTRACT section 8), as real processes on loopback,
+//! on the machine's PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379).
+//!
+//! Each test makes its own database (dropped at the end) and its own Redis
+//! channel prefix. Outages are simulated with a TCP proxy between the
+//! replicas and the service (see [`Proxy`]); the services themselves are
+//! never touched. Without PostgreSQL or Redis a test prints why and skips,
+//! unless `SIDEWIRE_TEST_REQUIRE` lists `postgres`/`redis`.
+
+mod common;
+
+use common::external;
+use futures::StreamExt;
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+const PG_ADMIN: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3";
+const REDIS: &str = "127.0.0.1:6379";
+
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
+/// A database of this test's own, dropped on drop.
+struct Db {
+    name: String,
+}
+
+impl Db {
+    /// `None` (after printing why) when PostgreSQL is not reachable and not required.
+    async fn create(test: &str) -> Option<Db> {
+        let admin = match tokio_postgres::connect(PG_ADMIN, tokio_postgres::NoTls).await {
+            Ok((client, conn)) => {
+                tokio::spawn(conn);
+                client
+            }
+            Err(e) => {
+                assert!(!external::is_required("postgres"), "{test}: PostgreSQL required but unreachable: {e}");
+                external::skip(test, &format!("PostgreSQL at 127.0.0.1:5432 is unreachable ({e})"));
+                return None;
+            }
+        };
+        let name = format!("sw_it_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).await.unwrap();
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+        Some(Db { name })
+    }
+
+    fn url(&self, port: u16) -> String {
+        format!("postgres://postgres:not-the-password@127.0.0.1:{port}/{}", self.name)
+    }
+
+    async fn query_one_i64(&self, sql: &str) -> i64 {
+        let dsn = format!("host=127.0.0.1 port=5432 user=postgres dbname={}", self.name);
+        let (client, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        client.query_one(sql, &[]).await.unwrap().get(0)
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // A plain thread: drop may run outside a runtime or inside one.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                if let Ok((client, conn)) = tokio_postgres::connect(PG_ADMIN, tokio_postgres::NoTls).await {
+                    tokio::spawn(conn);
+                    let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+/// Whether Redis answers; prints why a test skips when it does not.
+async fn redis_up(test: &str) -> bool {
+    match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(REDIS)).await {
+        Ok(Ok(_)) => true,
+        other => {
+            assert!(!external::is_required("redis"), "{test}: Redis required but unreachable: {other:?}");
+            external::skip(test, "Redis at 127.0.0.1:6379 is unreachable");
+            false
+        }
+    }
+}
+
+/// A TCP proxy in front of a service, that the test can cut (close every
+/// connection and refuse new ones) and restore.
+struct Proxy {
+    port: u16,
+    up: Arc<AtomicBool>,
+    generation: Arc<AtomicU64>,
+}
+
+impl Proxy {
+    async fn start(target: &'static str) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let generation = Arc::new(AtomicU64::new(0));
+        let (u, g) = (up.clone(), generation.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else { return };
+                if !u.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let (u, g) = (u.clone(), g.clone());
+                let born = g.load(Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(target).await else { return };
+                    let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
+                    let cut = async {
+                        while u.load(Ordering::SeqCst) && g.load(Ordering::SeqCst) == born {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    };
+                    tokio::select! { _ = copy => {}, _ = cut => {} }
+                });
+            }
+        });
+        Proxy { port, up, generation }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+/// One replica: the real binary as a child process.
+struct Replica {
+    child: Child,
+    base: String,
+    port: u16,
+    dir: PathBuf,
+}
+
+struct Setup<'a> {
+    db: &'a Db,
+    pg_port: u16,
+    backend: &'a str,
+    redis_port: u16,
+    prefix: String,
+}
+
+impl Replica {
+    fn start(dir: &Path, name: &str, s: &Setup<'_>) -> Replica {
+        let dir = dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nreplica_name = \"{name}\"\n\
+             [persist]\nplugin = \"postgres\"\npostgres_url = \"{}\"\npostgres_pool_size = 4\n\
+             [broadcast]\nbackend = \"{}\"\nredis_url = \"redis://127.0.0.1:{}/0\"\nprefix = \"{}\"\n\
+             [stats]\ninterval_secs = 1\n\
+             [ws]\nmax_connections_per_ip = 1000\nconnect_rate_per_ip_per_min = 100000\n",
+            s.db.url(s.pg_port),
+            s.backend,
+            s.redis_port,
+            s.prefix
+        );
+        let cfg = dir.join("sidewire.toml");
+        std::fs::write(&cfg, text).unwrap();
+        let log = std::fs::File::create(dir.join("server.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_sidewire"))
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .current_dir(&dir)
+            .env_remove("SIDEWIRE_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn sidewire");
+        let r = Replica { child, base: format!("http://127.0.0.1:{port}"), port, dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "replica {name} did not come up:\n{}", r.log());
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        r
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    async fn ws(&self, query: &str) -> Ws {
+        let url = format!("ws://127.0.0.1:{}/api/v1/ws/dashboard{query}", self.port);
+        let (ws, _) = tokio::time::timeout(Duration::from_secs(5), tokio_tungstenite::connect_async(url))
+            .await
+            .expect("ws connect timed out")
+            .expect("ws connect");
+        ws
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap()
+}
+
+async fn ingest(c: &reqwest::Client, base: &str, body: &Value) -> (u16, Value, Option<String>) {
+    let r = c.post(format!("{base}/api/v1/ingest")).json(body).send().await.unwrap();
+    let status = r.status().as_u16();
+    let retry = r.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string);
+    (status, r.json().await.unwrap_or(Value::Null), retry)
+}
+
+async fn get_json(c: &reqwest::Client, url: &str) -> (u16, Value) {
+    let r = c.get(url).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+/// Polls `f` until it gives `Some`, or fails after `within`.
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    within: Duration,
+    what: &str,
+    mut f: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads event seqs from a dashboard socket until `until` is seen.
+async fn events_until(ws: &mut Ws, until: u64, within: Duration) -> Vec<u64> {
+    let deadline = Instant::now() + within;
+    let mut seqs = Vec::new();
+    while seqs.last().is_none_or(|s| *s < until) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = match tokio::time::timeout(left, ws.next()).await {
+            Ok(Some(Ok(m))) => m,
+            other => panic!("socket ended or timed out after seqs {:?}: {other:?}", seqs.last()),
+        };
+        if let Message::Text(t) = msg {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if let Some(seq) = v.get("seq").and_then(Value::as_u64) {
+                seqs.push(seq);
+            }
+        }
+    }
+    seqs
+}
+
+/// Waits for `connection_ack` and the first `stats_update`.
+async fn ready(ws: &mut Ws) -> Value {
+    let mut ack = Value::Null;
+    loop {
+        let Some(Ok(Message::Text(t))) = ws.next().await else { panic!("socket ended before ready") };
+        let v: Value = serde_json::from_str(&t).unwrap();
+        match v["type"].as_str() {
+            Some("connection_ack") => ack = v,
+            Some("stats_update") => return ack,
+            _ => {}
+        }
+    }
+}
+
+fn batch(tag: &str, n: usize) -> Value {
+    Value::Array(
+        (0..n)
+            .map(|i| json!({"type": "query_complete", "id": format!("{tag}-{i}"), "data": {"q": tag, "ms": i}}))
+            .collect(),
+    )
+}
+
+async fn metric(c: &reqwest::Client, base: &str, series: &str) -> Option<f64> {
+    let text = c.get(format!("{base}/metrics")).send().await.ok()?.text().await.ok()?;
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_deliver_one_order_and_agree_on_stats() {
+    let test = "three_replicas_deliver_one_order_and_agree_on_stats";
+    let Some(db) = Db::create(test).await else { return };
+    if !redis_up(test).await {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup {
+        db: &db,
+        pg_port: 5432,
+        backend: "redis",
+        redis_port: 6379,
+        prefix: format!("swit-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst)),
+    };
+    let replicas: Vec<Replica> = ["a", "b", "c"].iter().map(|n| Replica::start(dir.path(), n, &setup)).collect();
+    let mut sockets = Vec::new();
+    for r in &replicas {
+        let mut ws = r.ws("").await;
+        ready(&mut ws).await;
+        sockets.push(ws);
+    }
+    // Producers on every replica at once, every event with its own id.
+    let c = client();
+    let mut producers = Vec::new();
+    for (i, r) in replicas.iter().enumerate() {
+        for p in 0..3 {
+            let (c, base) = (c.clone(), r.base.clone());
+            producers.push(tokio::spawn(async move {
+                let mut seqs = Vec::new();
+                for k in 0..40 {
+                    let (status, body, _) = ingest(&c, &base, &batch(&format!("r{i}-p{p}-k{k}"), 5)).await;
+                    assert_eq!(status, 202, "{body}");
+                    seqs.extend(body["seqs"].as_array().unwrap().iter().map(|s| s.as_u64().unwrap()));
+                }
+                seqs
+            }));
+        }
+    }
+    let mut acked = BTreeSet::new();
+    for p in producers {
+        for s in p.await.unwrap() {
+            assert!(acked.insert(s), "seq {s} acknowledged twice");
+        }
+    }
+    let total = acked.len() as u64;
+    assert_eq!(total, 3 * 3 * 40 * 5);
+    // One global order with no hole: the acknowledged seqs are 1..=total.
+    assert_eq!(acked, (1..=total).collect::<BTreeSet<_>>());
+    for (ws, r) in sockets.iter_mut().zip(&replicas) {
+        let seen = events_until(ws, total, Duration::from_secs(20)).await;
+        assert_eq!(seen, (1..=total).collect::<Vec<_>>(), "replica at {} delivered out of order or with gaps", r.base);
+    }
+    // Stats are the cluster's on every replica; connections are summed.
+    for r in &replicas {
+        let url = format!("{}/api/v1/stats", r.base);
+        eventually(Duration::from_secs(15), "stats to agree", || {
+            let c = c.clone();
+            let url = url.clone();
+            async move {
+                let (_, s) = get_json(&c, &url).await;
+                (s["eventsTotal"] == json!(total)
+                    && s["lastSeq"] == json!(total)
+                    && s["eventsByType"]["query_complete"] == json!(total)
+                    && s["replicas"] == json!(3)
+                    && s["activeConnections"] == json!(3)
+                    && s["queriesCompleted"] == json!(total))
+                .then_some(())
+            }
+        })
+        .await;
+        assert_eq!(metric(&c, &r.base, "sidewire_cluster_replicas ").await, Some(3.0));
+        assert_eq!(metric(&c, &r.base, "sidewire_broadcast_bus_up{backend=\"redis\"} ").await, Some(1.0));
+    }
+    // Each replica received the others' events over the bus.
+    let received = metric(&c, &replicas[0].base, "sidewire_broadcast_received_total ").await.unwrap();
+    assert!(received > 0.0, "nothing came over the bus");
+    assert_eq!(db.query_one_i64("SELECT count(*) FROM sidewire_events").await, total as i64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_id_on_two_replicas_at_once_gets_one_seq() {
+    let test = "the_same_id_on_two_replicas_at_once_gets_one_seq";
+    let Some(db) = Db::create(test).await else { return };
+    if !redis_up(test).await {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup { db: &db, pg_port: 5432, backend: "redis", redis_port: 6379, prefix: format!("swit-id-{}", std::process::id()) };
+    let a = Replica::start(dir.path(), "a", &setup);
+    let b = Replica::start(dir.path(), "b", &setup);
+    let c = client();
+    for i in 0..40 {
+        let body = json!({"type": "x", "id": format!("same-{i}")});
+        let (ra, rb) = tokio::join!(ingest(&c, &a.base, &body), ingest(&c, &b.base, &body));
+        assert_eq!((ra.0, rb.0), (202, 202));
+        assert_eq!(ra.1["seqs"], rb.1["seqs"], "id same-{i} got two seqs");
+        assert_eq!(ra.1["accepted"].as_u64().unwrap() + rb.1["accepted"].as_u64().unwrap(), 1, "{ra:?} {rb:?}");
+    }
+    assert_eq!(db.query_one_i64("SELECT count(*) FROM sidewire_events").await, 40);
+    let (_, s) = get_json(&c, &format!("{}/api/v1/stats", b.base)).await;
+    assert_eq!(s["eventsTotal"], json!(40));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_resumes_on_another_replica_after_kill_9() {
+    let test = "a_client_resumes_on_another_replica_after_kill_9";
+    let Some(db) = Db::create(test).await else { return };
+    if !redis_up(test).await {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup { db: &db, pg_port: 5432, backend: "redis", redis_port: 6379, prefix: format!("swit-resume-{}", std::process::id()) };
+    let mut a = Replica::start(dir.path(), "a", &setup);
+    let b = Replica::start(dir.path(), "b", &setup);
+    let c = client();
+    let mut ws = a.ws("").await;
+    ready(&mut ws).await;
+    let (_, first, _) = ingest(&c, &b.base, &batch("before", 10)).await;
+    let last_seen = *events_until(&mut ws, first["seqs"][9].as_u64().unwrap(), Duration::from_secs(10)).await.last().unwrap();
+    // Acknowledged by `a` right before it dies: must survive.
+    let (status, acked, _) = ingest(&c, &a.base, &batch("last-words", 5)).await;
+    assert_eq!(status, 202);
+    a.kill9();
+    drop(ws);
+    let (_, more, _) = ingest(&c, &b.base, &batch("after", 10)).await;
+    let newest = more["seqs"][9].as_u64().unwrap();
+    let c3 = Replica::start(dir.path(), "c", &setup);
+    let mut ws = c3.ws(&format!("?afterSeq={last_seen}")).await;
+    let mut replayed = Vec::new();
+    let mut complete = None;
+    while complete.is_none() {
+        let Some(Ok(Message::Text(t))) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap() else {
+            panic!("socket ended")
+        };
+        let v: Value = serde_json::from_str(&t).unwrap();
+        match v["type"].as_str() {
+            Some("resume_complete") => complete = Some(v),
+            _ if v.get("seq").is_some() => replayed.push(v["seq"].as_u64().unwrap()),
+            _ => {}
+        }
+    }
+    assert_eq!(replayed, ((last_seen + 1)..=newest).collect::<Vec<_>>());
+    for s in acked["seqs"].as_array().unwrap() {
+        assert!(replayed.contains(&s.as_u64().unwrap()), "acknowledged seq {s} lost with the replica");
+    }
+    assert_eq!(complete.unwrap()["data"]["truncated"], json!(false));
+    // The dead replica stops counting within 15 s.
+    let url = format!("{}/api/v1/stats", b.base);
+    eventually(Duration::from_secs(15), "the dead replica to drop out", || {
+        let (c, url) = (c.clone(), url.clone());
+        async move { (get_json(&c, &url).await.1["replicas"] == json!(2)).then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_down_events_still_arrive_from_the_store_and_fan_out_returns() {
+    let test = "redis_down_events_still_arrive_from_the_store_and_fan_out_returns";
+    let Some(db) = Db::create(test).await else { return };
+    if !redis_up(test).await {
+        return;
+    }
+    let proxy = Proxy::start(REDIS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup { db: &db, pg_port: 5432, backend: "redis", redis_port: proxy.port, prefix: format!("swit-redis-{}", std::process::id()) };
+    let a = Replica::start(dir.path(), "a", &setup);
+    let b = Replica::start(dir.path(), "b", &setup);
+    let c = client();
+    let bus = "sidewire_broadcast_bus_up{backend=\"redis\"} ";
+    for r in [&a, &b] {
+        eventually(Duration::from_secs(10), "the bus to connect", || {
+            let (c, base) = (c.clone(), r.base.clone());
+            async move { (metric(&c, &base, bus).await == Some(1.0)).then_some(()) }
+        })
+        .await;
+    }
+    let mut ws = b.ws("").await;
+    ready(&mut ws).await;
+    proxy.cut();
+    // Ingest goes on; every event reaches the dashboard on the other replica
+    // within 2 s of its 202, from the store.
+    let mut expected = Vec::new();
+    for k in 0..5 {
+        let (status, body, _) = ingest(&c, &a.base, &batch(&format!("down-{k}"), 3)).await;
+        assert_eq!(status, 202, "{body}");
+        let seqs: Vec<u64> = body["seqs"].as_array().unwrap().iter().map(|s| s.as_u64().unwrap()).collect();
+        let acked_at = Instant::now();
+        let got = events_until(&mut ws, *seqs.last().unwrap(), Duration::from_secs(5)).await;
+        assert!(acked_at.elapsed() < Duration::from_secs(2), "event took {:?} with Redis down", acked_at.elapsed());
+        expected.extend(seqs);
+        assert_eq!(got.last(), expected.last());
+    }
+    // Readiness says degraded (still 200) within 10 s.
+    let url = format!("{}/readyz", a.base);
+    let body = eventually(Duration::from_secs(10), "readyz to report degraded", || {
+        let (c, url) = (c.clone(), url.clone());
+        async move {
+            let (status, body) = get_json(&c, &url).await;
+            (status == 200 && body["checks"]["broadcast"] == json!("degraded")).then_some(body)
+        }
+    })
+    .await;
+    assert_eq!(body["status"], json!("ok"), "{body}");
+    assert!(metric(&c, &b.base, "sidewire_broadcast_gap_fills_total ").await.unwrap() >= 1.0);
+    proxy.restore();
+    for r in [&a, &b] {
+        eventually(Duration::from_secs(15), "the bus to come back", || {
+            let (c, base) = (c.clone(), r.base.clone());
+            async move { (metric(&c, &base, bus).await == Some(1.0)).then_some(()) }
+        })
+        .await;
+    }
+    let (_, body) = get_json(&c, &url).await;
+    assert_eq!(body["checks"]["broadcast"], json!("ok"), "{body}");
+    // Back on the bus: events arrive, in order, no gap.
+    let (_, body, _) = ingest(&c, &a.base, &batch("back", 4)).await;
+    let last = body["seqs"][3].as_u64().unwrap();
+    let got = events_until(&mut ws, last, Duration::from_secs(5)).await;
+    assert_eq!(got, ((expected.last().unwrap() + 1)..=last).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_down_refuses_ingest_and_sockets_continue_without_gap() {
+    let test = "postgres_down_refuses_ingest_and_sockets_continue_without_gap";
+    let Some(db) = Db::create(test).await else { return };
+    if !redis_up(test).await {
+        return;
+    }
+    let proxy = Proxy::start("127.0.0.1:5432").await;
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup { db: &db, pg_port: proxy.port, backend: "redis", redis_port: 6379, prefix: format!("swit-pg-{}", std::process::id()) };
+    let a = Replica::start(dir.path(), "a", &setup);
+    let b = Replica::start(dir.path(), "b", &setup);
+    let c = client();
+    let mut ws = b.ws("").await;
+    ready(&mut ws).await;
+    let (_, body, _) = ingest(&c, &a.base, &batch("up", 3)).await;
+    let before = body["seqs"][2].as_u64().unwrap();
+    events_until(&mut ws, before, Duration::from_secs(5)).await;
+    proxy.cut();
+    let started = Instant::now();
+    let (status, body, retry) = ingest(&c, &a.base, &batch("refused", 2)).await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], json!("persist_unavailable"), "{body}");
+    assert!(retry.is_some(), "no Retry-After");
+    let url = format!("{}/readyz", a.base);
+    eventually(Duration::from_secs(10), "readyz 503", || {
+        let (c, url) = (c.clone(), url.clone());
+        async move { (get_json(&c, &url).await.0 == 503).then_some(()) }
+    })
+    .await;
+    // Later requests while it is down fail fast.
+    let started = Instant::now();
+    assert_eq!(ingest(&c, &a.base, &batch("refused-2", 1)).await.0, 503);
+    assert!(started.elapsed() < Duration::from_secs(4), "took {:?}", started.elapsed());
+    proxy.restore();
+    let body = eventually(Duration::from_secs(15), "ingest to work again", || {
+        let c = c.clone();
+        let base = a.base.clone();
+        async move {
+            let (status, body, _) = ingest(&c, &base, &batch(&format!("back-{}", NEXT.fetch_add(1, Ordering::SeqCst)), 2)).await;
+            (status == 202).then_some(body)
+        }
+    })
+    .await;
+    let last = body["seqs"][1].as_u64().unwrap();
+    // The socket stayed open and continues with no gap.
+    let got = events_until(&mut ws, last, Duration::from_secs(5)).await;
+    assert_eq!(got, ((before + 1)..=last).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_postgres_backend_fans_out_through_notify() {
+    let test = "the_postgres_backend_fans_out_through_notify";
+    let Some(db) = Db::create(test).await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup { db: &db, pg_port: 5432, backend: "postgres", redis_port: 6379, prefix: format!("swit-notify-{}", std::process::id()) };
+    let a = Replica::start(dir.path(), "a", &setup);
+    let b = Replica::start(dir.path(), "b", &setup);
+    let c = client();
+    let mut wa = a.ws("").await;
+    let mut wb = b.ws("").await;
+    ready(&mut wa).await;
+    ready(&mut wb).await;
+    let mut last = 0;
+    for k in 0..10 {
+        let target = if k % 2 == 0 { &a } else { &b };
+        let (status, body, _) = ingest(&c, &target.base, &batch(&format!("n{k}"), 4)).await;
+        assert_eq!(status, 202);
+        last = body["seqs"][3].as_u64().unwrap();
+    }
+    for ws in [&mut wa, &mut wb] {
+        let started = Instant::now();
+        assert_eq!(events_until(ws, last, Duration::from_secs(5)).await, (1..=last).collect::<Vec<_>>());
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+    assert_eq!(metric(&c, &a.base, "sidewire_broadcast_bus_up{backend=\"postgres\"} ").await, Some(1.0));
+    let (_, ready_body) = get_json(&c, &format!("{}/readyz", b.base)).await;
+    assert_eq!(ready_body["checks"]["broadcast"], json!("ok"), "{ready_body}");
+}
