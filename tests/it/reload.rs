@@ -3,9 +3,7 @@
 //! change it (in place, rename over, Kubernetes ConfigMap symlink swap,
 //! SIGHUP to the real binary).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use sidewire::config::{Config, LiveConfig};

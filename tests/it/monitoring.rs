@@ -12,13 +12,9 @@
 //! Prometheus/promtool are outside programs: see `common/external.rs` for
 //! when a missing one skips and when it fails (`SIDEWIRE_TEST_REQUIRE`).
 
-mod common;
-#[path = "common/external.rs"]
-mod external;
-#[path = "common/yaml.rs"]
-mod yaml;
-
-use common::*;
+use crate::common::external;
+use crate::common::yaml;
+use crate::common::*;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;

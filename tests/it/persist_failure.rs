@@ -2,10 +2,8 @@
 //! `persist_unavailable` with `Retry-After`; section 6: `/readyz`), with
 //! durable and queued ack.
 
-mod common;
-
+use crate::common::*;
 use async_trait::async_trait;
-use common::*;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use sidewire::config::AckMode;

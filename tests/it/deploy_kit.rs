@@ -5,13 +5,9 @@
 //! commands the binary accepts; the Grafana dashboard uses only provisioned
 //! datasources.
 
-mod common;
-#[path = "common/external.rs"]
-mod external;
-#[path = "common/yaml.rs"]
-mod yaml;
-
-use common::*;
+use crate::common::external;
+use crate::common::yaml;
+use crate::common::*;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

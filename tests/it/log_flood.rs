@@ -4,9 +4,7 @@
 //! The first occurrence is logged in full, then one summary line per 10 s
 //! with the count; the counters stay exact.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use std::io::BufRead;

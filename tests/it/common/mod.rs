@@ -185,5 +185,9 @@ impl Drop for Process {
 
 // Helpers for the REST/core tests (kept apart so WebSocket helpers can grow here).
 pub mod api;
-#[allow(unused_imports)] // not every test binary uses them
+#[allow(unused_imports)] // tests/otlp.rs, its own binary, uses none of them
 pub use api::*;
+pub mod cdp;
+pub mod external;
+pub mod rawws;
+pub mod yaml;

@@ -2,9 +2,7 @@
 //! label rules: matched routes only, capped `type` values, series at 0 from
 //! start-up.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use std::collections::HashMap;

@@ -4,9 +4,7 @@
 //! and their live reload. Real servers on loopback, raw sockets where the
 //! point is what a misbehaving client does.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use sidewire::config::{Config, LiveConfig};

@@ -2,9 +2,7 @@
 //! the same store, and the real binary killed with SIGKILL or stopped with
 //! SIGTERM. Also the `check-config` and `emit` CLI commands.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::process::Command;
 use std::time::Duration;
