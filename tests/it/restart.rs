@@ -386,7 +386,7 @@ async fn emit_prints_the_seq_or_the_servers_error_code() {
     assert_eq!(items[2]["data"], json!({"file": "a.pdf"}));
     assert_eq!(items[1]["source"], json!("cli"));
     // A server that is not there: non-zero, no panic.
-    let port = free_port();
+    let (port, _reserved) = refused_port();
     let (code, _, err) = tokio::task::spawn_blocking(move || {
         run(bin().args(["emit", "--url", &format!("http://127.0.0.1:{port}"), "--type", "a"]))
     })
