@@ -8,6 +8,7 @@
 
 pub mod jsonl;
 pub mod memory;
+pub mod ring;
 pub mod sqlite;
 pub mod webhook;
 
