@@ -264,6 +264,12 @@ fn front_door_settings(config: &Config, auto_max: usize) -> Settings {
 pub struct PeerAddr(pub SocketAddr);
 
 impl Running {
+    /// Where the separate metrics listener (`metrics.listen`) is bound, if
+    /// one is configured: the real port when the config said port 0.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     pub async fn serve(mut self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let app = self.app.clone();
         let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();

@@ -3,8 +3,10 @@
 //! trace, exported over OTLP/HTTP (protobuf) to a collector.
 //!
 //! The global tracing subscriber can be installed once per process, so this
-//! binary holds one test.
+//! binary holds one test, apart from the other integration tests (`tests/it/`,
+//! whose harness it shares).
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use common::*;

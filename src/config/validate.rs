@@ -13,7 +13,10 @@ impl Config {
         }
         match (self.metrics.listen_addr(), self.listen_addr()) {
             (Err(e), _) => bad("metrics.listen", e),
-            (Ok(Some(m)), Ok(l)) if m == l => bad("metrics.listen", "must differ from server.listen".into()),
+            // Port 0 on both is fine: each gets a port of its own.
+            (Ok(Some(m)), Ok(l)) if m == l && m.port() != 0 => {
+                bad("metrics.listen", "must differ from server.listen".into())
+            }
             _ => {}
         }
         for (k, v) in [
@@ -184,6 +187,8 @@ mod tests {
         assert_eq!((issues[0].key.as_str(), issues[0].line), ("metrics.listen", Some(2)));
         let same = "[server]\nlisten = \"127.0.0.1:9000\"\n[metrics]\nlisten = \"127.0.0.1:9000\"\n";
         assert_eq!(Config::from_toml(same, &[]).unwrap_err()[0].key, "metrics.listen");
+        let both_any_port = "[server]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n";
+        assert!(Config::from_toml(both_any_port, &[]).is_ok(), "port 0 twice: two ports");
         let ok = Config::from_toml("[metrics]\nlisten = \"127.0.0.1:9100\"\n", &[]).unwrap();
         assert!(ok.metrics.listen_addr().unwrap().is_some());
     }

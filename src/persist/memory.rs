@@ -1,39 +1,23 @@
 //! An in-memory store: nothing survives a restart. For tests, demos and
-//! deployments that only want the live dashboard.
+//! deployments that only want the live dashboard. The events are a
+//! [`Ring`] of `persist.memory_capacity`, the same ring the activity buffer
+//! uses.
 
+use super::ring::Ring;
 use super::{Batch, EventQuery, PersistCallback, PersistError};
 use crate::event::Event;
 use async_trait::async_trait;
-use parking_lot::RwLock;
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 #[derive(Debug)]
 pub struct MemoryPlugin {
-    capacity: usize,
-    /// Oldest first; at most `capacity` events, the oldest dropped first.
-    events: RwLock<VecDeque<Arc<Event>>>,
-    /// The seq of the last event dropped for capacity (resume says
-    /// `truncated` for a client behind it).
-    dropped_upto: AtomicU64,
+    /// At most `persist.memory_capacity` events, the oldest dropped first.
+    events: Ring,
 }
 
 impl MemoryPlugin {
     pub fn new(capacity: usize) -> Self {
-        Self { capacity: capacity.max(1), events: RwLock::new(VecDeque::new()), dropped_upto: AtomicU64::new(0) }
-    }
-}
-
-/// Runs a query over events held oldest first.
-pub(crate) fn query_slice<'a>(
-    events: impl DoubleEndedIterator<Item = &'a Arc<Event>>,
-    q: &EventQuery,
-) -> Vec<Arc<Event>> {
-    if q.ascending {
-        events.filter(|e| q.matches(e)).take(q.limit).cloned().collect()
-    } else {
-        events.rev().filter(|e| q.matches(e)).take(q.limit).cloned().collect()
+        Self { events: Ring::new(capacity) }
     }
 }
 
@@ -44,20 +28,14 @@ impl PersistCallback for MemoryPlugin {
     }
 
     async fn persist(&self, batch: &Batch) -> Result<(), PersistError> {
-        let mut events = self.events.write();
-        for e in &batch.events {
-            if events.len() == self.capacity {
-                if let Some(old) = events.pop_front() {
-                    self.dropped_upto.fetch_max(old.seq, Ordering::Relaxed);
-                }
-            }
-            events.push_back(e.clone());
-        }
+        self.events.extend(&batch.events);
         Ok(())
     }
 
+    /// The seq of the last event dropped for capacity (resume says
+    /// `truncated` for a client behind it).
     fn retention_floor(&self) -> u64 {
-        self.dropped_upto.load(Ordering::Relaxed)
+        self.events.dropped_upto()
     }
 
     fn can_query(&self) -> bool {
@@ -65,6 +43,6 @@ impl PersistCallback for MemoryPlugin {
     }
 
     async fn query(&self, q: &EventQuery) -> Result<Vec<Arc<Event>>, PersistError> {
-        Ok(query_slice(self.events.read().iter(), q))
+        Ok(self.events.query(q))
     }
 }

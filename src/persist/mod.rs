@@ -9,6 +9,7 @@
 pub mod jsonl;
 pub mod memory;
 pub mod postgres;
+pub mod ring;
 pub mod sqlite;
 pub mod webhook;
 

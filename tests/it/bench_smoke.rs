@@ -3,9 +3,7 @@
 //! and prints a `RESULT {json}` line that says the run did what it claims.
 //! A few seconds in all; no `cargo bench` needed.
 
-mod common;
-
-use common::Process;
+use crate::common::Process;
 use serde_json::Value;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

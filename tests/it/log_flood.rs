@@ -4,9 +4,7 @@
 //! The first occurrence is logged in full, then one summary line per 10 s
 //! with the count; the counters stay exact.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use std::io::BufRead;
@@ -29,10 +27,9 @@ struct FullDisk {
 impl FullDisk {
     fn start() -> FullDisk {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let cfg = dir.path().join("sidewire.toml");
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[persist]\nsqlite_path = {:?}\n[telemetry]\nlog_format = \"pretty\"\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\n[persist]\nsqlite_path = {:?}\n[telemetry]\nlog_format = \"pretty\"\n",
             dir.path().join("sidewire.db").display().to_string()
         );
         std::fs::write(&cfg, text).unwrap();
@@ -55,12 +52,16 @@ impl FullDisk {
                 sink.lock().push(line);
             }
         });
+        // Started on port 0: its `sidewire listening` line says which it got.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        let addr = loop {
+            if let Some(addr) = listening_addr(&lines.lock().join("\n")) {
+                break addr;
+            }
             assert!(Instant::now() < deadline, "the server did not come up: {:?}", lines.lock());
             std::thread::sleep(Duration::from_millis(25));
-        }
-        FullDisk { child, base: format!("http://127.0.0.1:{port}"), lines, _dir: dir }
+        };
+        FullDisk { child, base: format!("http://{addr}"), lines, _dir: dir }
     }
 
     /// Log lines so far that contain `needle`.

@@ -12,13 +12,9 @@
 //! Prometheus/promtool are outside programs: see `common/external.rs` for
 //! when a missing one skips and when it fails (`SIDEWIRE_TEST_REQUIRE`).
 
-mod common;
-#[path = "common/external.rs"]
-mod external;
-#[path = "common/yaml.rs"]
-mod yaml;
-
-use common::*;
+use crate::common::external;
+use crate::common::yaml;
+use crate::common::*;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -349,6 +345,16 @@ impl Prometheus {
     }
 }
 
+/// The bound address in Prometheus' `msg="Listening on" address=...` log line
+/// (its earlier "Start listening" line repeats the flag, port 0).
+fn prometheus_addr(log: &str) -> Option<std::net::SocketAddr> {
+    log.lines().filter(|l| l.contains("Listening on")).find_map(|l| {
+        let (_, rest) = l.split_once(" address=")?;
+        let addr: std::net::SocketAddr = rest.split(' ').next()?.trim_matches('"').parse().ok()?;
+        (addr.port() != 0).then_some(addr)
+    })
+}
+
 impl Drop for Prometheus {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -461,7 +467,6 @@ async fn prometheus_run(prom_bin: PathBuf) {
     let held = ws_and_bad_traffic(&srv).await;
 
     // Prometheus scraping the test server every second, with the kit's rules.
-    let port = free_port();
     let cfg = dir.path().join("prometheus.yml");
     let rules = root().join("prometheus/alerts.yml");
     std::fs::write(
@@ -480,17 +485,25 @@ async fn prometheus_run(prom_bin: PathBuf) {
     let child = Command::new(&prom_bin)
         .arg(format!("--config.file={}", cfg.display()))
         .arg(format!("--storage.tsdb.path={}", tsdb.display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        // Port 0: its "Listening on" log line says which port it got.
+        .arg("--web.listen-address=127.0.0.1:0")
         .current_dir(dir.path())
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&log).unwrap())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("spawn prometheus");
-    let prom = Prometheus { child, base: format!("http://127.0.0.1:{port}"), log };
+    let mut prom = Prometheus { child, base: String::new(), log };
 
-    // Ready, then a few scrapes.
+    // Listening, ready, then a few scrapes.
     let deadline = Instant::now() + Duration::from_secs(20);
+    prom.base = loop {
+        if let Some(addr) = prometheus_addr(&prom.log()) {
+            break format!("http://{addr}");
+        }
+        assert!(Instant::now() < deadline, "prometheus did not say where it listens; log:\n{}", prom.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     loop {
         if let Ok(r) = c.get(format!("{}/-/ready", prom.base)).send().await {
             if r.status().is_success() {

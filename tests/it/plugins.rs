@@ -2,9 +2,7 @@
 //! (section 4), stats (section 3), duplicates (section 2) and, for stores that
 //! persist, restarts.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use sidewire::config::{Config, PluginKind};
 

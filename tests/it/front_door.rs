@@ -4,9 +4,7 @@
 //! and their live reload. Real servers on loopback, raw sockets where the
 //! point is what a misbehaving client does.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use sidewire::config::{Config, LiveConfig};
@@ -244,10 +242,9 @@ async fn at_the_cap_new_connections_are_refused_while_health_and_open_ones_keep_
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config_in(dir.path());
     cfg.server.max_http_connections = 3;
-    let metrics_port = free_port();
-    cfg.metrics.listen = format!("127.0.0.1:{metrics_port}");
+    cfg.metrics.listen = "127.0.0.1:0".into();
     let srv = TestServer::start(cfg).await;
-    let private = format!("http://127.0.0.1:{metrics_port}");
+    let private = format!("http://{}", srv.metrics_addr.expect("a metrics listener"));
     let c = client();
     // Three connections fill the cap: two keep-alive HTTP, one WebSocket.
     let mut a = TcpStream::connect(srv.addr).await.unwrap();

@@ -2,9 +2,7 @@
 //! the same store, and the real binary killed with SIGKILL or stopped with
 //! SIGTERM. Also the `check-config` and `emit` CLI commands.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::process::Command;
 use std::time::Duration;
@@ -388,7 +386,7 @@ async fn emit_prints_the_seq_or_the_servers_error_code() {
     assert_eq!(items[2]["data"], json!({"file": "a.pdf"}));
     assert_eq!(items[1]["source"], json!("cli"));
     // A server that is not there: non-zero, no panic.
-    let port = free_port();
+    let (port, _reserved) = refused_port();
     let (code, _, err) = tokio::task::spawn_blocking(move || {
         run(bin().args(["emit", "--url", &format!("http://127.0.0.1:{port}"), "--type", "a"]))
     })

@@ -7,9 +7,7 @@
 //! never touched. Without PostgreSQL or Redis a test prints why and skips,
 //! unless `SIDEWIRE_TEST_REQUIRE` lists `postgres`/`redis`.
 
-mod common;
-
-use common::external;
+use crate::common::{external, listening_addr};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -163,11 +161,8 @@ impl Replica {
     fn start(dir: &Path, name: &str, s: &Setup<'_>) -> Replica {
         let dir = dir.join(name);
         std::fs::create_dir_all(&dir).unwrap();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        drop(listener);
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nreplica_name = \"{name}\"\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\nreplica_name = \"{name}\"\n\
              [persist]\nplugin = \"postgres\"\npostgres_url = \"{}\"\npostgres_pool_size = 4\n\
              [broadcast]\nbackend = \"{}\"\nredis_url = \"redis://127.0.0.1:{}/0\"\nprefix = \"{}\"\n\
              [stats]\ninterval_secs = 1\n\
@@ -185,16 +180,25 @@ impl Replica {
             .arg(&cfg)
             .current_dir(&dir)
             .env_remove("SIDEWIRE_CONFIG")
+            .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("spawn sidewire");
-        let r = Replica { child, base: format!("http://127.0.0.1:{port}"), port, dir };
+        let mut r = Replica { child, base: String::new(), port: 0, dir };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        let addr = loop {
+            if let Some(addr) = listening_addr(&r.log()) {
+                break addr;
+            }
+            if let Ok(Some(status)) = r.child.try_wait() {
+                panic!("replica {name} exited ({status}) before listening:\n{}", r.log());
+            }
             assert!(Instant::now() < deadline, "replica {name} did not come up:\n{}", r.log());
             std::thread::sleep(Duration::from_millis(25));
-        }
+        };
+        r.port = addr.port();
+        r.base = format!("http://{addr}");
         r
     }
 
@@ -228,15 +232,22 @@ fn client() -> reqwest::Client {
 }
 
 async fn ingest(c: &reqwest::Client, base: &str, body: &Value) -> (u16, Value, Option<String>) {
-    let r = c.post(format!("{base}/api/v1/ingest")).json(body).send().await.unwrap();
+    let r = c
+        .post(format!("{base}/api/v1/ingest"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
     let status = r.status().as_u16();
     let retry = r.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string);
-    (status, r.json().await.unwrap_or(Value::Null), retry)
+    (status, serde_json::from_str(&r.text().await.unwrap()).unwrap_or(Value::Null), retry)
 }
 
 async fn get_json(c: &reqwest::Client, url: &str) -> (u16, Value) {
     let r = c.get(url).send().await.unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    let status = r.status().as_u16();
+    (status, serde_json::from_str(&r.text().await.unwrap()).unwrap_or(Value::Null))
 }
 
 /// Polls `f` until it gives `Some`, or fails after `within`.

@@ -1,9 +1,7 @@
 //! POST /api/v1/ingest against a real server (contract sections 1-2), the
 //! error bodies of sections 2-4, and concurrent producers.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

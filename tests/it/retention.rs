@@ -5,9 +5,7 @@
 //! the floor survives a restart; the store gauges and the deleted counter
 //! are exported.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use sidewire::config::{Config, LiveConfig};

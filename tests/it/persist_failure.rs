@@ -2,10 +2,8 @@
 //! `persist_unavailable` with `Retry-After`; section 6: `/readyz`), with
 //! durable and queued ack.
 
-mod common;
-
+use crate::common::*;
 use async_trait::async_trait;
-use common::*;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use sidewire::config::AckMode;
@@ -264,12 +262,19 @@ async fn durable_ack_with_a_full_queue_is_a_503() {
     assert_reply_error(&r, 503, "persist_unavailable", None);
     retry_after(&r);
     // 1 event still fits in a queue of 4 holding 3; it waits for the store.
-    let fits = {
+    let mut fits = {
         let (c, base) = (c.clone(), srv.base.clone());
         tokio::spawn(async move { post_json(&c, &base, &json!({"type": "c"})).await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!fits.is_finished(), "durable ack waits for the store");
+    // It is in the queue (3 + 1 events) ...
+    wait_until("the 1 event is queued", Duration::from_secs(5), || {
+        let depth = srv.app.metrics.persist_queue_depth.get();
+        async move { depth == 4 }
+    })
+    .await;
+    // ... and, the store being held, gets no answer (a queued ack would come at once).
+    let early = tokio::time::timeout(Duration::from_millis(200), &mut fits).await;
+    assert!(early.is_err(), "durable ack waits for the store: {:?}", early.map(|r| r.map(|r| r.status)));
     plugin.hold.store(false, Ordering::SeqCst);
     let r1 = first.await.unwrap();
     assert_eq!(r1.status, 202, "{}", r1.text);

@@ -13,6 +13,9 @@ use tokio::sync::oneshot;
 pub struct TestServer {
     pub addr: SocketAddr,
     pub base: String,
+    /// The separate metrics listener, when `metrics.listen` is set (port 0
+    /// is fine: this is the port it got).
+    pub metrics_addr: Option<SocketAddr>,
     pub app: std::sync::Arc<sidewire::server::App>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -38,6 +41,7 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let running = builder.start().await.expect("server starts");
         let app = running.app.clone();
+        let metrics_addr = running.metrics_addr();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             running
@@ -46,7 +50,7 @@ impl TestServer {
                 })
                 .await
         });
-        TestServer { addr, base: format!("http://{addr}"), app, stop: Some(tx), task: Some(task) }
+        TestServer { addr, base: format!("http://{addr}"), metrics_addr, app, stop: Some(tx), task: Some(task) }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -100,18 +104,31 @@ pub struct Process {
     pub dir: PathBuf,
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// A loopback port where nothing listens, reserved for as long as the
+/// returned socket lives (bound, never listening: connections are refused,
+/// and no other test can take the port meanwhile).
+pub fn refused_port() -> (u16, tokio::net::TcpSocket) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    (socket.local_addr().unwrap().port(), socket)
+}
+
+/// The address in a server log's `sidewire listening` line (pretty or JSON
+/// format): servers started on port 0 say there which port they got.
+pub fn listening_addr(log: &str) -> Option<SocketAddr> {
+    log.lines().filter(|l| l.contains("sidewire listening")).find_map(|l| {
+        let (_, rest) = l.split_once(" addr=").or_else(|| l.split_once("\"addr\":\""))?;
+        rest.split([' ', '"']).next()?.parse().ok()
+    })
 }
 
 impl Process {
-    /// Starts `sidewire serve --config <dir>/sidewire.toml` with `extra` TOML
-    /// appended, and waits for /healthz.
+    /// Starts `sidewire serve --config <dir>/sidewire.toml` (on port 0) with
+    /// `extra` TOML appended, and waits until its log says where it listens.
     pub fn start(dir: &Path, extra: &str) -> Process {
-        let port = free_port();
         let cfg = dir.join("sidewire.toml");
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[persist]\nsqlite_path = {:?}\njsonl_path = {:?}\n{extra}\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\n[persist]\nsqlite_path = {:?}\njsonl_path = {:?}\n{extra}\n",
             dir.join("sidewire.db").display().to_string(),
             dir.join("events.jsonl").display().to_string(),
         );
@@ -122,28 +139,30 @@ impl Process {
             .arg(&cfg)
             .current_dir(dir)
             .env_remove("SIDEWIRE_CONFIG")
+            // The `sidewire listening` line (INFO) tells the port.
+            .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("spawn sidewire");
-        let p = Process { child, base: format!("http://127.0.0.1:{port}"), dir: dir.to_path_buf() };
-        p.wait_healthy();
+        let mut p = Process { child, base: String::new(), dir: dir.to_path_buf() };
+        let addr = p.wait_listening();
+        p.base = format!("http://{addr}");
         p
     }
 
-    fn wait_healthy(&self) {
+    /// Waits for the `sidewire listening` log line (written once the
+    /// listener is bound, just before it accepts).
+    fn wait_listening(&mut self) -> SocketAddr {
         let deadline = Instant::now() + Duration::from_secs(30);
-        let url = format!("{}/healthz", self.base);
         loop {
-            let ok = std::net::TcpStream::connect_timeout(
-                &self.base.trim_start_matches("http://").parse().unwrap(),
-                Duration::from_millis(200),
-            )
-            .is_ok();
-            if ok {
-                return;
+            if let Some(addr) = listening_addr(&self.log()) {
+                return addr;
             }
-            assert!(Instant::now() < deadline, "{url} did not come up; log:\n{}", self.log());
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("sidewire exited ({status}) before listening; log:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "sidewire did not come up; log:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(25));
         }
     }
@@ -185,5 +204,9 @@ impl Drop for Process {
 
 // Helpers for the REST/core tests (kept apart so WebSocket helpers can grow here).
 pub mod api;
-#[allow(unused_imports)] // not every test binary uses them
+#[allow(unused_imports)] // tests/otlp.rs, its own binary, uses none of them
 pub use api::*;
+pub mod cdp;
+pub mod external;
+pub mod rawws;
+pub mod yaml;

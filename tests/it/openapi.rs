@@ -3,9 +3,7 @@
 //! the routes the server has (both ways, so code and docs cannot drift), and
 //! the docs page loads only local assets.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::collections::BTreeSet;
 

@@ -5,13 +5,9 @@
 //! commands the binary accepts; the Grafana dashboard uses only provisioned
 //! datasources.
 
-mod common;
-#[path = "common/external.rs"]
-mod external;
-#[path = "common/yaml.rs"]
-mod yaml;
-
-use common::*;
+use crate::common::external;
+use crate::common::yaml;
+use crate::common::*;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -557,7 +553,8 @@ async fn the_image_healthcheck_command_tells_up_from_down() {
     .await
     .unwrap();
     assert!(up.status.success(), "`sidewire health` against a running server: {}", String::from_utf8_lossy(&up.stderr));
-    let dead = format!("http://127.0.0.1:{}/healthz", free_port());
+    let (port, _reserved) = refused_port();
+    let dead = format!("http://127.0.0.1:{port}/healthz");
     let down = tokio::task::spawn_blocking(move || {
         Command::new(sidewire_bin()).args(["health", "--url", &dead]).output().unwrap()
     })

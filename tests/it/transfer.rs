@@ -3,9 +3,7 @@
 //! exactly (same events byte for byte, same seqs, same stats), filters
 //! select, and an import that would collide is refused with a clear error.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -3,9 +3,7 @@
 //! change it (in place, rename over, Kubernetes ConfigMap symlink swap,
 //! SIGHUP to the real binary).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use sidewire::config::{Config, LiveConfig};
@@ -260,19 +258,65 @@ async fn a_configmap_symlink_swap_is_picked_up() {
     r.srv.stop().await;
 }
 
+/// This thread's log lines, for a current-thread test runtime, where the
+/// reloader's task runs too (no global subscriber: other tests share the
+/// process).
+#[derive(Clone, Default)]
+struct ThreadLog(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for ThreadLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl ThreadLog {
+    /// Captures `sidewire::reload` down to debug until the guard drops.
+    fn capture() -> (ThreadLog, tracing::subscriber::DefaultGuard) {
+        let log = ThreadLog::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter("sidewire::reload=debug")
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        (log, tracing::subscriber::set_default(subscriber))
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
 #[tokio::test]
 async fn unchanged_text_is_not_reloaded_again() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sidewire.toml");
     let text = config_text(dir.path(), "");
     std::fs::write(&path, &text).unwrap();
+    let (log, _guard) = ThreadLog::capture();
     let r = start_reloading(&path).await;
-    // Same bytes rewritten, and unrelated files in the folder: no reload.
-    std::fs::write(&path, &text).unwrap();
+    // An unrelated file in the folder, then the same bytes rewritten: the
+    // reloader sees the rewrite (it says so) and neither applies nor counts it.
     std::fs::write(dir.path().join("other.toml"), "x = 1").unwrap();
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    std::fs::write(&path, &text).unwrap();
+    wait_until("the reloader saw the rewrite", WITHIN + Duration::from_secs(3), || {
+        let seen = log.text().contains("text unchanged");
+        async move { seen }
+    })
+    .await;
     assert_eq!(reloads(&r.srv, "success").await, 0);
     assert_eq!(reloads(&r.srv, "failure").await, 0);
+    // A real change after them is the one reload counted.
+    let written = Instant::now();
+    std::fs::write(&path, config_text(dir.path(), "[stats]\ninterval_secs = 3\n")).unwrap();
+    until_config(&r.srv, written, "stats.interval_secs = 3", |c| c.stats.interval_secs == 3).await;
+    assert_eq!(reloads(&r.srv, "success").await, 1);
     r.srv.stop().await;
 }
 

@@ -8,11 +8,8 @@
 //! `SIDEWIRE_TEST_REQUIRE` names `mount` (then it fails). The tmpfs is
 //! unmounted at the end, also when the test fails (a guard's `Drop`).
 
-mod common;
-#[path = "common/external.rs"]
-mod external;
-
-use common::*;
+use crate::common::external;
+use crate::common::*;
 use serde_json::{json, Value};
 use sidewire::config::PluginKind;
 use std::io::Write;

@@ -2,11 +2,8 @@
 //! real client (tokio-tungstenite) and, where a polite client cannot play the
 //! part, a hand-written one (`common/rawws.rs`).
 
-mod common;
-#[path = "common/rawws.rs"]
-mod rawws;
-
-use common::*;
+use crate::common::rawws;
+use crate::common::*;
 use futures::{SinkExt, StreamExt};
 use rawws::Msg;
 use serde_json::{json, Value};

@@ -9,13 +9,9 @@
 //! Chromium is an outside program: see `common/external.rs` for when a
 //! missing one skips and when it fails (`SIDEWIRE_TEST_REQUIRE`).
 
-#[path = "common/cdp.rs"]
-mod cdp;
-mod common;
-#[path = "common/external.rs"]
-mod external;
-
-use common::*;
+use crate::common::cdp;
+use crate::common::external;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::PathBuf;

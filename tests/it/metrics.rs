@@ -2,9 +2,7 @@
 //! label rules: matched routes only, capped `type` values, series at 0 from
 //! start-up.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use std::collections::HashMap;
@@ -133,11 +131,10 @@ async fn http_metrics_use_matched_routes_and_type_labels_are_capped() {
 async fn a_separate_metrics_listener_takes_metrics_off_the_public_port() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config_in(dir.path());
-    let port = free_port();
-    cfg.metrics.listen = format!("127.0.0.1:{port}");
+    cfg.metrics.listen = "127.0.0.1:0".into();
     let srv = TestServer::start(cfg).await;
     let c = client();
-    let private = format!("http://127.0.0.1:{port}");
+    let private = format!("http://{}", srv.metrics_addr.expect("a metrics listener"));
     let r = c.get(format!("{private}/metrics")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.text().await.unwrap().contains("sidewire_build_info"));
