@@ -98,6 +98,8 @@ struct Proxy {
     port: u16,
     up: Arc<AtomicBool>,
     generation: Arc<AtomicU64>,
+    /// Connections being relayed.
+    open: Arc<AtomicU64>,
 }
 
 impl Proxy {
@@ -106,7 +108,8 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let up = Arc::new(AtomicBool::new(true));
         let generation = Arc::new(AtomicU64::new(0));
-        let (u, g) = (up.clone(), generation.clone());
+        let open = Arc::new(AtomicU64::new(0));
+        let (u, g, o) = (up.clone(), generation.clone(), open.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else { return };
@@ -114,9 +117,17 @@ impl Proxy {
                     drop(inbound);
                     continue;
                 }
-                let (u, g) = (u.clone(), g.clone());
+                let (u, g, o) = (u.clone(), g.clone(), o.clone());
                 let born = g.load(Ordering::SeqCst);
+                o.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
+                    struct Closed(Arc<AtomicU64>);
+                    impl Drop for Closed {
+                        fn drop(&mut self) {
+                            self.0.fetch_sub(1, Ordering::SeqCst);
+                        }
+                    }
+                    let _closed = Closed(o);
                     let Ok(mut outbound) = TcpStream::connect(target).await else { return };
                     let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
                     let cut = async {
@@ -128,12 +139,17 @@ impl Proxy {
                 });
             }
         });
-        Proxy { port, up, generation }
+        Proxy { port, up, generation, open }
     }
 
-    fn cut(&self) {
+    /// Refuses new connections and closes the relayed ones; returns once
+    /// they are all closed.
+    async fn cut(&self) {
         self.up.store(false, Ordering::SeqCst);
         self.generation.fetch_add(1, Ordering::SeqCst);
+        while self.open.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     fn restore(&self) {
@@ -436,7 +452,14 @@ async fn a_client_resumes_on_another_replica_after_kill_9() {
     // Acknowledged by `a` right before it dies: must survive.
     let (status, acked, _) = ingest(&c, &a.base, &batch("last-words", 5)).await;
     assert_eq!(status, 202);
+    let url = format!("{}/api/v1/stats", b.base);
+    eventually(Duration::from_secs(10), "both replicas to count", || {
+        let (c, url) = (c.clone(), url.clone());
+        async move { (get_json(&c, &url).await.1["replicas"] == json!(2)).then_some(()) }
+    })
+    .await;
     a.kill9();
+    let killed = Instant::now();
     drop(ws);
     let (_, more, _) = ingest(&c, &b.base, &batch("after", 10)).await;
     let newest = more["seqs"][9].as_u64().unwrap();
@@ -460,13 +483,18 @@ async fn a_client_resumes_on_another_replica_after_kill_9() {
         assert!(replayed.contains(&s.as_u64().unwrap()), "acknowledged seq {s} lost with the replica");
     }
     assert_eq!(complete.unwrap()["data"]["truncated"], json!(false));
-    // The dead replica stops counting within 15 s.
-    let url = format!("{}/api/v1/stats", b.base);
-    eventually(Duration::from_secs(15), "the dead replica to drop out", || {
-        let (c, url) = (c.clone(), url.clone());
-        async move { (get_json(&c, &url).await.1["replicas"] == json!(2)).then_some(()) }
-    })
-    .await;
+    // The dead replica stops counting within 15 s: b and c remain.
+    let url = format!("{}/api/v1/stats", c3.base);
+    let mut seen_three = false;
+    loop {
+        let n = get_json(&c, &url).await.1["replicas"].as_u64().unwrap();
+        seen_three |= n == 3;
+        if n == 2 && (seen_three || killed.elapsed() > Duration::from_secs(4)) {
+            break;
+        }
+        assert!(killed.elapsed() < Duration::from_secs(15), "the killed replica still counts ({n})");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -492,7 +520,7 @@ async fn redis_down_events_still_arrive_from_the_store_and_fan_out_returns() {
     }
     let mut ws = b.ws("").await;
     ready(&mut ws).await;
-    proxy.cut();
+    proxy.cut().await;
     // Ingest goes on; every event reaches the dashboard on the other replica
     // within 2 s of its 202, from the store.
     let mut expected = Vec::new();
@@ -553,7 +581,7 @@ async fn postgres_down_refuses_ingest_and_sockets_continue_without_gap() {
     let (_, body, _) = ingest(&c, &a.base, &batch("up", 3)).await;
     let before = body["seqs"][2].as_u64().unwrap();
     events_until(&mut ws, before, Duration::from_secs(5)).await;
-    proxy.cut();
+    proxy.cut().await;
     let started = Instant::now();
     let (status, body, retry) = ingest(&c, &a.base, &batch("refused", 2)).await;
     assert!(started.elapsed() < Duration::from_secs(10));
