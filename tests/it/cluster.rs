@@ -7,155 +7,19 @@
 //! never touched. Without PostgreSQL or Redis a test prints why and skips,
 //! unless `SIDEWIRE_TEST_REQUIRE` lists `postgres`/`redis`.
 
-use crate::common::{external, listening_addr};
+use crate::common::listening_addr;
+use crate::common::services::{redis_up, Db, Proxy, NEXT, REDIS};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
-
-const PG_ADMIN: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3";
-const REDIS: &str = "127.0.0.1:6379";
-
-static NEXT: AtomicU64 = AtomicU64::new(0);
-
-/// A database of this test's own, dropped on drop.
-struct Db {
-    name: String,
-}
-
-impl Db {
-    /// `None` (after printing why) when PostgreSQL is not reachable and not required.
-    async fn create(test: &str) -> Option<Db> {
-        let admin = match tokio_postgres::connect(PG_ADMIN, tokio_postgres::NoTls).await {
-            Ok((client, conn)) => {
-                tokio::spawn(conn);
-                client
-            }
-            Err(e) => {
-                assert!(!external::is_required("postgres"), "{test}: PostgreSQL required but unreachable: {e}");
-                external::skip(test, &format!("PostgreSQL at 127.0.0.1:5432 is unreachable ({e})"));
-                return None;
-            }
-        };
-        let name = format!("sw_it_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
-        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).await.unwrap();
-        admin.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
-        Some(Db { name })
-    }
-
-    fn url(&self, port: u16) -> String {
-        format!("postgres://postgres:not-the-password@127.0.0.1:{port}/{}", self.name)
-    }
-
-    async fn query_one_i64(&self, sql: &str) -> i64 {
-        let dsn = format!("host=127.0.0.1 port=5432 user=postgres dbname={}", self.name);
-        let (client, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await.unwrap();
-        tokio::spawn(conn);
-        client.query_one(sql, &[]).await.unwrap().get(0)
-    }
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        // A plain thread: drop may run outside a runtime or inside one.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                if let Ok((client, conn)) = tokio_postgres::connect(PG_ADMIN, tokio_postgres::NoTls).await {
-                    tokio::spawn(conn);
-                    let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
-                }
-            })
-        })
-        .join();
-    }
-}
-
-/// Whether Redis answers; prints why a test skips when it does not.
-async fn redis_up(test: &str) -> bool {
-    match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(REDIS)).await {
-        Ok(Ok(_)) => true,
-        other => {
-            assert!(!external::is_required("redis"), "{test}: Redis required but unreachable: {other:?}");
-            external::skip(test, "Redis at 127.0.0.1:6379 is unreachable");
-            false
-        }
-    }
-}
-
-/// A TCP proxy in front of a service, that the test can cut (close every
-/// connection and refuse new ones) and restore.
-struct Proxy {
-    port: u16,
-    up: Arc<AtomicBool>,
-    generation: Arc<AtomicU64>,
-    /// Connections being relayed.
-    open: Arc<AtomicU64>,
-}
-
-impl Proxy {
-    async fn start(target: &'static str) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let up = Arc::new(AtomicBool::new(true));
-        let generation = Arc::new(AtomicU64::new(0));
-        let open = Arc::new(AtomicU64::new(0));
-        let (u, g, o) = (up.clone(), generation.clone(), open.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else { return };
-                if !u.load(Ordering::SeqCst) {
-                    drop(inbound);
-                    continue;
-                }
-                let (u, g, o) = (u.clone(), g.clone(), o.clone());
-                let born = g.load(Ordering::SeqCst);
-                o.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    struct Closed(Arc<AtomicU64>);
-                    impl Drop for Closed {
-                        fn drop(&mut self) {
-                            self.0.fetch_sub(1, Ordering::SeqCst);
-                        }
-                    }
-                    let _closed = Closed(o);
-                    let Ok(mut outbound) = TcpStream::connect(target).await else { return };
-                    let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
-                    let cut = async {
-                        while u.load(Ordering::SeqCst) && g.load(Ordering::SeqCst) == born {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                    };
-                    tokio::select! { _ = copy => {}, _ = cut => {} }
-                });
-            }
-        });
-        Proxy { port, up, generation, open }
-    }
-
-    /// Refuses new connections and closes the relayed ones; returns once
-    /// they are all closed.
-    async fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        self.generation.fetch_add(1, Ordering::SeqCst);
-        while self.open.load(Ordering::SeqCst) > 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
-    fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-}
 
 /// One replica: the real binary as a child process.
 struct Replica {

@@ -207,7 +207,7 @@ async fn dedupe_contract(config: Config) {
 }
 
 /// A store that persists: everything is back after a restart.
-async fn restart_contract(make: fn(&std::path::Path) -> Config) {
+async fn restart_contract(make: impl Fn(&std::path::Path) -> Config) {
     let dir = tempfile::tempdir().unwrap();
     let c = client();
     let srv = TestServer::start(make(dir.path())).await;
@@ -243,7 +243,7 @@ async fn restart_contract(make: fn(&std::path::Path) -> Config) {
 }
 
 /// A retry after a restart is still a duplicate (ids within the window).
-async fn dedupe_across_restart_contract(make: fn(&std::path::Path) -> Config) {
+async fn dedupe_across_restart_contract(make: impl Fn(&std::path::Path) -> Config) {
     let dir = tempfile::tempdir().unwrap();
     let c = client();
     let srv = TestServer::start(make(dir.path())).await;
@@ -454,4 +454,44 @@ async fn jsonl_ring_is_bounded_by_activity_buffer_size() {
     let items = activity_all(&c, &srv.base, "", 50).await;
     assert_eq!(seqs_of(&items), (13..=20).rev().collect::<Vec<u64>>(), "refilled from the file");
     srv.stop().await;
+}
+
+// ---------------------------------------------------------------- postgres
+// On the machine's PostgreSQL, a database per test (skipped without it
+// unless SIDEWIRE_TEST_REQUIRE lists `postgres`).
+
+use crate::common::services::Db;
+
+fn postgres(db: &Db) -> impl Fn(&std::path::Path) -> Config + '_ {
+    move |dir| {
+        let mut c = with_plugin(config_in(dir), PluginKind::Postgres);
+        c.persist.postgres_url = format!("postgres://postgres@127.0.0.1:5432/{}", db.name).as_str().into();
+        c
+    }
+}
+
+#[tokio::test]
+async fn postgres_activity() {
+    let Some(db) = Db::create("postgres_activity").await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    activity_contract(postgres(&db)(dir.path())).await;
+}
+
+#[tokio::test]
+async fn postgres_dedupe() {
+    let Some(db) = Db::create("postgres_dedupe").await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    dedupe_contract(postgres(&db)(dir.path())).await;
+}
+
+#[tokio::test]
+async fn postgres_restart() {
+    let Some(db) = Db::create("postgres_restart").await else { return };
+    restart_contract(postgres(&db)).await;
+}
+
+#[tokio::test]
+async fn postgres_dedupe_across_restart() {
+    let Some(db) = Db::create("postgres_dedupe_across_restart").await else { return };
+    dedupe_across_restart_contract(postgres(&db)).await;
 }

@@ -204,6 +204,7 @@ impl Drop for Process {
 
 // Helpers for the REST/core tests (kept apart so WebSocket helpers can grow here).
 pub mod api;
+pub mod services;
 #[allow(unused_imports)] // tests/otlp.rs, its own binary, uses none of them
 pub use api::*;
 pub mod cdp;
