@@ -271,6 +271,11 @@ async fn three_replicas_deliver_one_order_and_agree_on_stats() {
     let received = metric(&c, &replicas[0].base, "sidewire_broadcast_received_total ").await.unwrap();
     assert!(received > 0.0, "nothing came over the bus");
     assert_eq!(db.query_one_i64("SELECT count(*) FROM sidewire_events").await, total as i64);
+    for r in &replicas {
+        let log = r.log();
+        assert!(log.contains("joining the cluster"), "{log}");
+        assert!(!log.contains("not-the-password"), "the PostgreSQL password was logged:\n{log}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
