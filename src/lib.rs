@@ -40,6 +40,7 @@
 
 pub mod activity;
 pub mod api_docs;
+pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod demo;
@@ -47,6 +48,7 @@ pub mod error;
 pub mod event;
 pub mod http;
 pub mod hub;
+pub mod internal_events;
 pub mod log_throttle;
 pub mod metrics;
 pub mod persist;

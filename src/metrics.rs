@@ -14,8 +14,61 @@ use std::collections::HashSet;
 /// types are counted as `other`.
 pub const MAX_TYPE_LABELS: usize = 100;
 
-pub const DISCONNECT_REASONS: [&str; 5] = ["client_close", "slow_consumer", "heartbeat_timeout", "error", "shutdown"];
-pub const REJECT_REASONS: [&str; 5] = ["unauthorized", "forbidden_origin", "per_ip_limit", "rate_limit", "at_capacity"];
+/// Declares a label enum: its variants, their label values and `ALL` (every
+/// value, so its series exist at 0 from start-up). The label strings live
+/// here only; callers pass the variant.
+macro_rules! label_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $label:literal,)+ }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant,)+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The label value.
+            pub const fn label(self) -> &'static str {
+                match self {
+                    $($name::$variant => $label,)+
+                }
+            }
+        }
+    };
+}
+
+label_enum! {
+    /// The `reason` of `sidewire_ws_disconnects_total` (contract section 6).
+    DisconnectReason {
+        ClientClose => "client_close",
+        SlowConsumer => "slow_consumer",
+        HeartbeatTimeout => "heartbeat_timeout",
+        /// A socket or store failure, or a client frame that is too big.
+        Error => "error",
+        Shutdown => "shutdown",
+    }
+}
+
+label_enum! {
+    /// The `reason` of `sidewire_ws_rejected_connections_total` (contract section 6).
+    WsRejectReason {
+        Unauthorized => "unauthorized",
+        ForbiddenOrigin => "forbidden_origin",
+        PerIpLimit => "per_ip_limit",
+        RateLimit => "rate_limit",
+        AtCapacity => "at_capacity",
+    }
+}
+
+label_enum! {
+    /// The `result` of `sidewire_config_reloads_total`.
+    ReloadResult {
+        Success => "success",
+        Failure => "failure",
+    }
+}
+
 pub const WS_MESSAGE_TYPES: [&str; 5] = ["connection_ack", "stats_update", "pong", "resume_complete", "event"];
 
 pub struct Metrics {
@@ -264,17 +317,17 @@ impl Metrics {
             seen_types: Mutex::new(HashSet::new()),
         };
         m.build_info.with_label_values(&[crate::VERSION]).set(1);
-        for reason in DISCONNECT_REASONS {
-            m.ws_disconnects_total.with_label_values(&[reason]);
+        for reason in DisconnectReason::ALL {
+            m.ws_disconnects_total.with_label_values(&[reason.label()]);
         }
-        for reason in REJECT_REASONS {
-            m.ws_rejected_connections_total.with_label_values(&[reason]);
+        for reason in WsRejectReason::ALL {
+            m.ws_rejected_connections_total.with_label_values(&[reason.label()]);
         }
         for t in WS_MESSAGE_TYPES {
             m.ws_messages_sent_total.with_label_values(&[t]);
         }
-        for result in ["success", "failure"] {
-            m.config_reloads_total.with_label_values(&[result]);
+        for result in ReloadResult::ALL {
+            m.config_reloads_total.with_label_values(&[result.label()]);
         }
         for reason in crate::conn::REJECT_REASONS {
             m.http_rejected_connections_total.with_label_values(&[reason]);

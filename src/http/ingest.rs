@@ -5,7 +5,7 @@
 //! `ingest.max_body_bytes` (nothing larger is ever buffered); then parsed and
 //! validated whole, so a request is all or nothing.
 
-use super::{bearer, json_response, named, token_ok, with_app};
+use super::{json_response, named, with_app};
 use crate::conn::RequestDeadline;
 use crate::error::{ApiError, ErrorCode};
 use crate::event::{NewEvent, Rules};
@@ -147,12 +147,7 @@ where
 {
     let live = app.config.borrow().clone();
     let cfg = &live.config;
-    if !cfg.auth.ingest_tokens.is_empty() && !token_ok(&cfg.auth.ingest_tokens, bearer(headers)) {
-        return Err(ApiError::new(
-            ErrorCode::Unauthorized,
-            "a valid ingest token is required: Authorization: Bearer <token>",
-        ));
-    }
+    crate::auth::ingest(&cfg.auth.ingest_tokens, headers)?;
     let format = body_format(headers)?;
     let max = cfg.ingest.max_body_bytes;
     if let Some(len) = headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
