@@ -69,7 +69,17 @@ label_enum! {
     }
 }
 
-pub const WS_MESSAGE_TYPES: [&str; 5] = ["connection_ack", "stats_update", "pong", "resume_complete", "event"];
+label_enum! {
+    /// A server message's `type`, on the wire and as the `type` label of
+    /// `sidewire_ws_messages_sent_total` (events count as `event`).
+    WsMessageType {
+        ConnectionAck => "connection_ack",
+        StatsUpdate => "stats_update",
+        Pong => "pong",
+        ResumeComplete => "resume_complete",
+        Event => "event",
+    }
+}
 
 pub struct Metrics {
     pub registry: Registry,
@@ -323,8 +333,8 @@ impl Metrics {
         for reason in WsRejectReason::ALL {
             m.ws_rejected_connections_total.with_label_values(&[reason.label()]);
         }
-        for t in WS_MESSAGE_TYPES {
-            m.ws_messages_sent_total.with_label_values(&[t]);
+        for t in WsMessageType::ALL {
+            m.ws_messages_sent_total.with_label_values(&[t.label()]);
         }
         for result in ReloadResult::ALL {
             m.config_reloads_total.with_label_values(&[result.label()]);

@@ -5,12 +5,12 @@
 
 use super::guard::ConnectionGuard;
 use super::outbox::{Out, Outbox};
-use super::protocol::{message, ClientMessage};
+use super::protocol::ClientMessage;
 use super::replay::replay;
 use super::upgrade::Socket;
 use crate::hub::Frame;
 use crate::internal_events::{WsDisconnected, WsInvalidMessage};
-use crate::metrics::DisconnectReason;
+use crate::metrics::{DisconnectReason, WsMessageType};
 use crate::server::App;
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -84,8 +84,8 @@ async fn connection(app: Arc<App>, socket: Socket, after_seq: Option<u64>, id: S
     let mut hub_rx = app.hub.subscribe();
     let (sink, mut stream) = socket.split();
     let mut out = Outbox::new(&app, sink, ws_cfg.send_queue_len);
-    let ack = message(
-        "connection_ack",
+    let ack = Out::message(
+        WsMessageType::ConnectionAck,
         json!({"connectionId": id, "statsIntervalSecs": live.config.stats.interval_secs,
                "lastSeq": app.stats.last_seq(), "serverVersion": crate::VERSION}),
     );
@@ -103,8 +103,8 @@ async fn connection(app: Arc<App>, socket: Socket, after_seq: Option<u64>, id: S
     })
     .fuse();
     let mut stats_updates = std::pin::pin!(stats_updates);
-    out.push(Out::Text("connection_ack", ack));
-    out.push(Out::Text("stats_update", message("stats_update", Value::Object(app.stats_snapshot()))));
+    out.push(ack);
+    out.push(Out::message(WsMessageType::StatsUpdate, Value::Object(app.stats_snapshot())));
     let mut shutdown_rx = app.ws.shutdown_tx.subscribe();
     let stall = Duration::from_secs(ws_cfg.pong_timeout_secs);
     let mut filter: Option<HashSet<String>> = None;
@@ -151,7 +151,7 @@ async fn connection(app: Arc<App>, socket: Socket, after_seq: Option<u64>, id: S
                         client_messages += 1;
                         match ClientMessage::parse(&text) {
                             Ok(ClientMessage::Ping) => {
-                                if !out.push(Out::Text("pong", message("pong", json!({})))) {
+                                if !out.push(Out::message(WsMessageType::Pong, json!({}))) {
                                     break End::SlowConsumer;
                                 }
                             }

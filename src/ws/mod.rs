@@ -6,7 +6,7 @@
 //!
 //! Each connection is one task. It reads the hub, the client, the newest
 //! `stats_update` (a shared `watch` channel) and the heartbeat timer, and
-//! queues what goes out in its [`Outbox`](outbox::Outbox): a bounded queue
+//! queues what goes out in its `Outbox`: a bounded queue
 //! (`ws.send_queue_len`; full means the client is a slow consumer, closed
 //! with 1008 — the hub and other clients never wait for it) plus one slot
 //! for the newest unsent `stats_update` (latest wins). Whenever the outbox
@@ -22,16 +22,16 @@
 //!
 //! # Layout
 //!
-//! - [`admission`]: auth, origin and the per-IP and global limits, in the
+//! - `admission`: auth, origin and the per-IP and global limits, in the
 //!   contract's order; reserves a connection.
-//! - [`guard`]: the [`ConnectionGuard`](guard::ConnectionGuard), the one
+//! - `guard`: the `ConnectionGuard`, the one
 //!   place that counts open connections (here, in stats and in metrics).
-//! - [`upgrade`]: the HTTP side: query, handshake, 101, the spawned task.
-//! - [`connection`]: the per-connection task and why it ended ([`End`](connection::End)).
-//! - [`outbox`]: the sending side of a connection.
-//! - [`replay`]: resume after a seq from the store.
-//! - [`protocol`]: client messages and the server's message envelope.
-//! - [`stats_push`]: the `stats_update` pusher shared by all connections.
+//! - `upgrade`: the HTTP side: query, handshake, 101, the spawned task.
+//! - `connection`: the per-connection task and why it ended (`End`).
+//! - `outbox`: the sending side of a connection.
+//! - `replay`: resume after a seq from the store.
+//! - `protocol`: client messages and the server's message envelope.
+//! - `stats_push`: the `stats_update` pusher shared by all connections.
 
 mod admission;
 mod connection;
@@ -56,8 +56,8 @@ pub const PATHS: [&str; 2] = ["/api/v1/ws/dashboard", "/ws/dashboard"];
 /// Connection bookkeeping shared by all dashboard sockets.
 pub struct WsState {
     per_ip: parking_lot::Mutex<admission::PerIp>,
-    /// Open connections (admitted, not yet dropped); only
-    /// [`ConnectionGuard`](guard::ConnectionGuard) moves it.
+    /// Open connections (admitted, not yet dropped); only the
+    /// `ConnectionGuard` moves it.
     open: AtomicUsize,
     next_id: AtomicU64,
     /// The newest `stats_update` message; every connection watches it.

@@ -4,6 +4,7 @@
 use super::connection::End;
 use super::upgrade::Socket;
 use crate::hub::Frame;
+use crate::metrics::WsMessageType;
 use crate::server::App;
 use futures::{ready, SinkExt};
 use std::collections::VecDeque;
@@ -19,16 +20,22 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A message waiting in a connection's outbox.
 pub(super) enum Out {
     Event(Arc<Frame>),
-    Text(&'static str, Utf8Bytes),
+    Text(WsMessageType, Utf8Bytes),
     Ping,
 }
 
 impl Out {
-    fn into_message(self) -> (&'static str, Message) {
+    /// A `{"type","data","timestamp"}` message of type `kind`.
+    pub(super) fn message(kind: WsMessageType, data: serde_json::Value) -> Out {
+        Out::Text(kind, super::message(kind, data))
+    }
+
+    /// The message and its type (`None`: a ping, which is not counted).
+    fn into_message(self) -> (Option<WsMessageType>, Message) {
         match self {
-            Out::Event(f) => ("event", Message::Text(f.text.clone())),
-            Out::Text(kind, text) => (kind, Message::Text(text)),
-            Out::Ping => ("ping", Message::Ping(Default::default())),
+            Out::Event(f) => (Some(WsMessageType::Event), Message::Text(f.text.clone())),
+            Out::Text(kind, text) => (Some(kind), Message::Text(text)),
+            Out::Ping => (None, Message::Ping(Default::default())),
         }
     }
 }
@@ -54,7 +61,7 @@ pub(super) struct Outbox<'a> {
 
 impl<'a> Outbox<'a> {
     pub(super) fn new(app: &'a App, sink: Sink, cap: usize) -> Self {
-        let events_sent = app.metrics.ws_messages_sent_total.with_label_values(&["event"]);
+        let events_sent = app.metrics.ws_messages_sent_total.with_label_values(&[WsMessageType::Event.label()]);
         Self { app, events_sent, sink, queue: VecDeque::new(), cap: cap.max(1), stats: None, unflushed: false }
     }
 
@@ -94,7 +101,7 @@ impl<'a> Outbox<'a> {
                 Poll::Pending => break Ok(()),
             }
             let (kind, msg) = match self.stats.take() {
-                Some(text) => ("stats_update", Message::Text(text)),
+                Some(text) => (Some(WsMessageType::StatsUpdate), Message::Text(text)),
                 None => self.queue.pop_front().expect("checked above").into_message(),
             };
             if let Err(e) = self.sink.start_send_unpin(msg) {
@@ -102,11 +109,11 @@ impl<'a> Outbox<'a> {
             }
             self.unflushed = true;
             match kind {
-                "ping" => {}
-                "event" => events += 1,
-                other => self.app.metrics.ws_messages_sent_total.with_label_values(&[other]).inc(),
+                None => {}
+                Some(WsMessageType::Event) => events += 1,
+                Some(other) => self.app.metrics.ws_messages_sent_total.with_label_values(&[other.label()]).inc(),
             }
-            if kind != "ping" {
+            if kind.is_some() {
                 messages += 1;
             }
         };

@@ -2,13 +2,14 @@
 //! every message the server sends.
 
 use crate::event::format_ts;
+use crate::metrics::WsMessageType;
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// A `{"type","data","timestamp"}` message.
-pub fn message(kind: &str, data: Value) -> Utf8Bytes {
-    json!({"type": kind, "data": data, "timestamp": format_ts(&crate::event::now_ms())}).to_string().into()
+pub fn message(kind: WsMessageType, data: Value) -> Utf8Bytes {
+    json!({"type": kind.label(), "data": data, "timestamp": format_ts(&crate::event::now_ms())}).to_string().into()
 }
 
 /// What a client may send.

@@ -4,8 +4,8 @@
 
 use super::connection::End;
 use super::outbox::{Out, Outbox};
-use super::protocol::message;
 use crate::hub::Frame;
+use crate::metrics::WsMessageType;
 use crate::persist::EventQuery;
 use crate::server::App;
 use serde_json::json;
@@ -65,13 +65,12 @@ pub(super) async fn replay(
     };
     let upto = newest.max(after).min(cap);
     let replayed = events.len();
-    let done =
-        |last: u64| message("resume_complete", json!({"replayed": replayed, "lastSeq": last, "truncated": truncated}));
     for e in events {
         push_waiting(out, Out::Event(Frame::new(e)), stall, shutdown).await?;
     }
     let last = app.stats.last_seq().max(upto);
-    push_waiting(out, Out::Text("resume_complete", done(last)), stall, shutdown).await?;
+    let done = json!({"replayed": replayed, "lastSeq": last, "truncated": truncated});
+    push_waiting(out, Out::message(WsMessageType::ResumeComplete, done), stall, shutdown).await?;
     Ok(upto)
 }
 

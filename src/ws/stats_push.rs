@@ -2,6 +2,7 @@
 //! newest message.
 
 use super::protocol::message;
+use crate::metrics::WsMessageType;
 use crate::server::App;
 use serde_json::Value;
 use std::sync::Arc;
@@ -32,7 +33,7 @@ pub async fn stats_pusher(app: Arc<App>, gauges_changed: Arc<tokio::sync::Notify
         }
         last_push = Instant::now();
         if app.ws.open_connections() > 0 {
-            app.ws.push_stats(message("stats_update", Value::Object(app.stats_snapshot())));
+            app.ws.push_stats(message(WsMessageType::StatsUpdate, Value::Object(app.stats_snapshot())));
         }
     }
 }

@@ -18,6 +18,7 @@ use warp::reply::Response;
 
 /// Largest client frame or message; bigger ones close the connection with 1009.
 pub const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+
 pub(super) type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
 /// Buffer sizes chosen for many mostly idle connections.
