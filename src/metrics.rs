@@ -62,6 +62,26 @@ label_enum! {
 }
 
 label_enum! {
+    /// The `reason` of `sidewire_http_rejected_connections_total`.
+    HttpRejectReason {
+        /// `server.max_http_connections` are open.
+        AtCapacity => "at_capacity",
+    }
+}
+
+label_enum! {
+    /// The `phase` of `sidewire_http_timeouts_total`.
+    TimeoutPhase {
+        /// No request began within `server.idle_timeout_secs`.
+        Idle => "idle",
+        /// A request's head did not arrive in time.
+        RequestHead => "request_head",
+        /// A request's body did not arrive in time (408).
+        RequestBody => "request_body",
+    }
+}
+
+label_enum! {
     /// The `result` of `sidewire_config_reloads_total`.
     ReloadResult {
         Success => "success",
@@ -113,9 +133,9 @@ pub struct Metrics {
     pub http_open_connections: IntGauge,
     /// The connection limit in force (`server.max_http_connections`, resolved).
     pub http_max_connections: IntGauge,
-    /// Connections closed at accept, by reason ([`crate::conn::REJECT_REASONS`]).
+    /// Connections closed at accept, by reason ([`HttpRejectReason`]).
     pub http_rejected_connections_total: IntCounterVec,
-    /// Connections ended by a deadline, by phase ([`crate::conn::TIMEOUT_PHASES`]).
+    /// Connections ended by a deadline, by phase ([`TimeoutPhase`]).
     pub http_timeouts_total: IntCounterVec,
     /// Failed `accept` calls on the public listener (EMFILE and friends).
     pub http_accept_errors_total: IntCounter,
@@ -339,11 +359,11 @@ impl Metrics {
         for result in ReloadResult::ALL {
             m.config_reloads_total.with_label_values(&[result.label()]);
         }
-        for reason in crate::conn::REJECT_REASONS {
-            m.http_rejected_connections_total.with_label_values(&[reason]);
+        for reason in HttpRejectReason::ALL {
+            m.http_rejected_connections_total.with_label_values(&[reason.label()]);
         }
-        for phase in crate::conn::TIMEOUT_PHASES {
-            m.http_timeouts_total.with_label_values(&[phase]);
+        for phase in TimeoutPhase::ALL {
+            m.http_timeouts_total.with_label_values(&[phase.label()]);
         }
         for status in ["202", "400", "401", "408", "413", "415", "503"] {
             m.ingest_requests_total.with_label_values(&[status]);

@@ -126,7 +126,10 @@ pub fn route(app: Arc<App>) -> warp::filters::BoxedFilter<(Response,)> {
             if res.status() == http::StatusCode::REQUEST_TIMEOUT {
                 // The rest of a late body may still be on its way: the
                 // connection cannot carry another request.
-                app.metrics.http_timeouts_total.with_label_values(&["request_body"]).inc();
+                app.metrics
+                    .http_timeouts_total
+                    .with_label_values(&[crate::metrics::TimeoutPhase::RequestBody.label()])
+                    .inc();
                 res.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
             }
             app.metrics.ingest_requests_total.with_label_values(&[res.status().as_str()]).inc();
