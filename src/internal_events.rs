@@ -180,3 +180,32 @@ impl WsInvalidMessage<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_event_counts_under_its_enum_label() {
+        let m = Metrics::new();
+        WsDisconnected { reason: DisconnectReason::SlowConsumer }.emit(&m);
+        WsRejected { reason: WsRejectReason::RateLimit }.emit(&m);
+        WsInvalidMessage { what: "x" }.emit(&m);
+        WsInvalidMessage { what: "x" }.emit(&m); // throttled log, exact count
+        ReloadApplied { trigger: "sighup", changed: &[] }.emit(&m);
+        ReloadFailed { trigger: "sighup", error: "gone" }.emit(&m);
+        ReloadRejected { trigger: "watch", path: Path::new("x.toml"), issues: "bad" }.emit(&m);
+        PersistFailed { plugin: "memory", error: &"disk full", events: 3 }.emit(&m);
+        DedupeLookupFailed { plugin: "memory", error: &"disk full" }.emit(&m);
+        RetentionDeleted { plugin: "memory", deleted: 5, ms: 1.0 }.emit(&m);
+        AcceptFailed { error: &"EMFILE", open_connections: 0, retry_in_ms: 5 }.emit(&m);
+        assert_eq!(m.ws_disconnects_total.with_label_values(&["slow_consumer"]).get(), 1);
+        assert_eq!(m.ws_rejected_connections_total.with_label_values(&["rate_limit"]).get(), 1);
+        assert_eq!(m.ws_invalid_messages_total.get(), 2);
+        assert_eq!(m.config_reloads_total.with_label_values(&["success"]).get(), 1);
+        assert_eq!(m.config_reloads_total.with_label_values(&["failure"]).get(), 2);
+        assert_eq!(m.persist_failures_total.with_label_values(&["memory"]).get(), 2);
+        assert_eq!(m.persist_retention_deleted_total.with_label_values(&["memory"]).get(), 5);
+        assert_eq!(m.http_accept_errors_total.get(), 1);
+    }
+}

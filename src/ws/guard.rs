@@ -62,3 +62,38 @@ impl Drop for ConnectionGuard {
         app.ws.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::persist::memory::MemoryPlugin;
+
+    #[tokio::test]
+    async fn one_guard_counts_in_ws_state_stats_and_metrics_and_uncounts_on_drop() {
+        let running = crate::ServerBuilder::new(crate::config::Config::default())
+            .persist(Arc::new(MemoryPlugin::new(16)))
+            .start()
+            .await
+            .unwrap();
+        let app = running.app.clone();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let counts = |app: &App| {
+            (
+                app.ws.open_connections(),
+                app.stats.active_connections.load(Ordering::Relaxed),
+                app.metrics.ws_active_connections.get(),
+                app.metrics.ws_connections_total.get(),
+                app.ws.per_ip.lock().map.get(&ip).map(|e| e.open),
+            )
+        };
+        let guard = {
+            let mut per_ip = app.ws.per_ip.lock();
+            let entry = per_ip.map.entry(ip).or_default();
+            ConnectionGuard::open(&app, ip, entry, Instant::now())
+        };
+        assert_eq!(counts(&app), (1, 1, 1, 1, Some(1)));
+        drop(guard);
+        // The entry stays while its connect counts against the rate limit.
+        assert_eq!(counts(&app), (0, 0, 0, 1, Some(0)));
+    }
+}
