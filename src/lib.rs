@@ -17,7 +17,10 @@
 //! - [`stats`]: durable counters and live windows; one snapshot for all.
 //! - [`activity`]: recent events from the store or an in-memory ring.
 //! - [`hub`]: fan-out of accepted events to connections.
-//! - [`ws`]: the dashboard WebSocket.
+//! - [`ws`]: the dashboard WebSocket (admission, connection guard, upgrade,
+//!   per-connection task, outbox, replay, protocol, stats pusher).
+//! - [`auth`]: bearer-token checks shared by `http` and `ws`.
+//! - [`internal_events`]: occurrences that are logged and counted in one `emit`.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`server`]: wiring, the accept loop and graceful shutdown.
 //! - [`conn`]: the front door: connection limit, idle and request deadlines,
@@ -40,6 +43,7 @@
 
 pub mod activity;
 pub mod api_docs;
+pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod demo;
@@ -47,6 +51,7 @@ pub mod error;
 pub mod event;
 pub mod http;
 pub mod hub;
+pub mod internal_events;
 pub mod log_throttle;
 pub mod metrics;
 pub mod persist;

@@ -19,7 +19,7 @@ use crate::config::{AckMode, ConfigRx};
 use crate::error::{ApiError, ErrorCode};
 use crate::event::{Event, NewEvent};
 use crate::hub::Hub;
-use crate::log_throttle::Repeated;
+use crate::internal_events::{DedupeLookupFailed, PersistFailed};
 use crate::metrics::Metrics;
 use crate::persist::{Batch, PersistCallback, PersistError};
 use crate::stats::{DurableStats, Stats};
@@ -365,10 +365,7 @@ impl Writer {
                 .collect()
         };
         self.sinks.plugin.lookup_ids(&misses).await.inspect_err(|e| {
-            self.sinks.metrics.persist_failures_total.with_label_values(&[self.sinks.plugin.name()]).inc();
-            if let Some(suppressed) = self.sinks.metrics.repeated.hit(Repeated::PersistFailed) {
-                tracing::warn!(error = %e, suppressed, "dedupe lookup failed");
-            }
+            DedupeLookupFailed { plugin: self.sinks.plugin.name(), error: e }.emit(&self.sinks.metrics)
         })
     }
 
@@ -441,15 +438,7 @@ async fn store(sinks: &Sinks, batch: &Batch, requests: &[tracing::Span]) -> Resu
         Ok(()) => sinks.metrics.persist_success_total.with_label_values(&[plugin]).inc(),
         // Not a failure of the store: the pipeline sequences the group again.
         Err(PersistError::Duplicates { ids, .. }) => tracing::debug!(plugin, ids = ids.len(), "stored ids refused"),
-        Err(e) => {
-            sinks.metrics.persist_failures_total.with_label_values(&[plugin]).inc();
-            // A full disk fails every batch: the first is logged, then a
-            // line per 10 s with the count (`suppressed`: left out since the
-            // previous line); the counter above stays exact.
-            if let Some(suppressed) = sinks.metrics.repeated.hit(Repeated::PersistFailed) {
-                tracing::warn!(plugin, error = %e, events = batch.events.len(), suppressed, "persist failed");
-            }
-        }
+        Err(e) => PersistFailed { plugin, error: e, events: batch.events.len() }.emit(&sinks.metrics),
     }
     result
 }

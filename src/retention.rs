@@ -19,6 +19,7 @@
 //! durable stats, not in the events, and are never reduced by retention.
 
 use crate::config::ConfigRx;
+use crate::internal_events::RetentionDeleted;
 use crate::metrics::Metrics;
 use crate::persist::{PersistCallback, PersistError};
 use chrono::Utc;
@@ -171,13 +172,12 @@ async fn run(plugin: Arc<dyn PersistCallback>, mut config: ConfigRx, metrics: Ar
                         failing = false;
                     }
                     if step.deleted > 0 {
-                        metrics.persist_retention_deleted_total.with_label_values(&[name]).inc_by(step.deleted);
-                        tracing::debug!(
-                            plugin = name,
-                            deleted = step.deleted,
-                            ms = started.elapsed().as_secs_f64() * 1e3,
-                            "retention removed old events"
-                        );
+                        RetentionDeleted {
+                            plugin: name,
+                            deleted: step.deleted,
+                            ms: started.elapsed().as_secs_f64() * 1e3,
+                        }
+                        .emit(&metrics);
                     }
                     if step.more {
                         pause = STEP_PAUSE;

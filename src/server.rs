@@ -6,7 +6,7 @@ use crate::activity::Activity;
 use crate::config::{Config, ConfigRx, LiveConfig};
 use crate::conn::{limit, Gate, GuardedIo, RequestDeadline, Settings, TrackedBody};
 use crate::hub::{local::LocalHub, Hub};
-use crate::log_throttle::Repeated;
+use crate::internal_events::AcceptFailed;
 use crate::metrics::Metrics;
 use crate::persist::{PersistCallback, PersistError};
 use crate::pipeline::{Pipeline, Sinks};
@@ -260,11 +260,8 @@ impl Running {
                     Err(e) => {
                         // EMFILE and friends: the connection stays queued, so
                         // retrying at once would spin. Back off, log rarely.
-                        app.metrics.http_accept_errors_total.inc();
-                        if let Some(suppressed) = app.metrics.repeated.hit(Repeated::AcceptFailed) {
-                            tracing::warn!(error = %e, suppressed, open_connections = gate.open(),
-                                retry_in_ms = accept_backoff.as_millis() as u64, "accept failed");
-                        }
+                        AcceptFailed { error: &e, open_connections: gate.open(),
+                            retry_in_ms: accept_backoff.as_millis() as u64 }.emit(&app.metrics);
                         tokio::select! {
                             _ = tokio::time::sleep(accept_backoff) => {}
                             _ = &mut shutdown => break,

@@ -1,6 +1,6 @@
 //! `GET /api/v1/activity/recent` (contract section 4).
 
-use super::{bytes_response, dashboard_auth, named, with_app};
+use super::{bytes_response, named, with_app};
 use crate::error::{ApiError, ErrorCode};
 use crate::persist::EventQuery;
 use crate::server::App;
@@ -95,7 +95,7 @@ pub fn route(app: Arc<App>) -> warp::filters::BoxedFilter<(Response,)> {
 
 async fn recent(app: &App, headers: &http::HeaderMap, raw: &str) -> Result<Response, ApiError> {
     let params = parse(raw)?;
-    dashboard_auth(app, headers, params.token.as_deref())?;
+    crate::auth::dashboard(&app.config.borrow().config.auth.dashboard_tokens, headers, params.token.as_deref())?;
     let limit = params.query.limit;
     // One extra tells whether another page exists.
     let mut q = params.query;

@@ -5,7 +5,7 @@
 //! `ingest.max_body_bytes` (nothing larger is ever buffered); then parsed and
 //! validated whole, so a request is all or nothing.
 
-use super::{bearer, json_response, named, token_ok, with_app};
+use super::{json_response, named, with_app};
 use crate::conn::RequestDeadline;
 use crate::error::{ApiError, ErrorCode};
 use crate::event::{NewEvent, Rules};
@@ -126,7 +126,10 @@ pub fn route(app: Arc<App>) -> warp::filters::BoxedFilter<(Response,)> {
             if res.status() == http::StatusCode::REQUEST_TIMEOUT {
                 // The rest of a late body may still be on its way: the
                 // connection cannot carry another request.
-                app.metrics.http_timeouts_total.with_label_values(&["request_body"]).inc();
+                app.metrics
+                    .http_timeouts_total
+                    .with_label_values(&[crate::metrics::TimeoutPhase::RequestBody.label()])
+                    .inc();
                 res.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
             }
             app.metrics.ingest_requests_total.with_label_values(&[res.status().as_str()]).inc();
@@ -147,12 +150,7 @@ where
 {
     let live = app.config.borrow().clone();
     let cfg = &live.config;
-    if !cfg.auth.ingest_tokens.is_empty() && !token_ok(&cfg.auth.ingest_tokens, bearer(headers)) {
-        return Err(ApiError::new(
-            ErrorCode::Unauthorized,
-            "a valid ingest token is required: Authorization: Bearer <token>",
-        ));
-    }
+    crate::auth::ingest(&cfg.auth.ingest_tokens, headers)?;
     let format = body_format(headers)?;
     let max = cfg.ingest.max_body_bytes;
     if let Some(len) = headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {

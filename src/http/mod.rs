@@ -126,59 +126,9 @@ async fn recover(rejection: warp::Rejection) -> Result<Response, std::convert::I
 /// Route name of a request no route matched.
 pub const UNMATCHED: &str = "unmatched";
 
-/// The bearer token of a request: `Authorization: Bearer <t>`.
-pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
-    let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-/// Whether `given` equals one of `tokens`, in time that does not depend on
-/// where they differ.
-pub fn token_ok(tokens: &[crate::config::Secret], given: Option<&str>) -> bool {
-    use subtle::ConstantTimeEq;
-    let Some(given) = given else { return false };
-    let mut ok = subtle::Choice::from(0u8);
-    for t in tokens {
-        // Equal lengths compare every byte; a length mismatch still walks
-        // the longer input so timing does not reveal a prefix match.
-        let (a, b) = (t.expose().as_bytes(), given.as_bytes());
-        let n = a.len().max(b.len());
-        let mut same = subtle::Choice::from((a.len() == b.len()) as u8);
-        for i in 0..n {
-            let x = a.get(i).copied().unwrap_or(0);
-            let y = b.get(i).copied().unwrap_or(0);
-            same &= x.ct_eq(&y);
-        }
-        ok |= same;
-    }
-    ok.into()
-}
-
-/// Dashboard read auth: open when no dashboard tokens are configured.
-pub fn dashboard_auth(app: &App, headers: &http::HeaderMap, query_token: Option<&str>) -> Result<(), ApiError> {
-    let live = app.config.borrow().clone();
-    let tokens = &live.config.auth.dashboard_tokens;
-    if tokens.is_empty() || token_ok(tokens, bearer(headers).or(query_token)) {
-        Ok(())
-    } else {
-        Err(ApiError::new(ErrorCode::Unauthorized, "a dashboard token is required (Authorization: Bearer or ?token=)"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tokens_compare_exactly() {
-        let tokens: Vec<crate::config::Secret> = vec!["tok-alpha".into(), "tok-beta".into()];
-        assert!(token_ok(&tokens, Some("tok-beta")));
-        assert!(!token_ok(&tokens, Some("tok-alph")));
-        assert!(!token_ok(&tokens, Some("tok-alphaa")));
-        assert!(!token_ok(&tokens, Some("")));
-        assert!(!token_ok(&tokens, None));
-    }
 
     #[test]
     fn route_patterns() {
@@ -190,14 +140,5 @@ mod tests {
         assert!(!path_matches("/docs/", "/docs"));
         assert!(path_matches("/", "/"));
         assert!(!path_matches("/", "/x"));
-    }
-
-    #[test]
-    fn bearer_parsing() {
-        let mut h = http::HeaderMap::new();
-        h.insert(http::header::AUTHORIZATION, "Bearer abc".parse().unwrap());
-        assert_eq!(bearer(&h), Some("abc"));
-        h.insert(http::header::AUTHORIZATION, "Basic abc".parse().unwrap());
-        assert_eq!(bearer(&h), None);
     }
 }

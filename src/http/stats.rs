@@ -1,6 +1,6 @@
 //! `GET /api/v1/stats` (contract section 3).
 
-use super::{dashboard_auth, json_response, named, with_app};
+use super::{json_response, named, with_app};
 use crate::server::App;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,7 +37,12 @@ pub fn route(app: Arc<App>) -> warp::filters::BoxedFilter<(Response,)> {
         .and(warp::query::<HashMap<String, String>>().or(warp::any().map(HashMap::new)).unify())
         .and(with_app(app))
         .map(|headers: http::HeaderMap, q: HashMap<String, String>, app: Arc<App>| {
-            let res = match dashboard_auth(&app, &headers, q.get("token").map(String::as_str)) {
+            let auth = crate::auth::dashboard(
+                &app.config.borrow().config.auth.dashboard_tokens,
+                &headers,
+                q.get("token").map(String::as_str),
+            );
+            let res = match auth {
                 Ok(()) => json_response(http::StatusCode::OK, &app.stats_snapshot()),
                 Err(e) => e.to_response(),
             };
