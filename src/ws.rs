@@ -23,6 +23,7 @@
 use crate::config::LiveConfig;
 use crate::error::{ApiError, ErrorCode};
 use crate::event::format_ts;
+use crate::http::ErrorResponse;
 use crate::hub::Frame;
 use crate::log_throttle::Repeated;
 use crate::persist::EventQuery;
@@ -241,8 +242,7 @@ fn admit(
             ErrorCode::InvalidQuery,
             "this endpoint speaks WebSocket only (GET with Upgrade: websocket, version 13)",
         )
-        .with_status(http::StatusCode::UPGRADE_REQUIRED)
-        .to_response();
+        .to_response_as(http::StatusCode::UPGRADE_REQUIRED);
         res.headers_mut().insert(http::header::UPGRADE, http::HeaderValue::from_static("websocket"));
         return Err(res);
     }

@@ -1,14 +1,21 @@
 //! `GET /api/v1/activity/recent` (contract section 4).
 
-use super::{bytes_response, dashboard_auth, named, with_app};
+use super::{bytes_response, dashboard_auth, with, ErrorResponse};
+use crate::config::ConfigRx;
 use crate::error::{ApiError, ErrorCode};
 use crate::persist::EventQuery;
-use crate::server::App;
 use std::sync::Arc;
 use warp::reply::Response;
 use warp::Filter;
 
 pub const ROUTE: &str = "/api/v1/activity/recent";
+
+/// What the activity route uses: the dashboard tokens and the activity source.
+#[derive(Clone)]
+pub struct State {
+    pub config: ConfigRx,
+    pub activity: Arc<crate::activity::Activity>,
+}
 pub const DEFAULT_LIMIT: usize = 50;
 pub const MAX_LIMIT: usize = 500;
 
@@ -77,25 +84,23 @@ pub fn parse(raw: &str) -> Result<Params, ApiError> {
     ),
     security((), ("dashboard_token" = []))
 )]
-pub fn route(app: Arc<App>) -> warp::filters::BoxedFilter<(Response,)> {
+pub fn route(state: State) -> warp::filters::BoxedFilter<(Response,)> {
     warp::path!("api" / "v1" / "activity" / "recent")
-        .and(warp::get())
         .and(warp::header::headers_cloned())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
-        .and(with_app(app))
-        .then(|headers: http::HeaderMap, raw: String, app: Arc<App>| async move {
-            let res = match recent(&app, &headers, &raw).await {
+        .and(with(Arc::new(state)))
+        .then(|headers: http::HeaderMap, raw: String, st: Arc<State>| async move {
+            match recent(&st, &headers, &raw).await {
                 Ok(r) => r,
                 Err(e) => e.to_response(),
-            };
-            named(ROUTE, res)
+            }
         })
         .boxed()
 }
 
-async fn recent(app: &App, headers: &http::HeaderMap, raw: &str) -> Result<Response, ApiError> {
+async fn recent(app: &State, headers: &http::HeaderMap, raw: &str) -> Result<Response, ApiError> {
     let params = parse(raw)?;
-    dashboard_auth(app, headers, params.token.as_deref())?;
+    dashboard_auth(&app.config, headers, params.token.as_deref())?;
     let limit = params.query.limit;
     // One extra tells whether another page exists.
     let mut q = params.query;

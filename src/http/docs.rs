@@ -3,10 +3,11 @@
 //! vendored into the binary by `utoipa-swagger-ui` (feature `vendored`): the
 //! page loads nothing from the internet.
 
-use super::{bytes_response, named};
+use super::{bytes_response, ErrorResponse, Router};
 use crate::api_docs::ApiDoc;
 use crate::error::{ApiError, ErrorCode};
 use bytes::Bytes;
+use http::Method;
 use std::sync::{Arc, LazyLock, OnceLock};
 use utoipa::OpenApi;
 use utoipa_swagger_ui::Config;
@@ -37,25 +38,37 @@ static SWAGGER_CONFIG: LazyLock<Arc<Config<'static>>> = LazyLock::new(|| {
     )
 });
 
-pub fn routes() -> warp::filters::BoxedFilter<(Response,)> {
-    let openapi = warp::path!("api-docs" / "openapi.json").and(warp::get()).map(openapi_json);
-    let docs = warp::path("docs").and(warp::get()).and(warp::path::full()).and(warp::path::tail()).map(
-        |full: FullPath, tail: Tail| {
-            if full.as_str() == DOCS_ROUTE {
-                docs_redirect()
-            } else if tail.as_str().is_empty() {
-                docs_index()
-            } else {
-                docs_asset(tail.as_str())
-            }
-        },
-    );
-    openapi.or(docs).unify().boxed()
+/// Mounts the document, `/docs` (a redirect), `/docs/` and its files.
+pub fn mount(router: Router) -> Router {
+    router
+        .mount(Method::GET, OPENAPI_ROUTE, warp::path!("api-docs" / "openapi.json").map(openapi_json))
+        .mount(Method::GET, DOCS_ROUTE, under_docs(|full, _| full == DOCS_ROUTE).map(|_| docs_redirect()))
+        .mount(
+            Method::GET,
+            DOCS_INDEX_ROUTE,
+            under_docs(|full, tail| full != DOCS_ROUTE && tail.is_empty()).map(|_| docs_index()),
+        )
+        .mount(
+            Method::GET,
+            DOCS_ASSET_ROUTE,
+            under_docs(|_, tail| !tail.is_empty()).map(|tail: String| docs_asset(&tail)),
+        )
 }
 
-/// The OpenAPI document
-///
-/// This API as an OpenAPI 3.1 document, generated from the code: every HTTP endpoint and schema.
+/// A request under `/docs` for which `pick(full path, tail)` holds; extracts the tail.
+fn under_docs(
+    pick: fn(&str, &str) -> bool,
+) -> impl Filter<Extract = (String,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
+    warp::path("docs").and(warp::path::full()).and(warp::path::tail()).and_then(move |full: FullPath, tail: Tail| {
+        let picked = if pick(full.as_str(), tail.as_str()) {
+            Ok(tail.as_str().to_string())
+        } else {
+            Err(warp::reject::not_found())
+        };
+        async move { picked }
+    })
+}
+
 #[utoipa::path(
     get,
     path = "/api-docs/openapi.json",
@@ -66,7 +79,7 @@ pub fn routes() -> warp::filters::BoxedFilter<(Response,)> {
 pub fn openapi_json() -> Response {
     let mut res = bytes_response(http::StatusCode::OK, "application/json", Vec::new());
     *res.body_mut() = openapi_bytes().into();
-    named(OPENAPI_ROUTE, res)
+    res
 }
 
 /// The interactive API docs (redirect)
@@ -83,7 +96,7 @@ pub fn openapi_json() -> Response {
 pub fn docs_redirect() -> Response {
     let mut res = bytes_response(http::StatusCode::FOUND, "text/plain; charset=utf-8", b"see /docs/\n".to_vec());
     res.headers_mut().insert(http::header::LOCATION, http::HeaderValue::from_static(DOCS_INDEX_ROUTE));
-    named(DOCS_ROUTE, res)
+    res
 }
 
 /// The interactive API docs
@@ -98,7 +111,7 @@ pub fn docs_redirect() -> Response {
     responses((status = 200, description = "The Swagger UI page.", content((String = "text/html"))))
 )]
 pub fn docs_index() -> Response {
-    swagger_file(DOCS_INDEX_ROUTE, "")
+    swagger_file("")
 }
 
 /// A Swagger UI asset
@@ -118,11 +131,11 @@ pub fn docs_index() -> Response {
     )
 )]
 pub fn docs_asset(file: &str) -> Response {
-    swagger_file(DOCS_ASSET_ROUTE, file)
+    swagger_file(file)
 }
 
-fn swagger_file(route: &'static str, file: &str) -> Response {
-    let res = match utoipa_swagger_ui::serve(file, SWAGGER_CONFIG.clone()) {
+fn swagger_file(file: &str) -> Response {
+    match utoipa_swagger_ui::serve(file, SWAGGER_CONFIG.clone()) {
         Ok(Some(f)) => {
             let mut res = Response::new(
                 match f.bytes {
@@ -159,8 +172,7 @@ fn swagger_file(route: &'static str, file: &str) -> Response {
             res.headers_mut().insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
             res
         }
-    };
-    named(route, res)
+    }
 }
 
 #[cfg(test)]

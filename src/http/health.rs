@@ -1,47 +1,40 @@
 //! `GET /healthz`, `GET /readyz` and `GET /metrics`.
 
-use super::{bytes_response, json_response, named, with_app};
-use crate::server::App;
+use super::{bytes_response, json_response, with, ErrorResponse};
+use crate::error::{ApiError, ErrorCode};
+use crate::metrics::Metrics;
+use crate::persist::PersistCallback;
+use crate::stats::Stats;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use warp::reply::Response;
 use warp::Filter;
 
-/// How long the plugin's health check may take before it counts as down.
+pub const HEALTHZ_ROUTE: &str = "/healthz";
+pub const READYZ_ROUTE: &str = "/readyz";
+pub const METRICS_ROUTE: &str = "/metrics";
+
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(Response,)> {
-    let private = !app.config.borrow().config.metrics.listen.trim().is_empty();
-    let metrics = if private { metrics_elsewhere() } else { metrics(app.clone()) };
-    healthz().or(readyz(app)).unify().or(metrics).unify().boxed()
+/// What `/metrics` uses: the metrics, and the stats for the message rate.
+#[derive(Clone)]
+pub struct MetricsState {
+    pub metrics: Arc<Metrics>,
+    pub stats: Arc<Stats>,
 }
 
-/// `/metrics` on the public port when `metrics.listen` moved it elsewhere.
-fn metrics_elsewhere() -> warp::filters::BoxedFilter<(Response,)> {
+/// `/metrics` on the public port when `metrics.listen` moves it elsewhere:
+/// a 404 for every method.
+pub fn metrics_elsewhere() -> warp::filters::BoxedFilter<(Response,)> {
     warp::path!("metrics")
-        .map(|| not_found("/metrics", "metrics are served on the separate metrics.listen address"))
+        .map(|| {
+            ApiError::new(ErrorCode::NotFound, "metrics are served on the separate metrics.listen address")
+                .to_response()
+        })
         .boxed()
 }
 
-fn not_found(route: &'static str, message: &'static str) -> Response {
-    named(route, crate::error::ApiError::new(crate::error::ErrorCode::NotFound, message).to_response())
-}
-
-/// The routes of the separate metrics listener (`metrics.listen`).
-pub fn metrics_listener_routes(app: Arc<App>) -> warp::filters::BoxedFilter<(Response,)> {
-    healthz()
-        .or(metrics(app))
-        .unify()
-        .or(warp::any()
-            .map(|| not_found(crate::http::UNMATCHED, "this listener serves GET /metrics and GET /healthz only")))
-        .unify()
-        .boxed()
-}
-
-/// Liveness
-///
-/// 200 `{"status": "ok"}` while the process runs.
 #[utoipa::path(
     get,
     path = "/healthz",
@@ -50,10 +43,7 @@ pub fn metrics_listener_routes(app: Arc<App>) -> warp::filters::BoxedFilter<(Res
     responses((status = 200, description = "The process runs.", body = crate::api_docs::Health))
 )]
 pub fn healthz() -> warp::filters::BoxedFilter<(Response,)> {
-    warp::path!("healthz")
-        .and(warp::get())
-        .map(|| named("/healthz", json_response(http::StatusCode::OK, &json!({"status": "ok"}))))
-        .boxed()
+    warp::path!("healthz").map(|| json_response(http::StatusCode::OK, &json!({"status": "ok"}))).boxed()
 }
 
 /// Readiness
@@ -73,18 +63,17 @@ pub fn healthz() -> warp::filters::BoxedFilter<(Response,)> {
                 "persist": {"plugin": "postgres", "status": "unavailable", "error": "connection refused"}}})),
     )
 )]
-pub fn readyz(app: Arc<App>) -> warp::filters::BoxedFilter<(Response,)> {
+pub fn readyz(plugin: Arc<dyn PersistCallback>) -> warp::filters::BoxedFilter<(Response,)> {
     warp::path!("readyz")
-        .and(warp::get())
-        .and(with_app(app))
-        .then(|app: Arc<App>| async move {
-            let plugin = app.plugin.name();
-            let persist = match tokio::time::timeout(HEALTH_TIMEOUT, app.plugin.health()).await {
+        .and(with(plugin))
+        .then(|store: Arc<dyn PersistCallback>| async move {
+            let plugin = store.name();
+            let persist = match tokio::time::timeout(HEALTH_TIMEOUT, store.health()).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err(format!("health check took over {}s", HEALTH_TIMEOUT.as_secs())),
             };
-            let res = match persist {
+            match persist {
                 Ok(()) => json_response(
                     http::StatusCode::OK,
                     &json!({"status": "ok", "checks": {"config": "ok", "persist": {"plugin": plugin, "status": "ok"}}}),
@@ -94,8 +83,7 @@ pub fn readyz(app: Arc<App>) -> warp::filters::BoxedFilter<(Response,)> {
                     &json!({"status": "unavailable",
                             "checks": {"config": "ok", "persist": {"plugin": plugin, "status": "unavailable", "error": e}}}),
                 ),
-            };
-            named("/readyz", res)
+            }
         })
         .boxed()
 }
@@ -115,19 +103,15 @@ pub fn readyz(app: Arc<App>) -> warp::filters::BoxedFilter<(Response,)> {
                 "# HELP sidewire_ws_active_connections Open dashboard WebSockets.\n# TYPE sidewire_ws_active_connections gauge\nsidewire_ws_active_connections 2\n"))))
     )
 )]
-pub fn metrics(app: Arc<App>) -> warp::filters::BoxedFilter<(Response,)> {
+pub fn metrics(state: MetricsState) -> warp::filters::BoxedFilter<(Response,)> {
     warp::path!("metrics")
-        .and(warp::get())
-        .and(with_app(app))
-        .map(|app: Arc<App>| {
-            app.metrics.ws_messages_per_minute.set(app.stats.messages_window.total() as i64);
-            named(
-                "/metrics",
-                bytes_response(
-                    http::StatusCode::OK,
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    app.metrics.render().into_bytes(),
-                ),
+        .and(with(Arc::new(state)))
+        .map(|st: Arc<MetricsState>| {
+            st.metrics.ws_messages_per_minute.set(st.stats.messages_window.total() as i64);
+            bytes_response(
+                http::StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                st.metrics.render().into_bytes(),
             )
         })
         .boxed()

@@ -5,11 +5,13 @@
 //! `ingest.max_body_bytes` (nothing larger is ever buffered); then parsed and
 //! validated whole, so a request is all or nothing.
 
-use super::{bearer, json_response, named, token_ok, with_app};
+use super::{bearer, json_response, token_ok, with, ErrorResponse};
+use crate::config::ConfigRx;
 use crate::conn::RequestDeadline;
 use crate::error::{ApiError, ErrorCode};
 use crate::event::{NewEvent, Rules};
-use crate::server::App;
+use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
 use bytes::{Buf, BytesMut};
 use futures::{Stream, StreamExt};
 use serde_json::Value;
@@ -19,6 +21,14 @@ use warp::reply::Response;
 use warp::Filter;
 
 pub const ROUTE: &str = "/api/v1/ingest";
+
+/// What ingest uses: auth and limits (from the config), the pipeline, metrics.
+#[derive(Clone)]
+pub struct State {
+    pub config: ConfigRx,
+    pub pipeline: Pipeline,
+    pub metrics: Arc<Metrics>,
+}
 
 /// The body formats the hook takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,14 +121,13 @@ pub enum BodyFormat {
     ),
     security((), ("ingest_token" = []))
 )]
-pub fn route(app: Arc<App>) -> warp::filters::BoxedFilter<(Response,)> {
+pub fn route(state: State) -> warp::filters::BoxedFilter<(Response,)> {
     warp::path!("api" / "v1" / "ingest")
-        .and(warp::post())
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
         .and(warp::ext::optional::<RequestDeadline>())
-        .and(with_app(app))
-        .then(|headers: http::HeaderMap, body, deadline: Option<RequestDeadline>, app: Arc<App>| async move {
+        .and(with(Arc::new(state)))
+        .then(|headers: http::HeaderMap, body, deadline: Option<RequestDeadline>, app: Arc<State>| async move {
             let mut res = match ingest(&app, &headers, body, deadline).await {
                 Ok(outcome) => json_response(http::StatusCode::ACCEPTED, &outcome),
                 Err(e) => e.to_response(),
@@ -130,13 +139,13 @@ pub fn route(app: Arc<App>) -> warp::filters::BoxedFilter<(Response,)> {
                 res.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
             }
             app.metrics.ingest_requests_total.with_label_values(&[res.status().as_str()]).inc();
-            named(ROUTE, res)
+            res
         })
         .boxed()
 }
 
 async fn ingest<S, B>(
-    app: &App,
+    app: &State,
     headers: &http::HeaderMap,
     body: S,
     deadline: Option<RequestDeadline>,

@@ -1,13 +1,21 @@
 //! `GET /api/v1/stats` (contract section 3).
 
-use super::{dashboard_auth, json_response, named, with_app};
-use crate::server::App;
+use super::{dashboard_auth, json_response, with, ErrorResponse};
+use crate::config::ConfigRx;
 use std::collections::HashMap;
 use std::sync::Arc;
 use warp::reply::Response;
 use warp::Filter;
 
 pub const ROUTE: &str = "/api/v1/stats";
+
+/// What the stats route uses: the dashboard tokens and counter rules (from
+/// the config) and the stats.
+#[derive(Clone)]
+pub struct State {
+    pub config: ConfigRx,
+    pub stats: Arc<crate::stats::Stats>,
+}
 
 /// Current stats
 ///
@@ -30,18 +38,19 @@ pub const ROUTE: &str = "/api/v1/stats";
     ),
     security((), ("dashboard_token" = []))
 )]
-pub fn route(app: Arc<App>) -> warp::filters::BoxedFilter<(Response,)> {
+pub fn route(state: State) -> warp::filters::BoxedFilter<(Response,)> {
     warp::path!("api" / "v1" / "stats")
-        .and(warp::get())
         .and(warp::header::headers_cloned())
         .and(warp::query::<HashMap<String, String>>().or(warp::any().map(HashMap::new)).unify())
-        .and(with_app(app))
-        .map(|headers: http::HeaderMap, q: HashMap<String, String>, app: Arc<App>| {
-            let res = match dashboard_auth(&app, &headers, q.get("token").map(String::as_str)) {
-                Ok(()) => json_response(http::StatusCode::OK, &app.stats_snapshot()),
+        .and(with(Arc::new(state)))
+        .map(|headers: http::HeaderMap, q: HashMap<String, String>, st: Arc<State>| {
+            match dashboard_auth(&st.config, &headers, q.get("token").map(String::as_str)) {
+                Ok(()) => {
+                    let snapshot = st.stats.snapshot(&st.config.borrow().counters);
+                    json_response(http::StatusCode::OK, &snapshot)
+                }
                 Err(e) => e.to_response(),
-            };
-            named(ROUTE, res)
+            }
         })
         .boxed()
 }
