@@ -53,6 +53,7 @@ pub mod persist;
 pub mod pipeline;
 pub mod reload;
 pub mod retention;
+pub mod schemas;
 pub mod server;
 pub mod stats;
 pub mod telemetry;

@@ -48,6 +48,7 @@ impl App {
             activity: self.activity.clone(),
             plugin: self.plugin.clone(),
             metrics: self.metrics.clone(),
+            openapi: crate::api_docs::openapi_bytes(),
         }
     }
 

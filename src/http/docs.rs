@@ -1,15 +1,13 @@
-//! `GET /api-docs/openapi.json` (the OpenAPI 3.1 document, see
-//! [`crate::api_docs`]) and `GET /docs` (Swagger UI). Swagger UI's files are
+//! `GET /api-docs/openapi.json` (the OpenAPI 3.1 document, built by
+//! [`crate::api_docs`] and handed in through [`super::State`]) and `GET /docs` (Swagger UI). Swagger UI's files are
 //! vendored into the binary by `utoipa-swagger-ui` (feature `vendored`): the
 //! page loads nothing from the internet.
 
 use super::{bytes_response, ErrorResponse, Router};
-use crate::api_docs::ApiDoc;
 use crate::error::{ApiError, ErrorCode};
 use bytes::Bytes;
 use http::Method;
-use std::sync::{Arc, LazyLock, OnceLock};
-use utoipa::OpenApi;
+use std::sync::{Arc, LazyLock};
 use utoipa_swagger_ui::Config;
 use warp::path::{FullPath, Tail};
 use warp::reply::Response;
@@ -22,12 +20,6 @@ pub const DOCS_INDEX_ROUTE: &str = "/docs/";
 pub const DOCS_ASSET_ROUTE: &str = "/docs/{file}";
 
 /// The document, serialized once on first use.
-pub fn openapi_bytes() -> Bytes {
-    static JSON: OnceLock<Bytes> = OnceLock::new();
-    JSON.get_or_init(|| Bytes::from(serde_json::to_vec(&ApiDoc::openapi()).expect("the OpenAPI document serializes")))
-        .clone()
-}
-
 static SWAGGER_CONFIG: LazyLock<Arc<Config<'static>>> = LazyLock::new(|| {
     Arc::new(
         Config::new([OPENAPI_ROUTE])
@@ -38,10 +30,15 @@ static SWAGGER_CONFIG: LazyLock<Arc<Config<'static>>> = LazyLock::new(|| {
     )
 });
 
-/// Mounts the document, `/docs` (a redirect), `/docs/` and its files.
-pub fn mount(router: Router) -> Router {
+/// Mounts the document (`openapi`, serialized), `/docs` (a redirect),
+/// `/docs/` and its files.
+pub fn mount(router: Router, openapi: Bytes) -> Router {
     router
-        .mount(Method::GET, OPENAPI_ROUTE, warp::path!("api-docs" / "openapi.json").map(openapi_json))
+        .mount(
+            Method::GET,
+            OPENAPI_ROUTE,
+            warp::path!("api-docs" / "openapi.json").map(move || openapi_json(openapi.clone())),
+        )
         .mount(Method::GET, DOCS_ROUTE, under_docs(|full, _| full == DOCS_ROUTE).map(|_| docs_redirect()))
         .mount(
             Method::GET,
@@ -69,6 +66,9 @@ fn under_docs(
     })
 }
 
+/// The OpenAPI document
+///
+/// This API as an OpenAPI 3.1 document, generated from the code: every HTTP endpoint and schema.
 #[utoipa::path(
     get,
     path = "/api-docs/openapi.json",
@@ -76,9 +76,9 @@ fn under_docs(
     tag = "docs",
     responses((status = 200, description = "The OpenAPI 3.1 document.", content((Object = "application/json"))))
 )]
-pub fn openapi_json() -> Response {
+pub fn openapi_json(document: Bytes) -> Response {
     let mut res = bytes_response(http::StatusCode::OK, "application/json", Vec::new());
-    *res.body_mut() = openapi_bytes().into();
+    *res.body_mut() = document.into();
     res
 }
 
@@ -126,7 +126,7 @@ pub fn docs_index() -> Response {
     params(("file" = String, Path, description = "A file of the Swagger UI distribution.", example = "swagger-ui.css")),
     responses(
         (status = 200, description = "The file, with its content type (JavaScript, CSS, PNG, HTML)."),
-        (status = 404, description = "No such file.", body = crate::api_docs::ErrorBody,
+        (status = 404, description = "No such file.", body = crate::schemas::ErrorBody,
             example = json!({"error": {"code": "not_found", "message": "no Swagger UI file `nope.js`"}})),
     )
 )]
@@ -178,15 +178,6 @@ fn swagger_file(file: &str) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn document_is_cached_json() {
-        let a = openapi_bytes();
-        let b = openapi_bytes();
-        assert_eq!(a.as_ptr(), b.as_ptr(), "serialized once");
-        let v: serde_json::Value = serde_json::from_slice(&a).unwrap();
-        assert!(v["openapi"].as_str().unwrap().starts_with("3.1"));
-    }
 
     #[test]
     fn swagger_files_are_embedded_and_configured() {

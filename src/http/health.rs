@@ -15,6 +15,7 @@ pub const HEALTHZ_ROUTE: &str = "/healthz";
 pub const READYZ_ROUTE: &str = "/readyz";
 pub const METRICS_ROUTE: &str = "/metrics";
 
+/// How long the plugin's health check may take before it counts as down.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What `/metrics` uses: the metrics, and the stats for the message rate.
@@ -35,12 +36,15 @@ pub fn metrics_elsewhere() -> warp::filters::BoxedFilter<(Response,)> {
         .boxed()
 }
 
+/// Liveness
+///
+/// 200 `{"status": "ok"}` while the process runs.
 #[utoipa::path(
     get,
     path = "/healthz",
     operation_id = "healthz",
     tag = "operations",
-    responses((status = 200, description = "The process runs.", body = crate::api_docs::Health))
+    responses((status = 200, description = "The process runs.", body = crate::schemas::Health))
 )]
 pub fn healthz() -> warp::filters::BoxedFilter<(Response,)> {
     warp::path!("healthz").map(|| json_response(http::StatusCode::OK, &json!({"status": "ok"}))).boxed()
@@ -56,9 +60,9 @@ pub fn healthz() -> warp::filters::BoxedFilter<(Response,)> {
     operation_id = "readyz",
     tag = "operations",
     responses(
-        (status = 200, description = "Ready to serve.", body = crate::api_docs::Ready,
+        (status = 200, description = "Ready to serve.", body = crate::schemas::Ready,
             example = json!({"status": "ok", "checks": {"config": "ok", "persist": {"plugin": "sqlite", "status": "ok"}}})),
-        (status = 503, description = "Not ready: the persist plugin is down.", body = crate::api_docs::Ready,
+        (status = 503, description = "Not ready: the persist plugin is down.", body = crate::schemas::Ready,
             example = json!({"status": "unavailable", "checks": {"config": "ok",
                 "persist": {"plugin": "postgres", "status": "unavailable", "error": "connection refused"}}})),
     )

@@ -64,7 +64,7 @@ pub enum BodyFormat {
     request_body(
         description = "One event, an array of events, or NDJSON (one event per line).",
         content(
-            (crate::api_docs::IngestBody = "application/json", examples(
+            (crate::schemas::IngestBody = "application/json", examples(
                 ("one" = (summary = "One event", value = json!(
                     {"type": "ingestion_complete", "data": {"file": "report.pdf", "nodesCreated": 12},
                      "timestamp": "2025-12-31T20:00:00Z", "id": "ingest-7f3a", "source": "backend-1"}))),
@@ -74,17 +74,17 @@ pub enum BodyFormat {
                 ("gauges" = (summary = "A gauge report", value = json!(
                     {"type": "stats_update", "data": {"totalNodes": 45}})))
             )),
-            (crate::api_docs::IngestBatch = "application/x-ndjson", example = json!(
+            (crate::schemas::IngestBatch = "application/x-ndjson", example = json!(
                 "{\"type\":\"query_complete\",\"data\":{\"ms\":120}}\n{\"type\":\"error\",\"id\":\"err-1\"}\n"))
         )
     ),
     responses(
         (status = 202, description = "Accepted (stored, with the default `persist.ack = \"durable\"`).",
-            body = crate::api_docs::IngestResult,
+            body = crate::schemas::IngestResult,
             example = json!({"accepted": 2, "duplicates": 1, "seqs": [41, 12, 42]})),
         (status = 400, description = "Malformed JSON, a rule of the event broken, or an empty batch. \
             `index` is the 0-based index of the first bad event (or NDJSON line).",
-            body = crate::api_docs::ErrorBody,
+            body = crate::schemas::ErrorBody,
             examples(
                 ("invalid_event" = (value = json!({"error": {"code": "invalid_event",
                     "message": "event 1: unknown field `tpye` (allowed: type, data, timestamp, id, source)", "index": 1}}))),
@@ -97,24 +97,24 @@ pub enum BodyFormat {
                     "message": "event 0: gauge `eventsTotal` is the name of a built-in stat or counter", "index": 0}})))
             )),
         (status = 401, description = "`auth.ingest_tokens` is set and the bearer token is missing or wrong.",
-            body = crate::api_docs::ErrorBody,
+            body = crate::schemas::ErrorBody,
             example = json!({"error": {"code": "unauthorized",
                 "message": "a valid ingest token is required: Authorization: Bearer <token>"}})),
         (status = 408, description = "The request (head and body) did not arrive within `server.request_timeout_secs` \
             of its first byte; the connection is closed after this answer.",
-            body = crate::api_docs::ErrorBody,
+            body = crate::schemas::ErrorBody,
             example = json!({"error": {"code": "request_timeout",
                 "message": "the request body did not arrive within server.request_timeout_secs (30 s)"}})),
         (status = 413, description = "The body is over `ingest.max_body_bytes` or the batch over `ingest.max_batch`.",
-            body = crate::api_docs::ErrorBody,
+            body = crate::schemas::ErrorBody,
             example = json!({"error": {"code": "payload_too_large",
                 "message": "1001 events in one request; ingest.max_batch is 1000"}})),
         (status = 415, description = "A content type other than `application/json` or `application/x-ndjson`.",
-            body = crate::api_docs::ErrorBody,
+            body = crate::schemas::ErrorBody,
             example = json!({"error": {"code": "unsupported_media_type",
                 "message": "Content-Type `text/plain` is not supported; use application/json or application/x-ndjson"}})),
         (status = 503, description = "Persistence is down or its queue is full; nothing was accepted. Retry after `Retry-After` seconds.",
-            body = crate::api_docs::ErrorBody,
+            body = crate::schemas::ErrorBody,
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying.")),
             example = json!({"error": {"code": "persist_unavailable",
                 "message": "the persist queue is full (100000 events waiting); retry later"}})),

@@ -12,7 +12,7 @@ pub mod stats;
 pub mod ui;
 
 pub use reply::{bytes_response, json_response, ErrorResponse};
-pub use router::{path_matches, RouteName, Router, Routes};
+pub use router::{Router, Routes};
 
 use crate::activity::Activity;
 use crate::config::ConfigRx;
@@ -37,6 +37,8 @@ pub struct State {
     pub activity: Arc<Activity>,
     pub plugin: Arc<dyn PersistCallback>,
     pub metrics: Arc<Metrics>,
+    /// The OpenAPI document, serialized (served at `/api-docs/openapi.json`).
+    pub openapi: bytes::Bytes,
 }
 
 /// A filter that hands each request a clone of `value`.
@@ -50,7 +52,7 @@ pub fn with<T: Clone + Send + Sync + 'static>(
 /// itself before routing (known here only for telling 405 from 404). The
 /// OpenAPI document lists exactly [`Routes::known`] (`tests/openapi.rs`).
 pub fn routes(state: State, upgraded: &[&'static str]) -> Routes {
-    let State { config, pipeline, stats, activity, plugin, metrics } = state;
+    let State { config, pipeline, stats, activity, plugin, metrics, openapi } = state;
     let private_metrics = !config.borrow().config.metrics.listen.trim().is_empty();
     let router = Router::new()
         .mount(
@@ -68,7 +70,7 @@ pub fn routes(state: State, upgraded: &[&'static str]) -> Routes {
         router.mount(Method::GET, health::METRICS_ROUTE, health::metrics(health::MetricsState { metrics, stats }))
     };
     let router = ui::mount(router);
-    docs::mount(router).build(upgraded)
+    docs::mount(router, openapi).build(upgraded)
 }
 
 /// The separate metrics listener (`metrics.listen`): `GET /healthz`, `GET
