@@ -85,8 +85,7 @@ pub fn parse(raw: &str) -> Result<Params, ApiError> {
     security((), ("dashboard_token" = []))
 )]
 pub fn route(state: State) -> warp::filters::BoxedFilter<(Response,)> {
-    warp::path!("api" / "v1" / "activity" / "recent")
-        .and(warp::header::headers_cloned())
+    warp::header::headers_cloned()
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(with(Arc::new(state)))
         .then(|headers: http::HeaderMap, raw: String, st: Arc<State>| async move {

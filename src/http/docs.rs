@@ -34,18 +34,14 @@ static SWAGGER_CONFIG: LazyLock<Arc<Config<'static>>> = LazyLock::new(|| {
 /// `/docs/` and its files.
 pub fn mount(router: Router, openapi: Bytes) -> Router {
     router
-        .mount(
-            Method::GET,
-            OPENAPI_ROUTE,
-            warp::path!("api-docs" / "openapi.json").map(move || openapi_json(openapi.clone())),
-        )
-        .mount(Method::GET, DOCS_ROUTE, under_docs(|full, _| full == DOCS_ROUTE).map(|_| docs_redirect()))
-        .mount(
+        .mount(Method::GET, OPENAPI_ROUTE, warp::any().map(move || openapi_json(openapi.clone())).boxed())
+        .mount_matching(Method::GET, DOCS_ROUTE, under_docs(|full, _| full == DOCS_ROUTE).map(|_| docs_redirect()))
+        .mount_matching(
             Method::GET,
             DOCS_INDEX_ROUTE,
             under_docs(|full, tail| full != DOCS_ROUTE && tail.is_empty()).map(|_| docs_index()),
         )
-        .mount(
+        .mount_matching(
             Method::GET,
             DOCS_ASSET_ROUTE,
             under_docs(|_, tail| !tail.is_empty()).map(|tail: String| docs_asset(&tail)),

@@ -28,7 +28,7 @@ pub struct MetricsState {
 /// `/metrics` on the public port when `metrics.listen` moves it elsewhere:
 /// a 404 for every method.
 pub fn metrics_elsewhere() -> warp::filters::BoxedFilter<(Response,)> {
-    warp::path!("metrics")
+    warp::any()
         .map(|| {
             ApiError::new(ErrorCode::NotFound, "metrics are served on the separate metrics.listen address")
                 .to_response()
@@ -47,7 +47,7 @@ pub fn metrics_elsewhere() -> warp::filters::BoxedFilter<(Response,)> {
     responses((status = 200, description = "The process runs.", body = crate::schemas::Health))
 )]
 pub fn healthz() -> warp::filters::BoxedFilter<(Response,)> {
-    warp::path!("healthz").map(|| json_response(http::StatusCode::OK, &json!({"status": "ok"}))).boxed()
+    warp::any().map(|| json_response(http::StatusCode::OK, &json!({"status": "ok"}))).boxed()
 }
 
 /// Readiness
@@ -68,8 +68,7 @@ pub fn healthz() -> warp::filters::BoxedFilter<(Response,)> {
     )
 )]
 pub fn readyz(plugin: Arc<dyn PersistCallback>) -> warp::filters::BoxedFilter<(Response,)> {
-    warp::path!("readyz")
-        .and(with(plugin))
+    with(plugin)
         .then(|store: Arc<dyn PersistCallback>| async move {
             let plugin = store.name();
             let persist = match tokio::time::timeout(HEALTH_TIMEOUT, store.health()).await {
@@ -108,8 +107,7 @@ pub fn readyz(plugin: Arc<dyn PersistCallback>) -> warp::filters::BoxedFilter<(R
     )
 )]
 pub fn metrics(state: MetricsState) -> warp::filters::BoxedFilter<(Response,)> {
-    warp::path!("metrics")
-        .and(with(Arc::new(state)))
+    with(Arc::new(state))
         .map(|st: Arc<MetricsState>| {
             st.metrics.ws_messages_per_minute.set(st.stats.messages_window.total() as i64);
             bytes_response(

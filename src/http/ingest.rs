@@ -122,8 +122,7 @@ pub enum BodyFormat {
     security((), ("ingest_token" = []))
 )]
 pub fn route(state: State) -> warp::filters::BoxedFilter<(Response,)> {
-    warp::path!("api" / "v1" / "ingest")
-        .and(warp::header::headers_cloned())
+    warp::header::headers_cloned()
         .and(warp::body::stream())
         .and(warp::ext::optional::<RequestDeadline>())
         .and(with(Arc::new(state)))

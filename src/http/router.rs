@@ -11,6 +11,7 @@ use http::Method;
 use std::sync::Arc;
 use tower_service::Service;
 use warp::filters::BoxedFilter;
+use warp::path::FullPath;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
@@ -43,37 +44,37 @@ impl Router {
         Self::default()
     }
 
-    /// Mounts `filter` for `method` requests to `path` (a pattern as in the
-    /// OpenAPI document: `{name}` stands for one segment). `filter` matches
-    /// the path itself; every response it gives is named `path`.
-    pub fn mount<F>(self, method: Method, path: &'static str, filter: F) -> Self
+    /// Mounts `handler` for `method` requests to `path`, a fixed path (as
+    /// warp's `path!` matches it: a trailing `/` is allowed). `handler` sees
+    /// only requests that match; every response it gives is named `path`.
+    pub fn mount<F>(self, method: Method, path: &'static str, handler: F) -> Self
     where
         F: Filter<Extract = (Response,), Error = Rejection> + Clone + Send + Sync + 'static,
     {
         let m = method.clone();
-        let method_is = warp::method()
-            .and_then(move |got: Method| {
-                let ok = got == m;
-                async move {
-                    if ok {
-                        Ok(())
-                    } else {
-                        Err(warp::reject::not_found())
-                    }
-                }
-            })
-            .untuple_one();
-        self.add(method, path, method_is.and(filter))
+        self.add(method, path, on(Some(m), path).and(handler))
     }
 
-    /// Mounts `filter` on `path` for every method (documented and counted as
-    /// known for `method`): for a path that answers the same to all, such
+    /// Mounts `handler` on `path` for every method (documented and counted
+    /// as known for `method`): for a path that answers the same to all, such
     /// as `/metrics` when it is served on another listener.
-    pub fn mount_all_methods<F>(self, method: Method, path: &'static str, filter: F) -> Self
+    pub fn mount_all_methods<F>(self, method: Method, path: &'static str, handler: F) -> Self
     where
         F: Filter<Extract = (Response,), Error = Rejection> + Clone + Send + Sync + 'static,
     {
-        self.add(method, path, filter)
+        self.add(method, path, on(None, path).and(handler))
+    }
+
+    /// Mounts `filter`, which matches the path itself, for `method` requests
+    /// to the pattern `path` (`{name}` stands for one segment): for routes a
+    /// fixed path cannot say, such as `/docs/{file}` or `/docs` apart from
+    /// `/docs/`. Every response it gives is named `path`.
+    pub fn mount_matching<F>(self, method: Method, path: &'static str, filter: F) -> Self
+    where
+        F: Filter<Extract = (Response,), Error = Rejection> + Clone + Send + Sync + 'static,
+    {
+        let m = method.clone();
+        self.add(method, path, on(Some(m), "").and(filter))
     }
 
     fn add<F>(mut self, method: Method, path: &'static str, filter: F) -> Self
@@ -171,6 +172,27 @@ impl Routes {
     }
 }
 
+/// Requests with `method` (any if `None`) and, unless `path` is empty, the
+/// path `path` or `path` + `/` (as warp's `path!` matches).
+fn on(method: Option<Method>, path: &'static str) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    assert!(!path.contains('{'), "{path}: a pattern with a parameter is mounted with mount_matching");
+    warp::method()
+        .and(warp::path::full())
+        .and_then(move |got: Method, full: FullPath| {
+            let full = full.as_str();
+            let ok = method.as_ref().is_none_or(|m| *m == got)
+                && (path.is_empty() || full == path || (path != "/" && full.strip_suffix('/') == Some(path)));
+            async move {
+                if ok {
+                    Ok(())
+                } else {
+                    Err(warp::reject::not_found())
+                }
+            }
+        })
+        .untuple_one()
+}
+
 /// Whether `path` matches the route `pattern` (`{name}` matches one non-empty segment).
 pub fn path_matches(pattern: &str, path: &str) -> bool {
     let (mut p, mut q) = (pattern.split('/'), path.split('/'));
@@ -215,12 +237,16 @@ mod tests {
     #[tokio::test]
     async fn mounted_routes_are_named_and_unmatched_is_404_or_405() {
         let routes = Router::new()
-            .mount(Method::GET, "/a", warp::path!("a").map(ok))
-            .mount(Method::POST, "/b/{x}", warp::path!("b" / String).map(|_| ok()))
+            .mount(Method::GET, "/a", warp::any().map(ok).boxed())
+            .mount_matching(Method::POST, "/b/{x}", warp::path!("b" / String).map(|_| ok()))
             .build(&["/ws"]);
         assert_eq!(routes.known().len(), 3);
-        let (name, res) = routes.respond(request(Method::GET, "/a")).await;
-        assert_eq!((name, res.status().as_u16()), ("/a", 200));
+        for path in ["/a", "/a/"] {
+            let (name, res) = routes.respond(request(Method::GET, path)).await;
+            assert_eq!((name, res.status().as_u16()), ("/a", 200), "{path}");
+        }
+        let (name, _) = routes.respond(request(Method::GET, "/a/x")).await;
+        assert_eq!(name, NOT_FOUND);
         let (name, res) = routes.respond(request(Method::POST, "/b/1")).await;
         assert_eq!((name, res.status().as_u16()), ("/b/{x}", 200));
         let (name, res) = routes.respond(request(Method::POST, "/a")).await;

@@ -39,8 +39,7 @@ pub struct State {
     security((), ("dashboard_token" = []))
 )]
 pub fn route(state: State) -> warp::filters::BoxedFilter<(Response,)> {
-    warp::path!("api" / "v1" / "stats")
-        .and(warp::header::headers_cloned())
+    warp::header::headers_cloned()
         .and(warp::query::<HashMap<String, String>>().or(warp::any().map(HashMap::new)).unify())
         .and(with(Arc::new(state)))
         .map(|headers: http::HeaderMap, q: HashMap<String, String>, st: Arc<State>| {

@@ -37,7 +37,7 @@ pub fn mount(router: Router) -> Router {
     responses((status = 200, description = "The dashboard page.", content((String = "text/html; charset=utf-8"))))
 )]
 pub fn index() -> warp::filters::BoxedFilter<(Response,)> {
-    warp::path::end().map(|| asset("text/html; charset=utf-8", INDEX)).boxed()
+    warp::any().map(|| asset("text/html; charset=utf-8", INDEX)).boxed()
 }
 
 /// The dashboard's script
@@ -49,7 +49,7 @@ pub fn index() -> warp::filters::BoxedFilter<(Response,)> {
     responses((status = 200, description = "The dashboard's JavaScript.", content((String = "text/javascript; charset=utf-8"))))
 )]
 pub fn app_js() -> warp::filters::BoxedFilter<(Response,)> {
-    warp::path!("assets" / "app.js").map(|| asset("text/javascript; charset=utf-8", APP_JS)).boxed()
+    warp::any().map(|| asset("text/javascript; charset=utf-8", APP_JS)).boxed()
 }
 
 /// The dashboard's stylesheet
@@ -61,5 +61,5 @@ pub fn app_js() -> warp::filters::BoxedFilter<(Response,)> {
     responses((status = 200, description = "The dashboard's CSS.", content((String = "text/css; charset=utf-8"))))
 )]
 pub fn style_css() -> warp::filters::BoxedFilter<(Response,)> {
-    warp::path!("assets" / "style.css").map(|| asset("text/css; charset=utf-8", STYLE)).boxed()
+    warp::any().map(|| asset("text/css; charset=utf-8", STYLE)).boxed()
 }
