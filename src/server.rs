@@ -152,7 +152,8 @@ impl ServerBuilder {
             Arc::new(App { config: config_rx, pipeline, stats, activity, plugin, metrics, hub, ws: WsState::new() });
         let pusher = tokio::spawn(crate::ws::stats_pusher(app.clone(), gauges_changed));
         let log_flusher = tokio::spawn(app.metrics.repeated.clone().run_flusher());
-        let retention = crate::retention::spawn(app.plugin.clone(), app.config.clone(), app.metrics.clone());
+        let retention =
+            crate::persist::retention_task::spawn(app.plugin.clone(), app.config.clone(), app.metrics.clone());
         let metrics_listener = match config.metrics.listen_addr().map_err(StartError::Config)? {
             Some(addr) => Some(bind(addr)?),
             None => None,
@@ -168,7 +169,7 @@ pub struct Running {
     /// Writes the summary lines of rate-limited warnings (see [`crate::log_throttle`]).
     log_flusher: tokio::task::JoinHandle<()>,
     /// Retention and store gauges; stopped before the store closes.
-    retention: Option<crate::retention::RetentionTask>,
+    retention: Option<crate::persist::retention_task::RetentionTask>,
     /// The separate metrics listener (`metrics.listen`), bound at start.
     metrics_listener: Option<TcpListener>,
 }

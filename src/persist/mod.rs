@@ -8,6 +8,7 @@
 
 pub mod jsonl;
 pub mod memory;
+pub mod retention_task;
 pub mod sqlite;
 pub mod webhook;
 
