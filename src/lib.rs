@@ -12,6 +12,7 @@
 //! - [`event`]: event validation and the pre-encoded stored form.
 //! - [`http`]: the REST routes (ingest, stats, activity, health, metrics, docs).
 //! - [`api_docs`]: the OpenAPI 3.1 document, generated from the code.
+//! - [`schemas`]: the documented request, response and message shapes.
 //! - [`pipeline`]: the single writer: dedupe, seqs, group commit, publish.
 //! - [`persist`]: the [`persist::PersistCallback`] trait and its plugins.
 //! - [`stats`]: durable counters and live windows; one snapshot for all.
@@ -58,11 +59,15 @@ pub mod persist;
 pub mod pipeline;
 pub mod reload;
 pub mod retention;
+pub mod schemas;
 pub mod server;
 pub mod stats;
 pub mod telemetry;
 pub mod transfer;
 pub mod ws;
+
+#[cfg(test)]
+mod layering;
 
 pub use server::{ServerBuilder, StartError};
 

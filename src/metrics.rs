@@ -5,8 +5,8 @@
 
 use parking_lot::Mutex;
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 use std::collections::HashSet;
 
@@ -410,9 +410,6 @@ impl Default for Metrics {
         Self::new()
     }
 }
-
-/// Keeps `Histogram` in scope for users of the timer API.
-pub type PersistTimer = Histogram;
 
 #[cfg(test)]
 mod tests {

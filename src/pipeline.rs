@@ -21,7 +21,7 @@ use crate::event::{Event, NewEvent};
 use crate::hub::Hub;
 use crate::internal_events::{DedupeLookupFailed, PersistFailed};
 use crate::metrics::Metrics;
-use crate::persist::{Batch, PersistCallback, PersistError};
+use crate::persist::{Batch, PersistCallback, PersistError, DEDUPE_WINDOW};
 use crate::stats::{DurableStats, Stats};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -29,8 +29,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
-/// Ids remembered for dedupe by plugins that cannot look ids up in their store.
-pub const DEDUPE_WINDOW: usize = 100_000;
 /// Most events in one group commit.
 const MAX_GROUP_EVENTS: usize = 10_000;
 /// `Retry-After` for a 503.

@@ -4,6 +4,7 @@
 //! [`ConnectionGuard`]; a refused one its error response, counted by reason.
 
 use super::guard::ConnectionGuard;
+use crate::http::ErrorResponse;
 use crate::config::LiveConfig;
 use crate::error::{ApiError, ErrorCode};
 use crate::internal_events::WsRejected;
@@ -118,8 +119,7 @@ pub(super) fn admit(
             ErrorCode::InvalidQuery,
             "this endpoint speaks WebSocket only (GET with Upgrade: websocket, version 13)",
         )
-        .with_status(http::StatusCode::UPGRADE_REQUIRED)
-        .to_response();
+        .to_response_as(http::StatusCode::UPGRADE_REQUIRED);
         res.headers_mut().insert(http::header::UPGRADE, http::HeaderValue::from_static("websocket"));
         return Err(res);
     }

@@ -4,6 +4,7 @@
 
 use super::admission::admit;
 use super::connection::serve;
+use crate::http::ErrorResponse;
 use crate::error::{ApiError, ErrorCode};
 use crate::internal_events::WsDisconnected;
 use crate::metrics::DisconnectReason;
