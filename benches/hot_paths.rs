@@ -144,7 +144,12 @@ fn stats(c: &mut Criterion) {
     let shared = Stats::new(base.clone());
     g.throughput(Throughput::Elements(1));
     g.bench_function("snapshot+stats_update_message", |b| {
-        b.iter(|| sidewire::ws::message("stats_update", Value::Object(shared.snapshot(black_box(&live.counters)))))
+        b.iter(|| {
+            sidewire::ws::message(
+                sidewire::metrics::WsMessageType::StatsUpdate,
+                Value::Object(shared.snapshot(black_box(&live.counters))),
+            )
+        })
     });
     g.finish();
 }

@@ -12,12 +12,16 @@
 //! - [`event`]: event validation and the pre-encoded stored form.
 //! - [`http`]: the REST routes (ingest, stats, activity, health, metrics, docs).
 //! - [`api_docs`]: the OpenAPI 3.1 document, generated from the code.
+//! - [`schemas`]: the documented request, response and message shapes.
 //! - [`pipeline`]: the single writer: dedupe, seqs, group commit, publish.
 //! - [`persist`]: the [`persist::PersistCallback`] trait and its plugins.
 //! - [`stats`]: durable counters and live windows; one snapshot for all.
 //! - [`activity`]: recent events from the store or an in-memory ring.
 //! - [`hub`]: fan-out of accepted events to connections.
-//! - [`ws`]: the dashboard WebSocket.
+//! - [`ws`]: the dashboard WebSocket (admission, connection guard, upgrade,
+//!   per-connection task, outbox, replay, protocol, stats pusher).
+//! - [`auth`]: bearer-token checks shared by `http` and `ws`.
+//! - [`internal_events`]: occurrences that are logged and counted in one `emit`.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`server`]: wiring, the accept loop and graceful shutdown.
 //! - [`conn`]: the front door: connection limit, idle and request deadlines,
@@ -40,6 +44,7 @@
 
 pub mod activity;
 pub mod api_docs;
+pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod conn;
@@ -48,17 +53,22 @@ pub mod error;
 pub mod event;
 pub mod http;
 pub mod hub;
+pub mod internal_events;
 pub mod log_throttle;
 pub mod metrics;
 pub mod persist;
 pub mod pipeline;
 pub mod reload;
 pub mod retention;
+pub mod schemas;
 pub mod server;
 pub mod stats;
 pub mod telemetry;
 pub mod transfer;
 pub mod ws;
+
+#[cfg(test)]
+mod layering;
 
 pub use server::{ServerBuilder, StartError};
 

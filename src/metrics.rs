@@ -5,8 +5,8 @@
 
 use parking_lot::Mutex;
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 use std::collections::HashSet;
 
@@ -14,9 +14,92 @@ use std::collections::HashSet;
 /// types are counted as `other`.
 pub const MAX_TYPE_LABELS: usize = 100;
 
-pub const DISCONNECT_REASONS: [&str; 5] = ["client_close", "slow_consumer", "heartbeat_timeout", "error", "shutdown"];
-pub const REJECT_REASONS: [&str; 5] = ["unauthorized", "forbidden_origin", "per_ip_limit", "rate_limit", "at_capacity"];
-pub const WS_MESSAGE_TYPES: [&str; 5] = ["connection_ack", "stats_update", "pong", "resume_complete", "event"];
+/// Declares a label enum: its variants, their label values and `ALL` (every
+/// value, so its series exist at 0 from start-up). The label strings live
+/// here only; callers pass the variant.
+macro_rules! label_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $label:literal,)+ }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant,)+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The label value.
+            pub const fn label(self) -> &'static str {
+                match self {
+                    $($name::$variant => $label,)+
+                }
+            }
+        }
+    };
+}
+
+label_enum! {
+    /// The `reason` of `sidewire_ws_disconnects_total` (contract section 6).
+    DisconnectReason {
+        ClientClose => "client_close",
+        SlowConsumer => "slow_consumer",
+        HeartbeatTimeout => "heartbeat_timeout",
+        /// A socket or store failure, or a client frame that is too big.
+        Error => "error",
+        Shutdown => "shutdown",
+    }
+}
+
+label_enum! {
+    /// The `reason` of `sidewire_ws_rejected_connections_total` (contract section 6).
+    WsRejectReason {
+        Unauthorized => "unauthorized",
+        ForbiddenOrigin => "forbidden_origin",
+        PerIpLimit => "per_ip_limit",
+        RateLimit => "rate_limit",
+        AtCapacity => "at_capacity",
+    }
+}
+
+label_enum! {
+    /// The `reason` of `sidewire_http_rejected_connections_total`.
+    HttpRejectReason {
+        /// `server.max_http_connections` are open.
+        AtCapacity => "at_capacity",
+    }
+}
+
+label_enum! {
+    /// The `phase` of `sidewire_http_timeouts_total`.
+    TimeoutPhase {
+        /// No request began within `server.idle_timeout_secs`.
+        Idle => "idle",
+        /// A request's head did not arrive in time.
+        RequestHead => "request_head",
+        /// A request's body did not arrive in time (408).
+        RequestBody => "request_body",
+    }
+}
+
+label_enum! {
+    /// The `result` of `sidewire_config_reloads_total`.
+    ReloadResult {
+        Success => "success",
+        Failure => "failure",
+    }
+}
+
+label_enum! {
+    /// A server message's `type`, on the wire and as the `type` label of
+    /// `sidewire_ws_messages_sent_total` (events count as `event`).
+    WsMessageType {
+        ConnectionAck => "connection_ack",
+        StatsUpdate => "stats_update",
+        Pong => "pong",
+        ResumeComplete => "resume_complete",
+        Event => "event",
+    }
+}
 
 pub struct Metrics {
     pub registry: Registry,
@@ -50,9 +133,9 @@ pub struct Metrics {
     pub http_open_connections: IntGauge,
     /// The connection limit in force (`server.max_http_connections`, resolved).
     pub http_max_connections: IntGauge,
-    /// Connections closed at accept, by reason ([`crate::conn::REJECT_REASONS`]).
+    /// Connections closed at accept, by reason ([`HttpRejectReason`]).
     pub http_rejected_connections_total: IntCounterVec,
-    /// Connections ended by a deadline, by phase ([`crate::conn::TIMEOUT_PHASES`]).
+    /// Connections ended by a deadline, by phase ([`TimeoutPhase`]).
     pub http_timeouts_total: IntCounterVec,
     /// Failed `accept` calls on the public listener (EMFILE and friends).
     pub http_accept_errors_total: IntCounter,
@@ -290,23 +373,23 @@ impl Metrics {
         // One process until a cluster says otherwise (see crate::cluster).
         m.cluster_replicas.set(1);
         m.broadcast_bus_up.with_label_values(&["local"]).set(1);
-        for reason in DISCONNECT_REASONS {
-            m.ws_disconnects_total.with_label_values(&[reason]);
+        for reason in DisconnectReason::ALL {
+            m.ws_disconnects_total.with_label_values(&[reason.label()]);
         }
-        for reason in REJECT_REASONS {
-            m.ws_rejected_connections_total.with_label_values(&[reason]);
+        for reason in WsRejectReason::ALL {
+            m.ws_rejected_connections_total.with_label_values(&[reason.label()]);
         }
-        for t in WS_MESSAGE_TYPES {
-            m.ws_messages_sent_total.with_label_values(&[t]);
+        for t in WsMessageType::ALL {
+            m.ws_messages_sent_total.with_label_values(&[t.label()]);
         }
-        for result in ["success", "failure"] {
-            m.config_reloads_total.with_label_values(&[result]);
+        for result in ReloadResult::ALL {
+            m.config_reloads_total.with_label_values(&[result.label()]);
         }
-        for reason in crate::conn::REJECT_REASONS {
-            m.http_rejected_connections_total.with_label_values(&[reason]);
+        for reason in HttpRejectReason::ALL {
+            m.http_rejected_connections_total.with_label_values(&[reason.label()]);
         }
-        for phase in crate::conn::TIMEOUT_PHASES {
-            m.http_timeouts_total.with_label_values(&[phase]);
+        for phase in TimeoutPhase::ALL {
+            m.http_timeouts_total.with_label_values(&[phase.label()]);
         }
         for status in ["202", "400", "401", "408", "413", "415", "503"] {
             m.ingest_requests_total.with_label_values(&[status]);
@@ -353,9 +436,6 @@ impl Default for Metrics {
         Self::new()
     }
 }
-
-/// Keeps `Histogram` in scope for users of the timer API.
-pub type PersistTimer = Histogram;
 
 #[cfg(test)]
 mod tests {

@@ -19,9 +19,9 @@ use crate::config::{AckMode, ConfigRx};
 use crate::error::{ApiError, ErrorCode};
 use crate::event::{Event, NewEvent};
 use crate::hub::Delivery;
-use crate::log_throttle::Repeated;
+use crate::internal_events::{DedupeLookupFailed, PersistFailed};
 use crate::metrics::Metrics;
-use crate::persist::{Batch, NewBatch, PersistCallback, PersistError};
+use crate::persist::{Batch, NewBatch, PersistCallback, PersistError, DEDUPE_WINDOW};
 use crate::stats::DurableStats;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -29,8 +29,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
-/// Ids remembered for dedupe by plugins that cannot look ids up in their store.
-pub const DEDUPE_WINDOW: usize = 100_000;
 /// Most events in one group commit.
 const MAX_GROUP_EVENTS: usize = 10_000;
 /// `Retry-After` for a 503.
@@ -421,10 +419,7 @@ impl Writer {
                 .collect()
         };
         self.sinks.plugin.lookup_ids(&misses).await.inspect_err(|e| {
-            self.sinks.metrics.persist_failures_total.with_label_values(&[self.sinks.plugin.name()]).inc();
-            if let Some(suppressed) = self.sinks.metrics.repeated.hit(Repeated::PersistFailed) {
-                tracing::warn!(error = %e, suppressed, "dedupe lookup failed");
-            }
+            DedupeLookupFailed { plugin: self.sinks.plugin.name(), error: e }.emit(&self.sinks.metrics)
         })
     }
 
@@ -501,15 +496,7 @@ fn observe(sinks: &Sinks, started: Instant, result: Result<(), &PersistError>, e
         Ok(()) => sinks.metrics.persist_success_total.with_label_values(&[plugin]).inc(),
         // Not a failure of the store: the pipeline sequences the group again.
         Err(PersistError::Duplicates { ids, .. }) => tracing::debug!(plugin, ids = ids.len(), "stored ids refused"),
-        Err(e) => {
-            sinks.metrics.persist_failures_total.with_label_values(&[plugin]).inc();
-            // A full disk fails every batch: the first is logged, then a
-            // line per 10 s with the count (`suppressed`: left out since the
-            // previous line); the counter above stays exact.
-            if let Some(suppressed) = sinks.metrics.repeated.hit(Repeated::PersistFailed) {
-                tracing::warn!(plugin, error = %e, events, suppressed, "persist failed");
-            }
-        }
+        Err(e) => PersistFailed { plugin, error: e, events }.emit(&sinks.metrics),
     }
 }
 

@@ -14,7 +14,7 @@
 //! restart keep the value in force, with a warning naming each.
 
 use crate::config::{changed_keys, Config, ConfigIssue, LiveConfig};
-use crate::log_throttle::Repeated;
+use crate::internal_events::{ReloadApplied, ReloadFailed, ReloadRejected};
 use crate::metrics::Metrics;
 use crate::telemetry::LogHandle;
 use notify_debouncer_full::notify::event::{AccessKind, AccessMode, EventKind};
@@ -217,39 +217,19 @@ impl Reloader {
             self.apply_log_level(&applied.telemetry.log_level);
         }
         self.tx.send_replace(LiveConfig::new(applied));
-        self.metrics.config_reloads_total.with_label_values(&["success"]).inc();
-        if changed.is_empty() {
-            tracing::info!(trigger = trigger.as_str(), "config reloaded; nothing to change");
-        } else {
-            tracing::info!(trigger = trigger.as_str(), changed = %changed.join(", "), "config reloaded");
-        }
+        ReloadApplied { trigger: trigger.as_str(), changed: &changed }.emit(&self.metrics);
         Outcome::Applied { changed, kept }
     }
 
     fn failed(&self, trigger: Trigger, issues: &[ConfigIssue]) -> Outcome {
         let list = issues.iter().map(|i| i.to_string()).collect::<Vec<_>>().join("; ");
-        self.metrics.config_reloads_total.with_label_values(&["failure"]).inc();
-        if let Some(suppressed) = self.metrics.repeated.hit(Repeated::ReloadFailed) {
-            tracing::error!(
-                trigger = trigger.as_str(),
-                path = %self.path.display(),
-                issues = %list,
-                suppressed,
-                "invalid config; keeping the config in force"
-            );
-        }
+        ReloadRejected { trigger: trigger.as_str(), path: &self.path, issues: &list }.emit(&self.metrics);
         Outcome::Failed(list)
     }
 
-    /// Counts a failed reload and logs it, rate-limited: a file that stays
-    /// broken while something keeps touching it (or SIGHUPs in a loop) must
-    /// not flood the log.
+    /// Counts a failed reload and logs it, rate-limited.
     fn log_failure(&self, trigger: Trigger, msg: &str) {
-        self.metrics.config_reloads_total.with_label_values(&["failure"]).inc();
-        if let Some(suppressed) = self.metrics.repeated.hit(Repeated::ReloadFailed) {
-            tracing::error!(trigger = trigger.as_str(), error = %msg, suppressed,
-                "config reload failed; keeping the config in force");
-        }
+        ReloadFailed { trigger: trigger.as_str(), error: msg }.emit(&self.metrics);
     }
 
     fn apply_log_level(&self, level: &str) {

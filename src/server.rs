@@ -7,7 +7,7 @@ use crate::cluster::{BusKind, Cluster, ClusterOptions};
 use crate::config::{BroadcastBackend, Config, ConfigRx, LiveConfig, PluginKind};
 use crate::conn::{limit, Gate, GuardedIo, RequestDeadline, Settings, TrackedBody};
 use crate::hub::{local::LocalHub, Delivery, Hub};
-use crate::log_throttle::Repeated;
+use crate::internal_events::AcceptFailed;
 use crate::metrics::Metrics;
 use crate::persist::postgres::PostgresPlugin;
 use crate::persist::{PersistCallback, PersistError};
@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
-use tower_service::Service;
 use tracing::Instrument;
 use warp::reply::Response;
 
@@ -45,6 +44,20 @@ pub struct App {
 }
 
 impl App {
+    /// The parts the HTTP handlers use.
+    pub fn http_state(&self) -> crate::http::State {
+        crate::http::State {
+            config: self.config.clone(),
+            pipeline: self.pipeline.clone(),
+            stats: self.stats.clone(),
+            activity: self.activity.clone(),
+            plugin: self.plugin.clone(),
+            metrics: self.metrics.clone(),
+            openapi: crate::api_docs::openapi_bytes(),
+            cluster: self.cluster.clone(),
+        }
+    }
+
     /// The stats object served by REST and WebSocket alike.
     pub fn stats_snapshot(&self) -> Map<String, Value> {
         let live = self.config.borrow().clone();
@@ -179,7 +192,8 @@ impl ServerBuilder {
         });
         let pusher = tokio::spawn(crate::ws::stats_pusher(app.clone(), gauges_changed));
         let log_flusher = tokio::spawn(app.metrics.repeated.clone().run_flusher());
-        let retention = crate::retention::spawn(app.plugin.clone(), app.config.clone(), app.metrics.clone());
+        let retention =
+            crate::persist::retention_task::spawn(app.plugin.clone(), app.config.clone(), app.metrics.clone());
         let metrics_listener = match config.metrics.listen_addr().map_err(StartError::Config)? {
             Some(addr) => Some(bind(addr)?),
             None => None,
@@ -220,7 +234,7 @@ pub struct Running {
     /// Writes the summary lines of rate-limited warnings (see [`crate::log_throttle`]).
     log_flusher: tokio::task::JoinHandle<()>,
     /// Retention and store gauges; stopped before the store closes.
-    retention: Option<crate::retention::RetentionTask>,
+    retention: Option<crate::persist::retention_task::RetentionTask>,
     /// The separate metrics listener (`metrics.listen`), bound at start.
     metrics_listener: Option<TcpListener>,
 }
@@ -277,7 +291,7 @@ impl Running {
             if let Ok(addr) = l.local_addr() {
                 tracing::info!(%addr, "metrics listening (GET /metrics, GET /healthz)");
             }
-            let routes = crate::http::health::metrics_listener_routes(app.clone());
+            let routes = crate::http::metrics_listener_routes(app.http_state());
             tokio::spawn(
                 warp::serve(routes)
                     .incoming(l)
@@ -287,7 +301,7 @@ impl Running {
                     .run(),
             )
         });
-        let routes = crate::http::routes(app.clone());
+        let routes = crate::http::routes(app.http_state(), &crate::ws::PATHS);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
         // Deadlines are enforced by `GuardedIo` (idle before and between
@@ -324,11 +338,8 @@ impl Running {
                     Err(e) => {
                         // EMFILE and friends: the connection stays queued, so
                         // retrying at once would spin. Back off, log rarely.
-                        app.metrics.http_accept_errors_total.inc();
-                        if let Some(suppressed) = app.metrics.repeated.hit(Repeated::AcceptFailed) {
-                            tracing::warn!(error = %e, suppressed, open_connections = gate.open(),
-                                retry_in_ms = accept_backoff.as_millis() as u64, "accept failed");
-                        }
+                        AcceptFailed { error: &e, open_connections: gate.open(),
+                            retry_in_ms: accept_backoff.as_millis() as u64 }.emit(&app.metrics);
                         tokio::select! {
                             _ = tokio::time::sleep(accept_backoff) => {}
                             _ = &mut shutdown => break,
@@ -411,7 +422,7 @@ impl Running {
 /// caller's `traceparent`), which gets the matched route and status at the end.
 async fn handle(
     app: Arc<App>,
-    routes: warp::filters::BoxedFilter<(Response,)>,
+    routes: crate::http::Routes,
     peer: SocketAddr,
     deadline: RequestDeadline,
     mut req: http::Request<Incoming>,
@@ -423,23 +434,17 @@ async fn handle(
     let span = if probe { tracing::Span::none() } else { crate::telemetry::request_span(req.method(), req.headers()) };
     async move {
         let started = Instant::now();
-        let path = req.uri().path().to_string();
-        let method = req.method().clone();
         // Only a GET can be an upgrade; any other method on a WebSocket path
         // goes the way of every wrong method: 405 with `Allow: GET`.
-        let (route, res) = if crate::ws::PATHS.contains(&path.as_str()) && method == http::Method::GET {
-            let route = if path == crate::ws::PATHS[0] { crate::ws::PATHS[0] } else { crate::ws::PATHS[1] };
+        let upgrade = match crate::ws::PATHS.iter().find(|p| **p == req.uri().path()) {
+            Some(path) if req.method() == http::Method::GET => Some(*path),
+            _ => None,
+        };
+        let (route, res) = if let Some(route) = upgrade {
             (route, crate::ws::upgrade(app.clone(), peer, req).await)
         } else {
             req.extensions_mut().insert(PeerAddr(peer));
-            let mut svc = warp::service(routes);
-            let mut res = svc.call(req).await.unwrap_or_else(|never| match never {});
-            let mut route = res.extensions().get::<crate::http::RouteName>().map_or(crate::http::UNMATCHED, |r| r.0);
-            if route == crate::http::UNMATCHED {
-                res = crate::http::recover_path(&path, &method).await;
-                route = res.extensions().get::<crate::http::RouteName>().map_or(crate::http::UNMATCHED, |r| r.0);
-            }
-            (route, res)
+            routes.respond(req).await
         };
         app.metrics.observe_http(route, res.status().as_u16(), started.elapsed().as_secs_f64());
         crate::telemetry::record_response(&tracing::Span::current(), route, res.status().as_u16());

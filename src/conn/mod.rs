@@ -27,7 +27,7 @@ mod io;
 pub use io::GuardedIo;
 
 use crate::config::ServerConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{HttpRejectReason, Metrics, TimeoutPhase};
 use hyper::body::{Body, Frame, SizeHint};
 use parking_lot::Mutex;
 use prometheus::{IntCounter, IntGauge};
@@ -71,12 +71,6 @@ impl Settings {
     }
 }
 
-/// Reasons on `sidewire_http_rejected_connections_total`.
-pub const REJECT_REASONS: [&str; 1] = ["at_capacity"];
-
-/// Phases on `sidewire_http_timeouts_total`.
-pub const TIMEOUT_PHASES: [&str; 3] = ["idle", "request_head", "request_body"];
-
 /// Admission to the public listener: counts open connections and refuses
 /// those beyond the limit.
 #[derive(Debug, Clone)]
@@ -95,9 +89,11 @@ impl Gate {
         Gate {
             open: metrics.http_open_connections.clone(),
             limit: metrics.http_max_connections.clone(),
-            at_capacity: metrics.http_rejected_connections_total.with_label_values(&["at_capacity"]),
-            idle_timeouts: metrics.http_timeouts_total.with_label_values(&["idle"]),
-            head_timeouts: metrics.http_timeouts_total.with_label_values(&["request_head"]),
+            at_capacity: metrics
+                .http_rejected_connections_total
+                .with_label_values(&[HttpRejectReason::AtCapacity.label()]),
+            idle_timeouts: metrics.http_timeouts_total.with_label_values(&[TimeoutPhase::Idle.label()]),
+            head_timeouts: metrics.http_timeouts_total.with_label_values(&[TimeoutPhase::RequestHead.label()]),
         }
     }
 

@@ -1,14 +1,21 @@
 //! `GET /api/v1/activity/recent` (contract section 4).
 
-use super::{bytes_response, dashboard_auth, named, with_app};
+use super::{bytes_response, with, ErrorResponse};
+use crate::config::ConfigRx;
 use crate::error::{ApiError, ErrorCode};
 use crate::persist::EventQuery;
-use crate::server::App;
 use std::sync::Arc;
 use warp::reply::Response;
 use warp::Filter;
 
 pub const ROUTE: &str = "/api/v1/activity/recent";
+
+/// What the activity route uses: the dashboard tokens and the activity source.
+#[derive(Clone)]
+pub struct State {
+    pub config: ConfigRx,
+    pub activity: Arc<crate::activity::Activity>,
+}
 pub const DEFAULT_LIMIT: usize = 50;
 pub const MAX_LIMIT: usize = 500;
 
@@ -60,42 +67,39 @@ pub fn parse(raw: &str) -> Result<Params, ApiError> {
     path = "/api/v1/activity/recent",
     operation_id = "getRecentActivity",
     tag = "dashboard",
-    params(crate::api_docs::ActivityQuery),
+    params(crate::schemas::ActivityQuery),
     responses(
-        (status = 200, description = "One page of events, newest first.", body = crate::api_docs::ActivityPage),
+        (status = 200, description = "One page of events, newest first.", body = crate::schemas::ActivityPage),
         (status = 400, description = "A bad or unknown query parameter (`invalid_query`).",
-            body = crate::api_docs::ErrorBody,
+            body = crate::schemas::ErrorBody,
             example = json!({"error": {"code": "invalid_query",
                 "message": "`limit` must be an integer from 1 to 500, got \"0\""}})),
         (status = 401, description = "`auth.dashboard_tokens` is set and no valid token was given.",
-            body = crate::api_docs::ErrorBody,
+            body = crate::schemas::ErrorBody,
             example = json!({"error": {"code": "unauthorized",
                 "message": "a dashboard token is required (Authorization: Bearer or ?token=)"}})),
-        (status = 503, description = "The store cannot be read.", body = crate::api_docs::ErrorBody,
+        (status = 503, description = "The store cannot be read.", body = crate::schemas::ErrorBody,
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying.")),
             example = json!({"error": {"code": "persist_unavailable", "message": "the store cannot be read: database is locked"}})),
     ),
     security((), ("dashboard_token" = []))
 )]
-pub fn route(app: Arc<App>) -> warp::filters::BoxedFilter<(Response,)> {
-    warp::path!("api" / "v1" / "activity" / "recent")
-        .and(warp::get())
-        .and(warp::header::headers_cloned())
+pub fn route(state: State) -> warp::filters::BoxedFilter<(Response,)> {
+    warp::header::headers_cloned()
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
-        .and(with_app(app))
-        .then(|headers: http::HeaderMap, raw: String, app: Arc<App>| async move {
-            let res = match recent(&app, &headers, &raw).await {
+        .and(with(Arc::new(state)))
+        .then(|headers: http::HeaderMap, raw: String, st: Arc<State>| async move {
+            match recent(&st, &headers, &raw).await {
                 Ok(r) => r,
                 Err(e) => e.to_response(),
-            };
-            named(ROUTE, res)
+            }
         })
         .boxed()
 }
 
-async fn recent(app: &App, headers: &http::HeaderMap, raw: &str) -> Result<Response, ApiError> {
+async fn recent(app: &State, headers: &http::HeaderMap, raw: &str) -> Result<Response, ApiError> {
     let params = parse(raw)?;
-    dashboard_auth(app, headers, params.token.as_deref())?;
+    crate::auth::dashboard(&app.config.borrow().config.auth.dashboard_tokens, headers, params.token.as_deref())?;
     let limit = params.query.limit;
     // One extra tells whether another page exists.
     let mut q = params.query;

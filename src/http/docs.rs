@@ -1,14 +1,13 @@
-//! `GET /api-docs/openapi.json` (the OpenAPI 3.1 document, see
-//! [`crate::api_docs`]) and `GET /docs` (Swagger UI). Swagger UI's files are
+//! `GET /api-docs/openapi.json` (the OpenAPI 3.1 document, built by
+//! [`crate::api_docs`] and handed in through [`super::State`]) and `GET /docs` (Swagger UI). Swagger UI's files are
 //! vendored into the binary by `utoipa-swagger-ui` (feature `vendored`): the
 //! page loads nothing from the internet.
 
-use super::{bytes_response, named};
-use crate::api_docs::ApiDoc;
+use super::{bytes_response, ErrorResponse, Router};
 use crate::error::{ApiError, ErrorCode};
 use bytes::Bytes;
-use std::sync::{Arc, LazyLock, OnceLock};
-use utoipa::OpenApi;
+use http::Method;
+use std::sync::{Arc, LazyLock};
 use utoipa_swagger_ui::Config;
 use warp::path::{FullPath, Tail};
 use warp::reply::Response;
@@ -21,12 +20,6 @@ pub const DOCS_INDEX_ROUTE: &str = "/docs/";
 pub const DOCS_ASSET_ROUTE: &str = "/docs/{file}";
 
 /// The document, serialized once on first use.
-pub fn openapi_bytes() -> Bytes {
-    static JSON: OnceLock<Bytes> = OnceLock::new();
-    JSON.get_or_init(|| Bytes::from(serde_json::to_vec(&ApiDoc::openapi()).expect("the OpenAPI document serializes")))
-        .clone()
-}
-
 static SWAGGER_CONFIG: LazyLock<Arc<Config<'static>>> = LazyLock::new(|| {
     Arc::new(
         Config::new([OPENAPI_ROUTE])
@@ -37,20 +30,36 @@ static SWAGGER_CONFIG: LazyLock<Arc<Config<'static>>> = LazyLock::new(|| {
     )
 });
 
-pub fn routes() -> warp::filters::BoxedFilter<(Response,)> {
-    let openapi = warp::path!("api-docs" / "openapi.json").and(warp::get()).map(openapi_json);
-    let docs = warp::path("docs").and(warp::get()).and(warp::path::full()).and(warp::path::tail()).map(
-        |full: FullPath, tail: Tail| {
-            if full.as_str() == DOCS_ROUTE {
-                docs_redirect()
-            } else if tail.as_str().is_empty() {
-                docs_index()
-            } else {
-                docs_asset(tail.as_str())
-            }
-        },
-    );
-    openapi.or(docs).unify().boxed()
+/// Mounts the document (`openapi`, serialized), `/docs` (a redirect),
+/// `/docs/` and its files.
+pub fn mount(router: Router, openapi: Bytes) -> Router {
+    router
+        .mount(Method::GET, OPENAPI_ROUTE, warp::any().map(move || openapi_json(openapi.clone())).boxed())
+        .mount_matching(Method::GET, DOCS_ROUTE, under_docs(|full, _| full == DOCS_ROUTE).map(|_| docs_redirect()))
+        .mount_matching(
+            Method::GET,
+            DOCS_INDEX_ROUTE,
+            under_docs(|full, tail| full != DOCS_ROUTE && tail.is_empty()).map(|_| docs_index()),
+        )
+        .mount_matching(
+            Method::GET,
+            DOCS_ASSET_ROUTE,
+            under_docs(|_, tail| !tail.is_empty()).map(|tail: String| docs_asset(&tail)),
+        )
+}
+
+/// A request under `/docs` for which `pick(full path, tail)` holds; extracts the tail.
+fn under_docs(
+    pick: fn(&str, &str) -> bool,
+) -> impl Filter<Extract = (String,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
+    warp::path("docs").and(warp::path::full()).and(warp::path::tail()).and_then(move |full: FullPath, tail: Tail| {
+        let picked = if pick(full.as_str(), tail.as_str()) {
+            Ok(tail.as_str().to_string())
+        } else {
+            Err(warp::reject::not_found())
+        };
+        async move { picked }
+    })
 }
 
 /// The OpenAPI document
@@ -63,10 +72,10 @@ pub fn routes() -> warp::filters::BoxedFilter<(Response,)> {
     tag = "docs",
     responses((status = 200, description = "The OpenAPI 3.1 document.", content((Object = "application/json"))))
 )]
-pub fn openapi_json() -> Response {
+pub fn openapi_json(document: Bytes) -> Response {
     let mut res = bytes_response(http::StatusCode::OK, "application/json", Vec::new());
-    *res.body_mut() = openapi_bytes().into();
-    named(OPENAPI_ROUTE, res)
+    *res.body_mut() = document.into();
+    res
 }
 
 /// The interactive API docs (redirect)
@@ -83,7 +92,7 @@ pub fn openapi_json() -> Response {
 pub fn docs_redirect() -> Response {
     let mut res = bytes_response(http::StatusCode::FOUND, "text/plain; charset=utf-8", b"see /docs/\n".to_vec());
     res.headers_mut().insert(http::header::LOCATION, http::HeaderValue::from_static(DOCS_INDEX_ROUTE));
-    named(DOCS_ROUTE, res)
+    res
 }
 
 /// The interactive API docs
@@ -98,7 +107,7 @@ pub fn docs_redirect() -> Response {
     responses((status = 200, description = "The Swagger UI page.", content((String = "text/html"))))
 )]
 pub fn docs_index() -> Response {
-    swagger_file(DOCS_INDEX_ROUTE, "")
+    swagger_file("")
 }
 
 /// A Swagger UI asset
@@ -113,16 +122,16 @@ pub fn docs_index() -> Response {
     params(("file" = String, Path, description = "A file of the Swagger UI distribution.", example = "swagger-ui.css")),
     responses(
         (status = 200, description = "The file, with its content type (JavaScript, CSS, PNG, HTML)."),
-        (status = 404, description = "No such file.", body = crate::api_docs::ErrorBody,
+        (status = 404, description = "No such file.", body = crate::schemas::ErrorBody,
             example = json!({"error": {"code": "not_found", "message": "no Swagger UI file `nope.js`"}})),
     )
 )]
 pub fn docs_asset(file: &str) -> Response {
-    swagger_file(DOCS_ASSET_ROUTE, file)
+    swagger_file(file)
 }
 
-fn swagger_file(route: &'static str, file: &str) -> Response {
-    let res = match utoipa_swagger_ui::serve(file, SWAGGER_CONFIG.clone()) {
+fn swagger_file(file: &str) -> Response {
+    match utoipa_swagger_ui::serve(file, SWAGGER_CONFIG.clone()) {
         Ok(Some(f)) => {
             let mut res = Response::new(
                 match f.bytes {
@@ -159,22 +168,12 @@ fn swagger_file(route: &'static str, file: &str) -> Response {
             res.headers_mut().insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
             res
         }
-    };
-    named(route, res)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn document_is_cached_json() {
-        let a = openapi_bytes();
-        let b = openapi_bytes();
-        assert_eq!(a.as_ptr(), b.as_ptr(), "serialized once");
-        let v: serde_json::Value = serde_json::from_slice(&a).unwrap();
-        assert!(v["openapi"].as_str().unwrap().starts_with("3.1"));
-    }
 
     #[test]
     fn swagger_files_are_embedded_and_configured() {

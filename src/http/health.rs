@@ -1,41 +1,38 @@
 //! `GET /healthz`, `GET /readyz` and `GET /metrics`.
 
-use super::{bytes_response, json_response, named, with_app};
-use crate::server::App;
+use super::{bytes_response, json_response, with, ErrorResponse};
+use crate::error::{ApiError, ErrorCode};
+use crate::metrics::Metrics;
+use crate::persist::PersistCallback;
+use crate::stats::Stats;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use warp::reply::Response;
 use warp::Filter;
 
+pub const HEALTHZ_ROUTE: &str = "/healthz";
+pub const READYZ_ROUTE: &str = "/readyz";
+pub const METRICS_ROUTE: &str = "/metrics";
+
 /// How long the plugin's health check may take before it counts as down.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(Response,)> {
-    let private = !app.config.borrow().config.metrics.listen.trim().is_empty();
-    let metrics = if private { metrics_elsewhere() } else { metrics(app.clone()) };
-    healthz().or(readyz(app)).unify().or(metrics).unify().boxed()
+/// What `/metrics` uses: the metrics, and the stats for the message rate.
+#[derive(Clone)]
+pub struct MetricsState {
+    pub metrics: Arc<Metrics>,
+    pub stats: Arc<Stats>,
 }
 
-/// `/metrics` on the public port when `metrics.listen` moved it elsewhere.
-fn metrics_elsewhere() -> warp::filters::BoxedFilter<(Response,)> {
-    warp::path!("metrics")
-        .map(|| not_found("/metrics", "metrics are served on the separate metrics.listen address"))
-        .boxed()
-}
-
-fn not_found(route: &'static str, message: &'static str) -> Response {
-    named(route, crate::error::ApiError::new(crate::error::ErrorCode::NotFound, message).to_response())
-}
-
-/// The routes of the separate metrics listener (`metrics.listen`).
-pub fn metrics_listener_routes(app: Arc<App>) -> warp::filters::BoxedFilter<(Response,)> {
-    healthz()
-        .or(metrics(app))
-        .unify()
-        .or(warp::any()
-            .map(|| not_found(crate::http::UNMATCHED, "this listener serves GET /metrics and GET /healthz only")))
-        .unify()
+/// `/metrics` on the public port when `metrics.listen` moves it elsewhere:
+/// a 404 for every method.
+pub fn metrics_elsewhere() -> warp::filters::BoxedFilter<(Response,)> {
+    warp::any()
+        .map(|| {
+            ApiError::new(ErrorCode::NotFound, "metrics are served on the separate metrics.listen address")
+                .to_response()
+        })
         .boxed()
 }
 
@@ -47,13 +44,10 @@ pub fn metrics_listener_routes(app: Arc<App>) -> warp::filters::BoxedFilter<(Res
     path = "/healthz",
     operation_id = "healthz",
     tag = "operations",
-    responses((status = 200, description = "The process runs.", body = crate::api_docs::Health))
+    responses((status = 200, description = "The process runs.", body = crate::schemas::Health))
 )]
 pub fn healthz() -> warp::filters::BoxedFilter<(Response,)> {
-    warp::path!("healthz")
-        .and(warp::get())
-        .map(|| named("/healthz", json_response(http::StatusCode::OK, &json!({"status": "ok"}))))
-        .boxed()
+    warp::any().map(|| json_response(http::StatusCode::OK, &json!({"status": "ok"}))).boxed()
 }
 
 /// Readiness
@@ -66,20 +60,22 @@ pub fn healthz() -> warp::filters::BoxedFilter<(Response,)> {
     operation_id = "readyz",
     tag = "operations",
     responses(
-        (status = 200, description = "Ready to serve.", body = crate::api_docs::Ready,
+        (status = 200, description = "Ready to serve.", body = crate::schemas::Ready,
             example = json!({"status": "ok", "checks": {"config": "ok", "persist": {"plugin": "sqlite", "status": "ok"}}})),
-        (status = 503, description = "Not ready: the persist plugin is down.", body = crate::api_docs::Ready,
+        (status = 503, description = "Not ready: the persist plugin is down.", body = crate::schemas::Ready,
             example = json!({"status": "unavailable", "checks": {"config": "ok",
                 "persist": {"plugin": "postgres", "status": "unavailable", "error": "connection refused"}}})),
     )
 )]
-pub fn readyz(app: Arc<App>) -> warp::filters::BoxedFilter<(Response,)> {
-    warp::path!("readyz")
-        .and(warp::get())
-        .and(with_app(app))
-        .then(|app: Arc<App>| async move {
-            let plugin = app.plugin.name();
-            let persist = match tokio::time::timeout(HEALTH_TIMEOUT, app.plugin.health()).await {
+pub fn readyz(
+    plugin: Arc<dyn PersistCallback>,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
+) -> warp::filters::BoxedFilter<(Response,)> {
+    with(plugin)
+        .and(with(cluster))
+        .then(|store: Arc<dyn PersistCallback>, cluster: Option<Arc<crate::cluster::Cluster>>| async move {
+            let plugin = store.name();
+            let persist = match tokio::time::timeout(HEALTH_TIMEOUT, store.health()).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err(format!("health check took over {}s", HEALTH_TIMEOUT.as_secs())),
@@ -90,17 +86,16 @@ pub fn readyz(app: Arc<App>) -> warp::filters::BoxedFilter<(Response,)> {
             }
             // Several replicas: a bus that is down degrades fan-out (events
             // then come from the store) but the replica stays ready.
-            if let Some(up) = app.cluster.as_ref().and_then(|c| c.bus_connected()) {
+            if let Some(up) = cluster.as_ref().and_then(|c| c.bus_connected()) {
                 checks["broadcast"] = json!(if up { "ok" } else { "degraded" });
             }
-            let res = match persist {
+            match persist {
                 Ok(()) => json_response(http::StatusCode::OK, &json!({"status": "ok", "checks": checks})),
                 Err(_) => json_response(
                     http::StatusCode::SERVICE_UNAVAILABLE,
                     &json!({"status": "unavailable", "checks": checks}),
                 ),
-            };
-            named("/readyz", res)
+            }
         })
         .boxed()
 }
@@ -120,19 +115,14 @@ pub fn readyz(app: Arc<App>) -> warp::filters::BoxedFilter<(Response,)> {
                 "# HELP sidewire_ws_active_connections Open dashboard WebSockets.\n# TYPE sidewire_ws_active_connections gauge\nsidewire_ws_active_connections 2\n"))))
     )
 )]
-pub fn metrics(app: Arc<App>) -> warp::filters::BoxedFilter<(Response,)> {
-    warp::path!("metrics")
-        .and(warp::get())
-        .and(with_app(app))
-        .map(|app: Arc<App>| {
-            app.metrics.ws_messages_per_minute.set(app.stats.messages_window.total() as i64);
-            named(
-                "/metrics",
-                bytes_response(
-                    http::StatusCode::OK,
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    app.metrics.render().into_bytes(),
-                ),
+pub fn metrics(state: MetricsState) -> warp::filters::BoxedFilter<(Response,)> {
+    with(Arc::new(state))
+        .map(|st: Arc<MetricsState>| {
+            st.metrics.ws_messages_per_minute.set(st.stats.messages_window.total() as i64);
+            bytes_response(
+                http::StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                st.metrics.render().into_bytes(),
             )
         })
         .boxed()

@@ -5,11 +5,13 @@
 //! `ingest.max_body_bytes` (nothing larger is ever buffered); then parsed and
 //! validated whole, so a request is all or nothing.
 
-use super::{bearer, json_response, named, token_ok, with_app};
+use super::{json_response, with, ErrorResponse};
+use crate::config::ConfigRx;
 use crate::conn::RequestDeadline;
 use crate::error::{ApiError, ErrorCode};
 use crate::event::{NewEvent, Rules};
-use crate::server::App;
+use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
 use bytes::{Buf, BytesMut};
 use futures::{Stream, StreamExt};
 use serde_json::Value;
@@ -19,6 +21,14 @@ use warp::reply::Response;
 use warp::Filter;
 
 pub const ROUTE: &str = "/api/v1/ingest";
+
+/// What ingest uses: auth and limits (from the config), the pipeline, metrics.
+#[derive(Clone)]
+pub struct State {
+    pub config: ConfigRx,
+    pub pipeline: Pipeline,
+    pub metrics: Arc<Metrics>,
+}
 
 /// The body formats the hook takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +64,7 @@ pub enum BodyFormat {
     request_body(
         description = "One event, an array of events, or NDJSON (one event per line).",
         content(
-            (crate::api_docs::IngestBody = "application/json", examples(
+            (crate::schemas::IngestBody = "application/json", examples(
                 ("one" = (summary = "One event", value = json!(
                     {"type": "ingestion_complete", "data": {"file": "report.pdf", "nodesCreated": 12},
                      "timestamp": "2025-12-31T20:00:00Z", "id": "ingest-7f3a", "source": "backend-1"}))),
@@ -64,17 +74,17 @@ pub enum BodyFormat {
                 ("gauges" = (summary = "A gauge report", value = json!(
                     {"type": "stats_update", "data": {"totalNodes": 45}})))
             )),
-            (crate::api_docs::IngestBatch = "application/x-ndjson", example = json!(
+            (crate::schemas::IngestBatch = "application/x-ndjson", example = json!(
                 "{\"type\":\"query_complete\",\"data\":{\"ms\":120}}\n{\"type\":\"error\",\"id\":\"err-1\"}\n"))
         )
     ),
     responses(
         (status = 202, description = "Accepted (stored, with the default `persist.ack = \"durable\"`).",
-            body = crate::api_docs::IngestResult,
+            body = crate::schemas::IngestResult,
             example = json!({"accepted": 2, "duplicates": 1, "seqs": [41, 12, 42]})),
         (status = 400, description = "Malformed JSON, a rule of the event broken, or an empty batch. \
             `index` is the 0-based index of the first bad event (or NDJSON line).",
-            body = crate::api_docs::ErrorBody,
+            body = crate::schemas::ErrorBody,
             examples(
                 ("invalid_event" = (value = json!({"error": {"code": "invalid_event",
                     "message": "event 1: unknown field `tpye` (allowed: type, data, timestamp, id, source)", "index": 1}}))),
@@ -87,38 +97,36 @@ pub enum BodyFormat {
                     "message": "event 0: gauge `eventsTotal` is the name of a built-in stat or counter", "index": 0}})))
             )),
         (status = 401, description = "`auth.ingest_tokens` is set and the bearer token is missing or wrong.",
-            body = crate::api_docs::ErrorBody,
+            body = crate::schemas::ErrorBody,
             example = json!({"error": {"code": "unauthorized",
                 "message": "a valid ingest token is required: Authorization: Bearer <token>"}})),
         (status = 408, description = "The request (head and body) did not arrive within `server.request_timeout_secs` \
             of its first byte; the connection is closed after this answer.",
-            body = crate::api_docs::ErrorBody,
+            body = crate::schemas::ErrorBody,
             example = json!({"error": {"code": "request_timeout",
                 "message": "the request body did not arrive within server.request_timeout_secs (30 s)"}})),
         (status = 413, description = "The body is over `ingest.max_body_bytes` or the batch over `ingest.max_batch`.",
-            body = crate::api_docs::ErrorBody,
+            body = crate::schemas::ErrorBody,
             example = json!({"error": {"code": "payload_too_large",
                 "message": "1001 events in one request; ingest.max_batch is 1000"}})),
         (status = 415, description = "A content type other than `application/json` or `application/x-ndjson`.",
-            body = crate::api_docs::ErrorBody,
+            body = crate::schemas::ErrorBody,
             example = json!({"error": {"code": "unsupported_media_type",
                 "message": "Content-Type `text/plain` is not supported; use application/json or application/x-ndjson"}})),
         (status = 503, description = "Persistence is down or its queue is full; nothing was accepted. Retry after `Retry-After` seconds.",
-            body = crate::api_docs::ErrorBody,
+            body = crate::schemas::ErrorBody,
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying.")),
             example = json!({"error": {"code": "persist_unavailable",
                 "message": "the persist queue is full (100000 events waiting); retry later"}})),
     ),
     security((), ("ingest_token" = []))
 )]
-pub fn route(app: Arc<App>) -> warp::filters::BoxedFilter<(Response,)> {
-    warp::path!("api" / "v1" / "ingest")
-        .and(warp::post())
-        .and(warp::header::headers_cloned())
+pub fn route(state: State) -> warp::filters::BoxedFilter<(Response,)> {
+    warp::header::headers_cloned()
         .and(warp::body::stream())
         .and(warp::ext::optional::<RequestDeadline>())
-        .and(with_app(app))
-        .then(|headers: http::HeaderMap, body, deadline: Option<RequestDeadline>, app: Arc<App>| async move {
+        .and(with(Arc::new(state)))
+        .then(|headers: http::HeaderMap, body, deadline: Option<RequestDeadline>, app: Arc<State>| async move {
             let mut res = match ingest(&app, &headers, body, deadline).await {
                 Ok(outcome) => json_response(http::StatusCode::ACCEPTED, &outcome),
                 Err(e) => e.to_response(),
@@ -126,17 +134,20 @@ pub fn route(app: Arc<App>) -> warp::filters::BoxedFilter<(Response,)> {
             if res.status() == http::StatusCode::REQUEST_TIMEOUT {
                 // The rest of a late body may still be on its way: the
                 // connection cannot carry another request.
-                app.metrics.http_timeouts_total.with_label_values(&["request_body"]).inc();
+                app.metrics
+                    .http_timeouts_total
+                    .with_label_values(&[crate::metrics::TimeoutPhase::RequestBody.label()])
+                    .inc();
                 res.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
             }
             app.metrics.ingest_requests_total.with_label_values(&[res.status().as_str()]).inc();
-            named(ROUTE, res)
+            res
         })
         .boxed()
 }
 
 async fn ingest<S, B>(
-    app: &App,
+    app: &State,
     headers: &http::HeaderMap,
     body: S,
     deadline: Option<RequestDeadline>,
@@ -147,12 +158,7 @@ where
 {
     let live = app.config.borrow().clone();
     let cfg = &live.config;
-    if !cfg.auth.ingest_tokens.is_empty() && !token_ok(&cfg.auth.ingest_tokens, bearer(headers)) {
-        return Err(ApiError::new(
-            ErrorCode::Unauthorized,
-            "a valid ingest token is required: Authorization: Bearer <token>",
-        ));
-    }
+    crate::auth::ingest(&cfg.auth.ingest_tokens, headers)?;
     let format = body_format(headers)?;
     let max = cfg.ingest.max_body_bytes;
     if let Some(len) = headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {

@@ -1,203 +1,92 @@
-//! The HTTP API: one file per resource, assembled into one warp filter.
-//! Every error leaves through [`ApiError`] as the contract's error body.
+//! The HTTP API: one file per resource, each route mounted (and so named)
+//! through [`Router`]. Every error leaves through [`ErrorResponse`] as the
+//! contract's error body.
 
 pub mod activity;
 pub mod docs;
 pub mod health;
 pub mod ingest;
+pub mod reply;
+pub mod router;
 pub mod stats;
 pub mod ui;
 
+pub use reply::{bytes_response, json_response, ErrorResponse};
+pub use router::{Router, Routes};
+
+use crate::activity::Activity;
+use crate::config::ConfigRx;
 use crate::error::{ApiError, ErrorCode};
-use crate::server::App;
-use serde::Serialize;
+use crate::metrics::Metrics;
+use crate::persist::PersistCallback;
+use crate::pipeline::Pipeline;
+use crate::stats::Stats;
+use http::Method;
 use std::sync::Arc;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 use warp::Filter;
 
-/// The matched route, attached to each response for the HTTP metrics (never
-/// the raw path, so label cardinality stays bounded).
-#[derive(Debug, Clone, Copy)]
-pub struct RouteName(pub &'static str);
-
-/// A JSON response.
-pub fn json_response<T: Serialize + ?Sized>(status: http::StatusCode, body: &T) -> Response {
-    let bytes = serde_json::to_vec(body).expect("response bodies serialize");
-    bytes_response(status, "application/json", bytes)
+/// What the HTTP handlers use; [`routes`] hands each handler only its part.
+#[derive(Clone)]
+pub struct State {
+    /// The config in force (hot-reloadable parts are read per use).
+    pub config: ConfigRx,
+    pub pipeline: Pipeline,
+    pub stats: Arc<Stats>,
+    pub activity: Arc<Activity>,
+    pub plugin: Arc<dyn PersistCallback>,
+    pub metrics: Arc<Metrics>,
+    /// The OpenAPI document, serialized (served at `/api-docs/openapi.json`).
+    pub openapi: bytes::Bytes,
+    /// Several replicas: their bus, for `/readyz` (`checks.broadcast`).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
-pub fn bytes_response(status: http::StatusCode, content_type: &'static str, body: Vec<u8>) -> Response {
-    let mut res = Response::new(body.into());
-    *res.status_mut() = status;
-    res.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
-    res
+/// A filter that hands each request a clone of `value`.
+pub fn with<T: Clone + Send + Sync + 'static>(
+    value: T,
+) -> impl Filter<Extract = (T,), Error = std::convert::Infallible> + Clone {
+    warp::any().map(move || value.clone())
 }
 
-/// Tags a response with its route name.
-pub fn named(route: &'static str, mut res: Response) -> Response {
-    res.extensions_mut().insert(RouteName(route));
-    res
-}
-
-pub fn with_app(app: Arc<App>) -> impl Filter<Extract = (Arc<App>,), Error = std::convert::Infallible> + Clone {
-    warp::any().map(move || app.clone())
-}
-
-/// Every HTTP route but the WebSocket (which the server upgrades itself).
-pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
-    ingest::route(app.clone())
-        .or(stats::route(app.clone()))
-        .unify()
-        .or(activity::route(app.clone()))
-        .unify()
-        .or(health::routes(app.clone()))
-        .unify()
-        .or(ui::routes())
-        .unify()
-        .or(docs::routes())
-        .unify()
-        .recover(recover)
-        .unify()
-        .boxed()
-}
-
-/// Every HTTP route and its method (the WebSocket paths, [`crate::ws::PATHS`],
-/// are upgraded before routing), for telling 405 from 404. A `{name}` segment
-/// stands for any one segment. The OpenAPI document must list exactly these
-/// plus the WebSocket paths (`tests/openapi.rs` checks it).
-pub const KNOWN: &[(&str, &str)] = &[
-    ("/", "GET"),
-    ("/assets/app.js", "GET"),
-    ("/assets/style.css", "GET"),
-    ("/api/v1/ingest", "POST"),
-    ("/api/v1/stats", "GET"),
-    ("/api/v1/activity/recent", "GET"),
-    ("/healthz", "GET"),
-    ("/readyz", "GET"),
-    ("/metrics", "GET"),
-    ("/api-docs/openapi.json", "GET"),
-    ("/docs", "GET"),
-    ("/docs/", "GET"),
-    ("/docs/{file}", "GET"),
-];
-
-/// Whether `path` matches the route `pattern` (`{name}` matches one non-empty segment).
-pub fn path_matches(pattern: &str, path: &str) -> bool {
-    let (mut p, mut q) = (pattern.split('/'), path.split('/'));
-    loop {
-        match (p.next(), q.next()) {
-            (None, None) => return true,
-            (Some(a), Some(b)) if a.starts_with('{') && a.ends_with('}') => {
-                if b.is_empty() {
-                    return false;
-                }
-            }
-            (Some(a), Some(b)) if a == b => {}
-            _ => return false,
-        }
-    }
-}
-
-/// Turns warp's rejections into the contract's error body: 405 with `Allow`
-/// for a known path (a warp route or a WebSocket path, which only a GET may
-/// upgrade), else 404.
-pub async fn recover_path(path: &str, method: &http::Method) -> Response {
-    let ws = crate::ws::PATHS.iter().find(|p| **p == path).map(|p| (*p, "GET"));
-    if let Some((_, allowed)) = KNOWN.iter().copied().find(|(p, _)| path_matches(p, path)).or(ws) {
-        let mut res = ApiError::new(ErrorCode::NotFound, format!("{method} is not supported on {path}; use {allowed}"))
-            .with_status(http::StatusCode::METHOD_NOT_ALLOWED)
-            .to_response();
-        res.headers_mut().insert(http::header::ALLOW, http::HeaderValue::from_static(allowed));
-        return named("method_not_allowed", res);
-    }
-    named("not_found", ApiError::new(ErrorCode::NotFound, format!("no route for {method} {path}")).to_response())
-}
-
-/// Rejections that reach here matched no route: the server replaces this
-/// response with a precise 404 or 405 (it knows the path and method).
-async fn recover(rejection: warp::Rejection) -> Result<Response, std::convert::Infallible> {
-    if let Some(e) = rejection.find::<ApiError>() {
-        return Ok(e.to_response());
-    }
-    Ok(named(UNMATCHED, ApiError::new(ErrorCode::NotFound, "no such route").to_response()))
-}
-
-/// Route name of a request no route matched.
-pub const UNMATCHED: &str = "unmatched";
-
-/// The bearer token of a request: `Authorization: Bearer <t>`.
-pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
-    let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-/// Whether `given` equals one of `tokens`, in time that does not depend on
-/// where they differ.
-pub fn token_ok(tokens: &[crate::config::Secret], given: Option<&str>) -> bool {
-    use subtle::ConstantTimeEq;
-    let Some(given) = given else { return false };
-    let mut ok = subtle::Choice::from(0u8);
-    for t in tokens {
-        // Equal lengths compare every byte; a length mismatch still walks
-        // the longer input so timing does not reveal a prefix match.
-        let (a, b) = (t.expose().as_bytes(), given.as_bytes());
-        let n = a.len().max(b.len());
-        let mut same = subtle::Choice::from((a.len() == b.len()) as u8);
-        for i in 0..n {
-            let x = a.get(i).copied().unwrap_or(0);
-            let y = b.get(i).copied().unwrap_or(0);
-            same &= x.ct_eq(&y);
-        }
-        ok |= same;
-    }
-    ok.into()
-}
-
-/// Dashboard read auth: open when no dashboard tokens are configured.
-pub fn dashboard_auth(app: &App, headers: &http::HeaderMap, query_token: Option<&str>) -> Result<(), ApiError> {
-    let live = app.config.borrow().clone();
-    let tokens = &live.config.auth.dashboard_tokens;
-    if tokens.is_empty() || token_ok(tokens, bearer(headers).or(query_token)) {
-        Ok(())
+/// Every HTTP route; `upgraded` are the WebSocket paths the server upgrades
+/// itself before routing (known here only for telling 405 from 404). The
+/// OpenAPI document lists exactly [`Routes::known`] (`tests/openapi.rs`).
+pub fn routes(state: State, upgraded: &[&'static str]) -> Routes {
+    let State { config, pipeline, stats, activity, plugin, metrics, openapi, cluster } = state;
+    let private_metrics = !config.borrow().config.metrics.listen.trim().is_empty();
+    let router = Router::new()
+        .mount(
+            Method::POST,
+            ingest::ROUTE,
+            ingest::route(ingest::State { config: config.clone(), pipeline, metrics: metrics.clone() }),
+        )
+        .mount(Method::GET, stats::ROUTE, stats::route(stats::State { config: config.clone(), stats: stats.clone() }))
+        .mount(Method::GET, activity::ROUTE, activity::route(activity::State { config, activity }))
+        .mount(Method::GET, health::HEALTHZ_ROUTE, health::healthz())
+        .mount(Method::GET, health::READYZ_ROUTE, health::readyz(plugin, cluster));
+    let router = if private_metrics {
+        router.mount_all_methods(Method::GET, health::METRICS_ROUTE, health::metrics_elsewhere())
     } else {
-        Err(ApiError::new(ErrorCode::Unauthorized, "a dashboard token is required (Authorization: Bearer or ?token=)"))
-    }
+        router.mount(Method::GET, health::METRICS_ROUTE, health::metrics(health::MetricsState { metrics, stats }))
+    };
+    let router = ui::mount(router);
+    docs::mount(router, openapi).build(upgraded)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_compare_exactly() {
-        let tokens: Vec<crate::config::Secret> = vec!["tok-alpha".into(), "tok-beta".into()];
-        assert!(token_ok(&tokens, Some("tok-beta")));
-        assert!(!token_ok(&tokens, Some("tok-alph")));
-        assert!(!token_ok(&tokens, Some("tok-alphaa")));
-        assert!(!token_ok(&tokens, Some("")));
-        assert!(!token_ok(&tokens, None));
-    }
-
-    #[test]
-    fn route_patterns() {
-        assert!(path_matches("/docs/{file}", "/docs/swagger-ui.css"));
-        assert!(!path_matches("/docs/{file}", "/docs/"));
-        assert!(!path_matches("/docs/{file}", "/docs/a/b"));
-        assert!(!path_matches("/docs/{file}", "/docs"));
-        assert!(path_matches("/docs/", "/docs/"));
-        assert!(!path_matches("/docs/", "/docs"));
-        assert!(path_matches("/", "/"));
-        assert!(!path_matches("/", "/x"));
-    }
-
-    #[test]
-    fn bearer_parsing() {
-        let mut h = http::HeaderMap::new();
-        h.insert(http::header::AUTHORIZATION, "Bearer abc".parse().unwrap());
-        assert_eq!(bearer(&h), Some("abc"));
-        h.insert(http::header::AUTHORIZATION, "Basic abc".parse().unwrap());
-        assert_eq!(bearer(&h), None);
-    }
+/// The separate metrics listener (`metrics.listen`): `GET /healthz`, `GET
+/// /metrics`, and a 404 for everything else.
+pub fn metrics_listener_routes(state: State) -> BoxedFilter<(Response,)> {
+    Router::new()
+        .mount(Method::GET, health::HEALTHZ_ROUTE, health::healthz())
+        .mount(
+            Method::GET,
+            health::METRICS_ROUTE,
+            health::metrics(health::MetricsState { metrics: state.metrics, stats: state.stats }),
+        )
+        .build_with_fallback(|| {
+            ApiError::new(ErrorCode::NotFound, "this listener serves GET /metrics and GET /healthz only").to_response()
+        })
 }
+

@@ -1,13 +1,21 @@
 //! `GET /api/v1/stats` (contract section 3).
 
-use super::{dashboard_auth, json_response, named, with_app};
-use crate::server::App;
+use super::{json_response, with, ErrorResponse};
+use crate::config::ConfigRx;
 use std::collections::HashMap;
 use std::sync::Arc;
 use warp::reply::Response;
 use warp::Filter;
 
 pub const ROUTE: &str = "/api/v1/stats";
+
+/// What the stats route uses: the dashboard tokens and counter rules (from
+/// the config) and the stats.
+#[derive(Clone)]
+pub struct State {
+    pub config: ConfigRx,
+    pub stats: Arc<crate::stats::Stats>,
+}
 
 /// Current stats
 ///
@@ -20,28 +28,28 @@ pub const ROUTE: &str = "/api/v1/stats";
     path = "/api/v1/stats",
     operation_id = "getStats",
     tag = "dashboard",
-    params(crate::api_docs::TokenQuery),
+    params(crate::schemas::TokenQuery),
     responses(
-        (status = 200, description = "The stats snapshot.", body = crate::api_docs::StatsSnapshot),
+        (status = 200, description = "The stats snapshot.", body = crate::schemas::StatsSnapshot),
         (status = 401, description = "`auth.dashboard_tokens` is set and no valid token was given.",
-            body = crate::api_docs::ErrorBody,
+            body = crate::schemas::ErrorBody,
             example = json!({"error": {"code": "unauthorized",
                 "message": "a dashboard token is required (Authorization: Bearer or ?token=)"}})),
     ),
     security((), ("dashboard_token" = []))
 )]
-pub fn route(app: Arc<App>) -> warp::filters::BoxedFilter<(Response,)> {
-    warp::path!("api" / "v1" / "stats")
-        .and(warp::get())
-        .and(warp::header::headers_cloned())
+pub fn route(state: State) -> warp::filters::BoxedFilter<(Response,)> {
+    warp::header::headers_cloned()
         .and(warp::query::<HashMap<String, String>>().or(warp::any().map(HashMap::new)).unify())
-        .and(with_app(app))
-        .map(|headers: http::HeaderMap, q: HashMap<String, String>, app: Arc<App>| {
-            let res = match dashboard_auth(&app, &headers, q.get("token").map(String::as_str)) {
-                Ok(()) => json_response(http::StatusCode::OK, &app.stats_snapshot()),
+        .and(with(Arc::new(state)))
+        .map(|headers: http::HeaderMap, q: HashMap<String, String>, st: Arc<State>| {
+            match crate::auth::dashboard(&st.config.borrow().config.auth.dashboard_tokens, &headers, q.get("token").map(String::as_str)) {
+                Ok(()) => {
+                    let snapshot = st.stats.snapshot(&st.config.borrow().counters);
+                    json_response(http::StatusCode::OK, &snapshot)
+                }
                 Err(e) => e.to_response(),
-            };
-            named(ROUTE, res)
+            }
         })
         .boxed()
 }

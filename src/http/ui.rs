@@ -1,7 +1,8 @@
 //! `GET /`: the built-in live dashboard page. Its HTML, CSS and JS are
 //! embedded in the binary (no CDN, no build step).
 
-use super::{bytes_response, named};
+use super::{bytes_response, Router};
+use http::Method;
 use warp::reply::Response;
 use warp::Filter;
 
@@ -9,14 +10,19 @@ const INDEX: &str = include_str!("../../assets/dashboard/index.html");
 const APP_JS: &str = include_str!("../../assets/dashboard/app.js");
 const STYLE: &str = include_str!("../../assets/dashboard/style.css");
 
-fn asset(route: &'static str, content_type: &'static str, body: &'static str) -> Response {
+fn asset(content_type: &'static str, body: &'static str) -> Response {
     let mut res = bytes_response(http::StatusCode::OK, content_type, body.as_bytes().to_vec());
     res.headers_mut().insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-cache"));
-    named(route, res)
+    res
 }
 
-pub fn routes() -> warp::filters::BoxedFilter<(Response,)> {
-    index().or(app_js()).unify().or(style_css()).unify().boxed()
+/// Mounts the page and its two assets.
+pub fn mount(router: Router) -> Router {
+    router.mount(Method::GET, "/", index()).mount(Method::GET, "/assets/app.js", app_js()).mount(
+        Method::GET,
+        "/assets/style.css",
+        style_css(),
+    )
 }
 
 /// The live dashboard page
@@ -31,7 +37,7 @@ pub fn routes() -> warp::filters::BoxedFilter<(Response,)> {
     responses((status = 200, description = "The dashboard page.", content((String = "text/html; charset=utf-8"))))
 )]
 pub fn index() -> warp::filters::BoxedFilter<(Response,)> {
-    warp::path::end().and(warp::get()).map(|| asset("/", "text/html; charset=utf-8", INDEX)).boxed()
+    warp::any().map(|| asset("text/html; charset=utf-8", INDEX)).boxed()
 }
 
 /// The dashboard's script
@@ -43,10 +49,7 @@ pub fn index() -> warp::filters::BoxedFilter<(Response,)> {
     responses((status = 200, description = "The dashboard's JavaScript.", content((String = "text/javascript; charset=utf-8"))))
 )]
 pub fn app_js() -> warp::filters::BoxedFilter<(Response,)> {
-    warp::path!("assets" / "app.js")
-        .and(warp::get())
-        .map(|| asset("/assets/app.js", "text/javascript; charset=utf-8", APP_JS))
-        .boxed()
+    warp::any().map(|| asset("text/javascript; charset=utf-8", APP_JS)).boxed()
 }
 
 /// The dashboard's stylesheet
@@ -58,8 +61,5 @@ pub fn app_js() -> warp::filters::BoxedFilter<(Response,)> {
     responses((status = 200, description = "The dashboard's CSS.", content((String = "text/css; charset=utf-8"))))
 )]
 pub fn style_css() -> warp::filters::BoxedFilter<(Response,)> {
-    warp::path!("assets" / "style.css")
-        .and(warp::get())
-        .map(|| asset("/assets/style.css", "text/css; charset=utf-8", STYLE))
-        .boxed()
+    warp::any().map(|| asset("text/css; charset=utf-8", STYLE)).boxed()
 }

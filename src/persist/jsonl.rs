@@ -39,9 +39,8 @@
 //! (the files are append-only), so it takes only seqs above the highest
 //! stored one.
 
-use super::{Batch, EventStream, PersistCallback, PersistError, Recovered, RECOVERY_HEADROOM};
+use super::{Batch, EventStream, PersistCallback, PersistError, Recovered, DEDUPE_WINDOW, RECOVERY_HEADROOM};
 use crate::event::Event;
-use crate::pipeline::DEDUPE_WINDOW;
 use crate::retention::{Retention, RetentionStep, StoreUsage};
 use crate::stats::DurableStats;
 use async_trait::async_trait;

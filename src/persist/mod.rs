@@ -9,6 +9,7 @@
 pub mod jsonl;
 pub mod memory;
 pub mod postgres;
+pub mod retention_task;
 pub mod ring;
 pub mod sqlite;
 pub mod webhook;
@@ -21,6 +22,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::sync::Arc;
+
+/// Ids remembered for dedupe by plugins that cannot look ids up in their
+/// store: the pipeline's window, and what such a plugin hands back at
+/// start-up in [`Recovered::ids`].
+pub const DEDUPE_WINDOW: usize = 100_000;
 
 /// One group commit: the events of one or more ingest requests, in seq order,
 /// and the stats as they stand once these events are stored.
@@ -69,7 +75,7 @@ pub struct Recovered {
     /// ring of a plugin that cannot answer queries.
     pub recent: Vec<Arc<Event>>,
     /// The newest stored ids with their seqs, oldest first (at most
-    /// [`crate::pipeline::DEDUPE_WINDOW`]), to seed the pipeline's dedupe
+    /// [`DEDUPE_WINDOW`]), to seed the pipeline's dedupe
     /// window so a retry right after a restart is still a duplicate. Plugins
     /// that answer [`PersistCallback::lookup_ids`] leave it empty.
     pub ids: Vec<(String, u64)>,
@@ -323,6 +329,3 @@ pub fn postgres_options(config: &Config) -> postgres::PostgresOptions {
 pub fn notify_channel(prefix: &str) -> String {
     format!("{prefix}:events")
 }
-
-/// Every built-in plugin name (metric label values known up front).
-pub const PLUGIN_NAMES: [&str; 4] = ["sqlite", "jsonl", "webhook", "memory"];

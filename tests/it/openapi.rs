@@ -9,15 +9,11 @@ use std::collections::BTreeSet;
 
 const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
 
-/// (path, METHOD) of every route the server answers: the warp routes
-/// (`http::KNOWN`) plus the WebSocket paths the server upgrades itself.
-fn server_routes() -> BTreeSet<(String, String)> {
-    let mut routes: BTreeSet<(String, String)> =
-        sidewire::http::KNOWN.iter().map(|(p, m)| (p.to_string(), m.to_string())).collect();
-    for p in sidewire::ws::PATHS {
-        routes.insert((p.to_string(), "GET".to_string()));
-    }
-    routes
+/// (path, METHOD) of every route the server answers: the mounted routes
+/// plus the WebSocket paths the server upgrades itself (`Routes::known`).
+fn server_routes(app: &sidewire::server::App) -> BTreeSet<(String, String)> {
+    let routes = sidewire::http::routes(app.http_state(), &sidewire::ws::PATHS);
+    routes.known().iter().map(|(p, m)| (p.to_string(), m.to_string())).collect()
 }
 
 /// (path, METHOD) of every operation in the document.
@@ -77,11 +73,11 @@ async fn openapi_document_is_31_and_documents_exactly_the_served_routes() {
     // Both ways: nothing documented that the server lacks, nothing served
     // that is not documented.
     let docs = documented(&doc);
-    let served = server_routes();
+    let served = server_routes(&srv.app);
     let undocumented: Vec<_> = served.difference(&docs).collect();
     assert!(undocumented.is_empty(), "routes the server answers but the document lacks: {undocumented:?}");
     let unserved: Vec<_> = docs.difference(&served).collect();
-    assert!(unserved.is_empty(), "documented operations with no route in http::KNOWN or ws::PATHS: {unserved:?}");
+    assert!(unserved.is_empty(), "documented operations with no mounted route or WebSocket path: {unserved:?}");
 
     // Every documented operation answers on the running server, with one of
     // its documented statuses. No redirects followed: `/docs` documents its 302.

@@ -1,0 +1,205 @@
+//! Admission of a WebSocket request, in the contract's order: dashboard
+//! token, origin, then (upgrades only) the per-IP connection and rate limits
+//! and the global `ws.max_connections`. An admitted request gets its
+//! [`ConnectionGuard`]; a refused one its error response, counted by reason.
+
+use super::guard::ConnectionGuard;
+use crate::http::ErrorResponse;
+use crate::config::LiveConfig;
+use crate::error::{ApiError, ErrorCode};
+use crate::internal_events::WsRejected;
+use crate::metrics::WsRejectReason;
+use crate::server::App;
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use warp::reply::Response;
+
+/// Per-IP counts. An entry outlives its last connection by up to a minute
+/// (its connects still count against the rate limit), so entries of
+/// addresses that are gone are swept out once the map has doubled since the
+/// last sweep: every address ever seen (say, through `X-Forwarded-For`)
+/// never accumulates.
+#[derive(Default)]
+pub(super) struct PerIp {
+    pub(super) map: HashMap<IpAddr, IpEntry>,
+    sweep_at: usize,
+}
+
+impl PerIp {
+    const MIN_SWEEP: usize = 1024;
+
+    fn sweep_if_due(&mut self, now: Instant) {
+        if self.map.len() < self.sweep_at.max(Self::MIN_SWEEP) {
+            return;
+        }
+        self.map.retain(|_, e| {
+            e.open > 0 || e.connects.back().is_some_and(|t| now.duration_since(*t) < Duration::from_secs(60))
+        });
+        self.sweep_at = self.map.len() * 2;
+    }
+}
+
+#[derive(Default)]
+pub(super) struct IpEntry {
+    pub(super) open: usize,
+    /// Accepted connects in the last minute (at most the rate limit).
+    pub(super) connects: VecDeque<Instant>,
+}
+
+/// The client's IP as the limits see it: IPv6 clients count per /64.
+pub fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
+}
+
+fn client_ip(config: &crate::config::Config, peer: SocketAddr, headers: &http::HeaderMap) -> IpAddr {
+    if config.server.trust_forwarded_for {
+        if let Some(ip) = headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse::<IpAddr>().ok())
+        {
+            return ip;
+        }
+    }
+    peer.ip()
+}
+
+fn reject(app: &App, reason: WsRejectReason, err: ApiError) -> Response {
+    WsRejected { reason }.emit(&app.metrics);
+    err.to_response()
+}
+
+/// Checks, in the contract's order, and reserves a connection.
+// The refusal is returned straight to the client; boxing it buys nothing.
+#[allow(clippy::result_large_err)]
+pub(super) fn admit(
+    app: &Arc<App>,
+    live: &LiveConfig,
+    peer: SocketAddr,
+    req: &http::Request<hyper::body::Incoming>,
+    token: Option<&str>,
+    is_upgrade: bool,
+) -> Result<ConnectionGuard, Response> {
+    let cfg = &live.config;
+    let headers = req.headers();
+    if let Err(e) = crate::auth::dashboard(&cfg.auth.dashboard_tokens, headers, token) {
+        return Err(reject(app, WsRejectReason::Unauthorized, e));
+    }
+    if !cfg.server.allowed_origins.is_empty() {
+        if let Some(origin) = headers.get(http::header::ORIGIN) {
+            let origin = origin.to_str().unwrap_or("");
+            if !cfg.server.allowed_origins.iter().any(|o| o == origin) {
+                return Err(reject(
+                    app,
+                    WsRejectReason::ForbiddenOrigin,
+                    ApiError::new(
+                        ErrorCode::ForbiddenOrigin,
+                        format!("origin `{origin}` is not in server.allowed_origins"),
+                    ),
+                ));
+            }
+        }
+    }
+    // A plain GET (the dashboard page probes why an upgrade failed) gets its
+    // auth/origin answer above, but takes no connection slot or rate budget.
+    if !is_upgrade {
+        let mut res = ApiError::new(
+            ErrorCode::InvalidQuery,
+            "this endpoint speaks WebSocket only (GET with Upgrade: websocket, version 13)",
+        )
+        .to_response_as(http::StatusCode::UPGRADE_REQUIRED);
+        res.headers_mut().insert(http::header::UPGRADE, http::HeaderValue::from_static("websocket"));
+        return Err(res);
+    }
+    let ip = ip_key(client_ip(cfg, peer, headers));
+    let ws = &app.ws;
+    let mut per_ip = ws.per_ip.lock();
+    let now = Instant::now();
+    per_ip.sweep_if_due(now);
+    let map = &mut per_ip.map;
+    let entry = map.entry(ip).or_default();
+    while entry.connects.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60)) {
+        entry.connects.pop_front();
+    }
+    if entry.open >= cfg.ws.max_connections_per_ip {
+        let n = entry.open;
+        drop(per_ip);
+        return Err(reject(
+            app,
+            WsRejectReason::PerIpLimit,
+            ApiError::new(
+                ErrorCode::TooManyConnections,
+                format!("{n} connections are open from your address (ws.max_connections_per_ip)"),
+            ),
+        ));
+    }
+    if entry.connects.len() >= cfg.ws.connect_rate_per_ip_per_min as usize {
+        let wait = 60 - now.duration_since(entry.connects[0]).as_secs().min(59);
+        drop(per_ip);
+        return Err(reject(
+            app,
+            WsRejectReason::RateLimit,
+            ApiError::new(
+                ErrorCode::TooManyConnections,
+                "too many connections opened from your address in the last minute (ws.connect_rate_per_ip_per_min)",
+            )
+            .retry_after(Duration::from_secs(wait)),
+        ));
+    }
+    if ws.open_connections() >= cfg.ws.max_connections {
+        drop(per_ip);
+        return Err(reject(
+            app,
+            WsRejectReason::AtCapacity,
+            ApiError::new(ErrorCode::ServerAtCapacity, "the server holds ws.max_connections dashboard connections")
+                .retry_after(Duration::from_secs(5)),
+        ));
+    }
+    Ok(ConnectionGuard::open(app, ip, entry, now))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_counts_per_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(ip_key(a), ip_key(b));
+        assert_ne!(ip_key(a), ip_key(c));
+        let v4: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(ip_key(v4), "10.0.0.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn per_ip_entries_of_gone_addresses_are_swept() {
+        let mut p = PerIp::default();
+        let long_ago = Instant::now();
+        let now = long_ago + Duration::from_secs(61);
+        for i in 0..PerIp::MIN_SWEEP as u32 {
+            let e = p.map.entry(IpAddr::from(i.to_be_bytes())).or_default();
+            e.connects.push_back(long_ago);
+        }
+        p.map.entry("10.9.9.9".parse().unwrap()).or_default().open = 1; // still connected
+        p.map.entry("10.9.9.8".parse().unwrap()).or_default().connects.push_back(now); // connected a moment ago
+        p.sweep_if_due(now);
+        assert_eq!(p.map.len(), 2, "only the live and the recent entries stay");
+        assert_eq!(p.sweep_at, 4);
+        p.sweep_if_due(now); // below MIN_SWEEP: nothing to do
+        assert_eq!(p.map.len(), 2);
+    }
+}

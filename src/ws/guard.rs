@@ -1,0 +1,99 @@
+//! Counting open connections. An open dashboard connection is counted in
+//! three places: the per-IP and global counts of [`WsState`](super::WsState)
+//! (admission limits, shutdown drain), `activeConnections` in the stats and
+//! the `sidewire_ws_active_connections` / `sidewire_ws_connections_total`
+//! metrics. [`ConnectionGuard`] is the only thing that moves them: it counts
+//! in all three when admission creates it and uncounts in all three when it
+//! is dropped, whichever way the connection ends (upgrade failure, any
+//! close, a panic in the task).
+
+use super::admission::IpEntry;
+use crate::server::App;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// One open (admitted) dashboard connection.
+pub(super) struct ConnectionGuard {
+    app: Arc<App>,
+    /// The per-IP key ([`super::ip_key`]) the connection counts against.
+    ip: IpAddr,
+}
+
+impl ConnectionGuard {
+    /// Counts a connection that admission accepted. `entry` is `ip`'s per-IP
+    /// entry, still locked by the caller, so the limit check and this count
+    /// are one step.
+    pub(super) fn open(app: &Arc<App>, ip: IpAddr, entry: &mut IpEntry, now: Instant) -> Self {
+        entry.open += 1;
+        entry.connects.push_back(now);
+        app.ws.open.fetch_add(1, Ordering::AcqRel);
+        app.stats.active_connections.fetch_add(1, Ordering::Relaxed);
+        app.metrics.ws_connections_total.inc();
+        app.metrics.ws_active_connections.inc();
+        Self { app: app.clone(), ip }
+    }
+
+    pub(super) fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    pub(super) fn ip(&self) -> IpAddr {
+        self.ip
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let app = &self.app;
+        app.metrics.ws_active_connections.dec();
+        app.stats.active_connections.fetch_sub(1, Ordering::Relaxed);
+        let mut per_ip = app.ws.per_ip.lock();
+        if let Some(e) = per_ip.map.get_mut(&self.ip) {
+            e.open = e.open.saturating_sub(1);
+            if e.open == 0 && e.connects.is_empty() {
+                per_ip.map.remove(&self.ip);
+            }
+        }
+        drop(per_ip);
+        // Last: the shutdown drain waits for this to reach 0, so everything
+        // else is uncounted by then.
+        app.ws.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::persist::memory::MemoryPlugin;
+
+    #[tokio::test]
+    async fn one_guard_counts_in_ws_state_stats_and_metrics_and_uncounts_on_drop() {
+        let running = crate::ServerBuilder::new(crate::config::Config::default())
+            .persist(Arc::new(MemoryPlugin::new(16)))
+            .start()
+            .await
+            .unwrap();
+        let app = running.app.clone();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let counts = |app: &App| {
+            (
+                app.ws.open_connections(),
+                app.stats.active_connections.load(Ordering::Relaxed),
+                app.metrics.ws_active_connections.get(),
+                app.metrics.ws_connections_total.get(),
+                app.ws.per_ip.lock().map.get(&ip).map(|e| e.open),
+            )
+        };
+        let guard = {
+            let mut per_ip = app.ws.per_ip.lock();
+            let entry = per_ip.map.entry(ip).or_default();
+            ConnectionGuard::open(&app, ip, entry, Instant::now())
+        };
+        assert_eq!(counts(&app), (1, 1, 1, 1, Some(1)));
+        drop(guard);
+        // The entry stays while its connect counts against the rate limit.
+        assert_eq!(counts(&app), (0, 0, 0, 1, Some(0)));
+    }
+}

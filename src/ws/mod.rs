@@ -1,0 +1,99 @@
+//! The dashboard WebSocket (contract section 5).
+//!
+//! The server upgrades the connection itself (not through warp's `Ws`) so it
+//! can set tungstenite's buffer sizes: the 128 KiB default read buffer per
+//! connection would dominate memory at 10,000 idle dashboards.
+//!
+//! Each connection is one task. It reads the hub, the client, the newest
+//! `stats_update` (a shared `watch` channel) and the heartbeat timer, and
+//! queues what goes out in its `Outbox`: a bounded queue
+//! (`ws.send_queue_len`; full means the client is a slow consumer, closed
+//! with 1008 — the hub and other clients never wait for it) plus one slot
+//! for the newest unsent `stats_update` (latest wins). Whenever the outbox
+//! holds something, the same task writes all of it and flushes once, so
+//! events that arrived together leave in one write; a client whose socket
+//! is full only keeps that write pending while the task goes on reading.
+//!
+//! Resume without gap or duplicate: the connection subscribes to the hub
+//! *before* it reads the store. Events are published only after they are
+//! stored, so every event with seq > afterSeq is either already in the store
+//! when it is read, or published after the subscription. Live events up to
+//! the last replayed seq are skipped.
+//!
+//! # Layout
+//!
+//! - `admission`: auth, origin and the per-IP and global limits, in the
+//!   contract's order; reserves a connection.
+//! - `guard`: the `ConnectionGuard`, the one
+//!   place that counts open connections (here, in stats and in metrics).
+//! - `upgrade`: the HTTP side: query, handshake, 101, the spawned task.
+//! - `connection`: the per-connection task and why it ended (`End`).
+//! - `outbox`: the sending side of a connection.
+//! - `replay`: resume after a seq from the store.
+//! - `protocol`: client messages and the server's message envelope.
+//! - `stats_push`: the `stats_update` pusher shared by all connections.
+
+mod admission;
+mod connection;
+mod guard;
+mod outbox;
+mod protocol;
+mod replay;
+mod stats_push;
+mod upgrade;
+
+pub use admission::ip_key;
+pub use protocol::message;
+pub use stats_push::stats_pusher;
+pub use upgrade::{socket_config, upgrade, MAX_CLIENT_MESSAGE};
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+pub const PATHS: [&str; 2] = ["/api/v1/ws/dashboard", "/ws/dashboard"];
+
+/// Connection bookkeeping shared by all dashboard sockets.
+pub struct WsState {
+    per_ip: parking_lot::Mutex<admission::PerIp>,
+    /// Open connections (admitted, not yet dropped); only the
+    /// `ConnectionGuard` moves it.
+    open: AtomicUsize,
+    next_id: AtomicU64,
+    /// The newest `stats_update` message; every connection watches it.
+    stats_tx: watch::Sender<Utf8Bytes>,
+    /// Flips to true at shutdown: every connection closes with 1001.
+    shutdown_tx: watch::Sender<bool>,
+}
+
+impl WsState {
+    pub fn new() -> Self {
+        Self {
+            per_ip: Default::default(),
+            open: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+            stats_tx: watch::channel(Utf8Bytes::from_static("")).0,
+            shutdown_tx: watch::channel(false).0,
+        }
+    }
+
+    /// Sends the newest stats to every connection.
+    pub fn push_stats(&self, message: Utf8Bytes) {
+        self.stats_tx.send_replace(message);
+    }
+
+    /// Asks every connection to close with 1001.
+    pub fn shutdown(&self) {
+        self.shutdown_tx.send_replace(true);
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+}
+
+impl Default for WsState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
