@@ -22,7 +22,9 @@
     ['lastEventAt', 'Last event'],
     ['lastSeq', 'Last seq'],
   ];
-  const NOT_A_CARD = new Set(['eventsByType', 'generatedAt', ...BUILTINS.map((b) => b[0])]);
+  // `replicas` (live replicas of a cluster; 1 for a single process) is shown
+  // under the connections card, not as a card of its own.
+  const NOT_A_CARD = new Set(['eventsByType', 'generatedAt', 'replicas', ...BUILTINS.map((b) => b[0])]);
 
   const $ = (id) => document.getElementById(id);
   const ui = {
@@ -414,7 +416,25 @@
       } else {
         setCard(card, fmtNumber(v), v);
       }
+      if (key === 'activeConnections') renderReplicas(card, s.replicas);
     }
+  }
+
+  // "3 replicas" under the connections card when several replicas serve
+  // this dashboard (connections and messages are their sums); hidden for one.
+  function renderReplicas(card, n) {
+    let note = card.querySelector('.note');
+    if (!note) {
+      note = el('div', 'note');
+      note.id = 'replicas';
+      card.append(note);
+    }
+    const several = typeof n === 'number' && n > 1;
+    const text = several ? `${fmtNumber(n)} replicas` : '';
+    if (note.textContent !== text) note.textContent = text;
+    note.hidden = !several;
+    note.dataset.value = typeof n === 'number' ? String(n) : '';
+    if (several) card.title = `summed over ${fmtNumber(n)} live replicas`;
   }
 
   function renderStats(s) {

@@ -195,6 +195,13 @@ async fn run(chromium: PathBuf) {
     assert_eq!(seqs, want, "the feed after reconnecting: every event exactly once, newest first");
     wait_counters(&page, &c, &base).await;
 
+    // One process: stats say `replicas: 1`; the page shows no replica note
+    // under the connections card ("3 replicas" with a cluster) and no card
+    // of its own for it.
+    page.wait_for("(document.querySelector('#replicas') || {}).dataset?.value === '1'", STEP, "replicas from stats").await;
+    assert_eq!(page.eval("document.querySelector('#replicas').hidden").await, json!(true), "one replica: no note");
+    assert_eq!(page.eval("document.querySelectorAll('#stats [data-stat=\"replicas\"]').length").await, json!(0));
+
     // No script error along the way.
     let ex = page.exceptions();
     assert!(ex.is_empty(), "{}", diag(&format!("uncaught exceptions in the page: {ex:?}")));

@@ -85,7 +85,10 @@ fn host_path(svc: &Value, container_path: &str) -> Option<PathBuf> {
             if !(rest.is_empty() || rest.starts_with('/')) {
                 return None;
             }
-            Some((m.target.len(), root().join(&m.source).join(rest.trim_start_matches('/'))))
+            // A file mounted on its own: no trailing `/` (join("") adds one).
+            let rest = rest.trim_start_matches('/');
+            let src = root().join(&m.source);
+            Some((m.target.len(), if rest.is_empty() { src } else { src.join(rest) }))
         })
         .max_by_key(|(len, _)| *len)
         .map(|(_, p)| p)
@@ -278,6 +281,368 @@ fn provisioning_and_prometheus_files_parse_and_agree_with_compose() {
         host_path(prom_svc, "/etc/prometheus/prometheus.yml").as_deref(),
         Some(root().join("./prometheus/prometheus.yml").as_path())
     );
+    // Every scrape job's targets (static or found by DNS) that name a
+    // compose service use a port that service's sidewire listens on.
+    for job in prom["scrape_configs"].as_array().unwrap() {
+        for (host, port) in scrape_targets(job) {
+            let Some(svc) = svcs.get(&host) else { continue };
+            if let Some(p) = sidewire_port(svc) {
+                assert_eq!(port, p, "job {}: target {host}:{port} vs the service's listen port", job["job_name"]);
+            }
+        }
+    }
+}
+
+/// (host, port) of a scrape job's targets: `static_configs` and A-record
+/// `dns_sd_configs` (names plus `port`).
+fn scrape_targets(job: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for sc in job["static_configs"].as_array().into_iter().flatten() {
+        for t in sc["targets"].as_array().into_iter().flatten() {
+            let (host, port) = t.as_str().unwrap().rsplit_once(':').expect("target host:port");
+            out.push((host.to_string(), port.to_string()));
+        }
+    }
+    for sd in job["dns_sd_configs"].as_array().into_iter().flatten() {
+        assert_eq!(sd["type"].as_str().unwrap_or("SRV"), "A", "job {}: dns_sd_configs type", job["job_name"]);
+        let port = sd["port"].as_i64().unwrap_or_else(|| panic!("job {}: dns_sd_configs without port", job["job_name"]));
+        for n in sd["names"].as_array().into_iter().flatten() {
+            out.push((n.as_str().unwrap().to_string(), port.to_string()));
+        }
+    }
+    out
+}
+
+/// The port a sidewire service listens on: its `SIDEWIRE__SERVER__LISTEN`,
+/// else the `server.listen` of the config file it runs with, else the
+/// image's; `None` for services that do not run sidewire serve.
+fn sidewire_port(svc: &Value) -> Option<String> {
+    let cmd = string_list(&svc["command"]);
+    let serves = svc.get("build").is_some() && (cmd.is_empty() || cmd.get(1).map(String::as_str) == Some("serve"));
+    if !serves {
+        return None;
+    }
+    let listen = match svc["environment"]["SIDEWIRE__SERVER__LISTEN"].as_str() {
+        Some(l) => l.to_string(),
+        None => replica_config(svc).server.listen,
+    };
+    Some(listen.rsplit(':').next().unwrap().to_string())
+}
+
+/// The `ENV` settings of the Dockerfile's last stage (the runtime image).
+fn image_env() -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    for (k, rest) in dockerfile() {
+        match k.as_str() {
+            "FROM" => env.clear(),
+            "ENV" => {
+                for kv in rest.split_whitespace() {
+                    let (k, v) = kv.split_once('=').unwrap_or_else(|| panic!("ENV {kv}: expected KEY=VALUE"));
+                    env.push((k.to_string(), v.trim_matches('"').to_string()));
+                }
+            }
+            _ => {}
+        }
+    }
+    env
+}
+
+/// The configuration a sidewire service runs with, parsed and validated as
+/// `sidewire serve` does: its `--config` file (through the bind mount that
+/// puts it in the container) with the image's and the service's
+/// `SIDEWIRE__...` environment on top.
+fn replica_config(svc: &Value) -> sidewire::config::Config {
+    let cmd = string_list(&svc["command"]);
+    let path = cmd
+        .iter()
+        .position(|w| w == "--config")
+        .map(|i| cmd[i + 1].clone())
+        .unwrap_or_else(|| "/etc/sidewire/sidewire.toml".into());
+    let host = host_path(svc, &path).unwrap_or_else(|| root().join("config/sidewire.toml"));
+    let text = std::fs::read_to_string(&host).unwrap_or_else(|e| panic!("{}: {e}", host.display()));
+    let mut env = image_env();
+    for (k, v) in svc["environment"].as_object().into_iter().flatten() {
+        let v = match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.clone(), v));
+    }
+    env.retain(|(k, _)| k.starts_with(sidewire::config::ENV_PREFIX));
+    sidewire::config::Config::from_toml(&text, &env).unwrap_or_else(|issues| {
+        panic!(
+            "{} with {env:?} does not pass check-config:\n{}",
+            host.display(),
+            issues.iter().map(|i| format!("  {i}")).collect::<Vec<_>>().join("\n")
+        )
+    })
+}
+
+// ------------------------------------------------ profile "cluster"
+
+const REPLICAS: [&str; 3] = ["sidewire-1", "sidewire-2", "sidewire-3"];
+
+fn profiles(svc: &Value) -> Vec<String> {
+    string_list(&svc["profiles"])
+}
+
+#[test]
+fn cluster_profile_runs_three_replicas_on_postgres_and_redis() {
+    let c = compose();
+    let svcs = services(&c);
+    // The default stack is untouched: no profile on its services.
+    for name in ["sidewire", "demo", "prometheus", "grafana"] {
+        assert!(profiles(&svcs[name]).is_empty(), "default service {name} must not be in a profile");
+    }
+    for name in ["postgres", "redis", "nginx"].iter().chain(REPLICAS.iter()) {
+        let svc = svcs.get(*name).unwrap_or_else(|| panic!("compose has no `{name}` service (profile cluster)"));
+        assert_eq!(profiles(svc), ["cluster"], "service {name}: profiles");
+    }
+    // Every service in a profile is in "cluster".
+    for (name, svc) in svcs {
+        for p in profiles(svc) {
+            assert_eq!(p, "cluster", "service {name}: unknown profile {p}");
+        }
+    }
+    // The engines have healthchecks the replicas wait for.
+    for engine in ["postgres", "redis"] {
+        let hc = &svcs[engine]["healthcheck"];
+        assert!(hc["test"].is_array() && hc["disable"] != Value::Bool(true), "{engine}: no healthcheck");
+    }
+
+    let pg_env = &svcs["postgres"]["environment"];
+    let mut names = BTreeSet::new();
+    for name in REPLICAS {
+        let svc = &svcs[name];
+        assert!(svc.get("build").is_some(), "{name}: runs the image built from this repository");
+        let deps = svc["depends_on"].as_object().unwrap_or_else(|| panic!("{name}: depends_on with conditions"));
+        for engine in ["postgres", "redis"] {
+            assert_eq!(deps[engine]["condition"], "service_healthy", "{name} waits for a healthy {engine}");
+        }
+        let cfg = replica_config(svc);
+        use sidewire::config::{BroadcastBackend, PluginKind};
+        assert_eq!(cfg.persist.plugin, PluginKind::Postgres, "{name}: persist.plugin");
+        assert_eq!(cfg.broadcast.backend, BroadcastBackend::Redis, "{name}: broadcast.backend");
+        assert!(cfg.server.trust_forwarded_for, "{name}: server.trust_forwarded_for (behind nginx)");
+        assert!(
+            cfg.listen_addr().unwrap().ip().is_unspecified(),
+            "{name}: server.listen must take connections from nginx and Prometheus"
+        );
+        assert!(!cfg.server.replica_name.is_empty(), "{name}: server.replica_name");
+        assert!(names.insert(cfg.server.replica_name.clone()), "{name}: replica_name {} repeats", cfg.server.replica_name);
+        // The store and the bus are the compose services, with the
+        // database's own credentials.
+        let pg: tokio_postgres::Config = cfg.persist.postgres_url.expose().parse().unwrap();
+        let pg_hosts: Vec<String> = pg
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                #[allow(unreachable_patterns)]
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(pg_hosts, ["postgres"], "{name}: persist.postgres_url host");
+        assert_eq!(pg.get_ports().first().copied().unwrap_or(5432), 5432);
+        assert_eq!(Some(pg.get_user().unwrap_or_default()), pg_env["POSTGRES_USER"].as_str(), "{name}: database user");
+        assert_eq!(
+            pg.get_password().map(|p| String::from_utf8_lossy(p).to_string()).as_deref(),
+            pg_env["POSTGRES_PASSWORD"].as_str(),
+            "{name}: database password"
+        );
+        assert_eq!(pg.get_dbname(), pg_env["POSTGRES_DB"].as_str(), "{name}: database name");
+        let redis = cfg.broadcast.redis_url.expose().to_string();
+        let redis_host = redis
+            .strip_prefix("redis://")
+            .and_then(|r| r.rsplit('@').next())
+            .and_then(|r| r.split([':', '/']).next())
+            .unwrap_or_else(|| panic!("{name}: broadcast.redis_url {redis:?}"));
+        assert_eq!(redis_host, "redis", "{name}: broadcast.redis_url host");
+    }
+    println!("replicas: {names:?}");
+
+    // Prometheus scrapes each replica directly, on its listen port.
+    let prom = yaml::load(&root().join("prometheus/prometheus.yml"));
+    let mut scraped = BTreeSet::new();
+    for job in prom["scrape_configs"].as_array().unwrap() {
+        for (host, port) in scrape_targets(job) {
+            if REPLICAS.contains(&host.as_str()) {
+                assert_eq!(Some(port.clone()), sidewire_port(&svcs[&host]), "scrape target {host}:{port}");
+                scraped.insert(host);
+            }
+        }
+    }
+    assert_eq!(scraped, REPLICAS.iter().map(|s| s.to_string()).collect(), "Prometheus scrapes every replica");
+    // The rules' `up` alert covers the replicas' job.
+    let alerts = std::fs::read_to_string(root().join("prometheus/alerts.yml")).unwrap();
+    assert!(alerts.contains("sidewire-cluster"), "SidewireDown should cover job sidewire-cluster");
+}
+
+// ----------------------------------------------------------- nginx
+
+/// nginx's config as compose mounts it into the `nginx` service.
+fn nginx_conf() -> (PathBuf, String) {
+    let c = compose();
+    let p = host_path(&services(&c)["nginx"], "/etc/nginx/nginx.conf")
+        .expect("the nginx service mounts its config at /etc/nginx/nginx.conf");
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    (p, text)
+}
+
+/// The `{ ... }` body of every block `keyword args {` (comments removed).
+fn blocks(conf: &str, keyword: &str) -> Vec<(String, String)> {
+    let text: String = conf.lines().map(|l| l.split('#').next().unwrap()).collect::<Vec<_>>().join("\n");
+    let mut out = Vec::new();
+    let mut rest = text.as_str();
+    while let Some(i) = rest.find(keyword) {
+        let before_ok = i == 0 || rest[..i].ends_with(|c: char| c.is_whitespace() || c == '{' || c == '}' || c == ';');
+        let after = &rest[i + keyword.len()..];
+        let Some(open) = after.find(['{', ';']) else { break };
+        if !before_ok || !after.starts_with(char::is_whitespace) || &after[open..open + 1] != "{" {
+            rest = after;
+            continue;
+        }
+        let args = after[..open].trim().to_string();
+        let body_start = open + 1;
+        let mut depth = 1;
+        let mut end = body_start;
+        for (j, ch) in after[body_start..].char_indices() {
+            match ch {
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = body_start + j;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        out.push((args, after[body_start..end].to_string()));
+        rest = &after[end..];
+    }
+    out
+}
+
+/// The directives `name ...;` at any depth of `body`: their arguments.
+fn directives(body: &str, name: &str) -> Vec<String> {
+    body.split(['{', '}', ';'])
+        .map(str::trim)
+        .filter_map(|d| d.strip_prefix(name).filter(|r| r.starts_with(char::is_whitespace)).map(|r| r.trim().to_string()))
+        .collect()
+}
+
+#[test]
+fn nginx_balances_the_three_replicas_with_websocket_upgrade_and_forwarded_for() {
+    let (path, conf) = nginx_conf();
+    let c = compose();
+    let svcs = services(&c);
+
+    // One upstream holding exactly the replicas, on their listen ports.
+    let upstreams = blocks(&conf, "upstream");
+    assert_eq!(upstreams.len(), 1, "{}: one upstream block", path.display());
+    let (up_name, up_body) = &upstreams[0];
+    let servers: BTreeSet<String> =
+        directives(up_body, "server").iter().map(|s| s.split_whitespace().next().unwrap().to_string()).collect();
+    let want: BTreeSet<String> =
+        REPLICAS.iter().map(|r| format!("{r}:{}", sidewire_port(&svcs[*r]).unwrap())).collect();
+    assert_eq!(servers, want, "upstream {up_name}: servers");
+
+    // Every location that proxies goes to that upstream and sets
+    // X-Forwarded-For (a location with any proxy_set_header inherits none).
+    let locations = blocks(&conf, "location");
+    let mut ws_paths = BTreeSet::new();
+    let mut proxied = 0;
+    for (args, body) in &locations {
+        let pass = directives(body, "proxy_pass");
+        if pass.is_empty() {
+            continue;
+        }
+        proxied += 1;
+        assert_eq!(pass, [format!("http://{up_name}")], "location {args}: proxy_pass");
+        let headers: Vec<(String, String)> = directives(body, "proxy_set_header")
+            .iter()
+            .map(|h| {
+                let (k, v) = h.split_once(char::is_whitespace).unwrap();
+                (k.to_ascii_lowercase(), v.trim().to_string())
+            })
+            .collect();
+        let header = |k: &str| headers.iter().find(|(hk, _)| hk == k).map(|(_, v)| v.as_str());
+        assert_eq!(header("x-forwarded-for"), Some("$remote_addr"), "location {args}: X-Forwarded-For");
+        // Which dashboard WebSocket paths this location takes.
+        let (modifier, pattern) = match args.split_once(char::is_whitespace) {
+            Some((m, p)) => (m.trim(), p.trim()),
+            None => ("", args.as_str()),
+        };
+        for ws in ["/api/v1/ws/dashboard", "/ws/dashboard"] {
+            let takes = match modifier {
+                "~" | "~*" => regex_lite::Regex::new(pattern).unwrap().is_match(ws),
+                "=" => pattern == ws,
+                _ => false,
+            };
+            if takes {
+                assert_eq!(header("upgrade"), Some("$http_upgrade"), "location {args}: Upgrade header");
+                let conn = header("connection").unwrap_or_else(|| panic!("location {args}: no Connection header"));
+                assert!(
+                    conn == "upgrade" || conn == "\"upgrade\"" || conn.starts_with('$'),
+                    "location {args}: Connection {conn}"
+                );
+                assert_eq!(directives(body, "proxy_http_version").first().map(String::as_str), Some("1.1"));
+                ws_paths.insert(ws);
+            }
+        }
+    }
+    assert!(proxied >= 2, "expected the WebSocket location and a catch-all");
+    assert_eq!(ws_paths.len(), 2, "both dashboard WebSocket paths get the upgrade headers: {ws_paths:?}");
+    // A map from $http_upgrade when Connection comes from a variable.
+    if conf.contains("$connection_upgrade") {
+        let maps = blocks(&conf, "map");
+        assert!(maps.iter().any(|(a, b)| a.starts_with("$http_upgrade") && b.contains("upgrade")), "map for $connection_upgrade");
+    }
+    // nginx publishes a port.
+    assert!(!string_list(&svcs["nginx"]["ports"]).is_empty(), "nginx publishes no port");
+
+    // `nginx -t` on it, when nginx is there (policy: common/external.rs).
+    // nginx resolves upstream names at load, so they become 127.0.0.1, and
+    // its temp paths move to a scratch folder (no root needed).
+    let Some(nginx) = external::find(
+        "nginx_balances_the_three_replicas_with_websocket_upgrade_and_forwarded_for",
+        "nginx",
+        &["nginx", "/usr/sbin/nginx"],
+        "install Debian's `nginx` package",
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = conf.clone();
+    for r in REPLICAS {
+        t = t.replace(&format!("{r}:"), "127.0.0.1:");
+    }
+    let d = dir.path().display();
+    let temps = format!(
+        "http {{\n    client_body_temp_path {d}/body;\n    proxy_temp_path {d}/proxy;\n    \
+         fastcgi_temp_path {d}/fastcgi;\n    uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;\n"
+    );
+    t = t.replacen("http {\n", &temps, 1);
+    let tmp = dir.path().join("nginx.conf");
+    std::fs::write(&tmp, t).unwrap();
+    let out = Command::new(&nginx)
+        .arg("-t")
+        .arg("-c")
+        .arg(&tmp)
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-e")
+        .arg("stderr")
+        .arg("-g")
+        .arg(format!("pid {d}/nginx.pid;"))
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("nginx -t:\n{text}");
+    assert!(out.status.success() && text.contains("test is successful"), "nginx -t failed on {}:\n{text}", path.display());
 }
 
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
