@@ -190,6 +190,7 @@ pub struct IngestResult {
     "eventsByType": {"ingestion_complete": 12, "query_complete": 7, "error": 1},
     "activeConnections": 2,
     "messagesPerMinute": 38,
+    "replicas": 1,
     "uptimeSeconds": 360,
     "lastEventAt": "2025-12-31T20:00:00.000Z",
     "lastSeq": 66,
@@ -220,6 +221,10 @@ pub struct StatsSnapshot {
     pub active_connections: u64,
     /// WebSocket messages sent in the last 60 s.
     pub messages_per_minute: u64,
+    /// Live replicas (1 without a cluster). With several replicas,
+    /// `activeConnections` and `messagesPerMinute` are summed over them and
+    /// `eventsPerMinute` counts every replica's events.
+    pub replicas: u64,
     pub uptime_seconds: u64,
     /// Timestamp of the last accepted event; null before the first.
     #[schema(format = DateTime, required = true)]
@@ -380,6 +385,19 @@ pub struct ReadyChecks {
     pub config: OkStatus,
     #[schema(inline)]
     pub persist: PersistCheck,
+    /// Only with several replicas (`broadcast.backend` redis or postgres):
+    /// `degraded` while the bus is down (events then reach dashboards from
+    /// the store; the replica stays ready).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(inline, nullable = false)]
+    pub broadcast: Option<BroadcastCheck>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BroadcastCheck {
+    Ok,
+    Degraded,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -470,7 +488,7 @@ pub struct ConnectionAckData {
 #[schema(examples(json!({
     "type": "stats_update",
     "data": {"eventsTotal": 66, "eventsPerMinute": 4, "eventsByType": {"error": 1}, "activeConnections": 2,
-             "messagesPerMinute": 38, "uptimeSeconds": 360, "lastEventAt": "2025-12-31T20:00:00.000Z",
+             "messagesPerMinute": 38, "replicas": 1, "uptimeSeconds": 360, "lastEventAt": "2025-12-31T20:00:00.000Z",
              "lastSeq": 66, "generatedAt": "2025-12-31T20:00:05.000Z", "errors": 1},
     "timestamp": "2025-12-31T20:00:05.000Z"
 })))]
