@@ -229,7 +229,7 @@ mod tests {
         }
         assert!(Config::from_toml("[server]\nreplica_name = \"a:1\"\n[broadcast]\nprefix = \"sw-2\"\n", &[]).is_ok());
         for backend in ["redis", "postgres"] {
-            let issues = keys(&format!("[broadcast]\nbackend = \"{backend}\"\n"));
+            let issues = keys(&format!("[broadcast]\nbackend = \"{backend}\"\nredis_url = \"redis://r/0\"\n"));
             assert!(issues.iter().all(|(k, _)| k == "broadcast.backend"), "{issues:?}");
             assert!(issues.iter().any(|(_, m)| m.contains("needs persist.plugin = \"postgres\"")), "{issues:?}");
             // With the shared store nothing is left to object to.
@@ -238,9 +238,18 @@ mod tests {
                  [broadcast]\nbackend = \"{backend}\"\nredis_url = \"redis://127.0.0.1/0\"\n"
             );
             assert!(Config::from_toml(&text, &[]).is_ok(), "{backend}: {:?}", Config::from_toml(&text, &[]).err());
-            let queued = format!("{text}[persist]\nack = \"queued\"\n").replacen("[persist]\n", "[persist]\nack = \"queued\"\n", 1);
-            let queued = queued.rsplit_once("[persist]\nack").map_or(queued.clone(), |(a, _)| a.to_string());
-            assert!(keys(&queued).iter().any(|(k, _)| k == "persist.ack"), "{backend}");
+            // Queued ack answers seqs before the store assigns them.
+            let queued = text.replacen("[persist]\n", "[persist]\nack = \"queued\"\n", 1);
+            assert_eq!(keys(&queued).iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["persist.ack"]);
+        }
+        let issues = keys("[persist]\nplugin = \"postgres\"\n[broadcast]\nbackend = \"redis\"\n");
+        let names: Vec<&str> = issues.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["persist.postgres_url", "broadcast.redis_url"], "{issues:?}");
+        for (key, text) in [
+            ("persist.postgres_url", "[persist]\nplugin = \"postgres\"\npostgres_url = \"mysql://x\"\n"),
+            ("broadcast.redis_url", "[persist]\nplugin = \"postgres\"\npostgres_url = \"postgres://u@h/d\"\n[broadcast]\nbackend = \"redis\"\nredis_url = \"http://x\"\n"),
+        ] {
+            assert_eq!(keys(text).iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), [key], "{text}");
         }
     }
 }

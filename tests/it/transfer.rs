@@ -179,3 +179,57 @@ async fn a_history_moves_exactly_and_collisions_are_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("there is no sqlite store"));
 }
+
+/// Moving to the cluster setup: a SQLite history into PostgreSQL (README,
+/// "Moving to the cluster setup"), exactly; replicas then continue above it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_history_moves_into_postgres() {
+    let Some(db) = crate::common::services::Db::create("a_sqlite_history_moves_into_postgres").await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src_cfg = config_file(d, "src", "sqlite");
+    let mut config = config_in(d);
+    config.persist.sqlite_path = d.join("src.db");
+    let srv = TestServer::start(config).await;
+    let c = client();
+    let batch: Vec<Value> = (0..120)
+        .map(|i| match i % 4 {
+            0 => json!({"type": "ingestion_complete", "data": {"filesProcessed": 3}, "id": format!("in-{i}")}),
+            1 => json!({"type": "stats_update", "data": {"totalNodes": i}}),
+            2 => json!({"type": "query_complete", "data": {"q": "grüße"}, "source": "b2"}),
+            _ => json!({"type": "error", "id": format!("e-{i}")}),
+        })
+        .collect();
+    assert_eq!(ingest(&c, &srv.base, &json!(batch)).await.0, 202);
+    let src_stats = stats_of(&c, &srv.base).await;
+    let src_items = activity_all(&c, &srv.base, "", 100).await;
+    srv.stop().await;
+    let exported = ok(sidewire(&["export"], &src_cfg, None), "export");
+
+    let pg_cfg = d.join("pg.toml");
+    std::fs::write(
+        &pg_cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[persist]\nplugin = \"postgres\"\npostgres_url = \"postgres://postgres@127.0.0.1:5432/{}\"\n",
+            db.name
+        ),
+    )
+    .unwrap();
+    let out = sidewire(&["import"], &pg_cfg, Some(&exported));
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    ok(out, "import into postgres");
+    assert!(stderr.contains("imported 120 events"), "{stderr}");
+    let again = ok(sidewire(&["export"], &pg_cfg, None), "export from postgres");
+    assert!(again == exported, "the PostgreSQL copy exports differently");
+    let mut config = config_in(d);
+    config.persist.plugin = sidewire::config::PluginKind::Postgres;
+    config.persist.postgres_url = format!("postgres://postgres@127.0.0.1:5432/{}", db.name).as_str().into();
+    let srv = TestServer::start(config).await;
+    assert_eq!(durable(&stats_of(&c, &srv.base).await), durable(&src_stats));
+    assert_eq!(activity_all(&c, &srv.base, "", 100).await, src_items);
+    let (_, r) = ingest(&c, &srv.base, &json!([{"type": "x", "id": "in-0"}, {"type": "x"}])).await;
+    assert_eq!(r["seqs"], json!([1, 121]), "{r}");
+    srv.stop().await;
+    // A second import collides.
+    assert!(!sidewire(&["import"], &pg_cfg, Some(&exported)).status.success());
+}
