@@ -832,16 +832,17 @@ impl PostgresPlugin {
     async fn retention_cutoff(&self, policy: &Retention, now: DateTime<Utc>) -> Result<Option<u64>, PersistError> {
         let policy = *policy;
         let age_cutoff_ms = policy.max_age.map(|a| now.timestamp_millis() - a.as_millis().min(i64::MAX as u128) as i64);
+        // Counting rows scans the table: only when a count or size limit needs it.
+        let sql = if policy.max_events.is_some() || policy.max_bytes.is_some() {
+            "SELECT (SELECT max(seq) FROM sidewire_events WHERE stored_ms < $1),
+                    (SELECT count(*) FROM sidewire_events), pg_total_relation_size('sidewire_events')"
+        } else {
+            "SELECT (SELECT max(seq) FROM sidewire_events WHERE stored_ms < $1), 0::int8, 0::int8"
+        };
         let row = self
             .with("retention cutoff", move |c| {
                 Box::pin(async move {
-                    c.query_one(
-                        "SELECT (SELECT max(seq) FROM sidewire_events WHERE stored_ms < $1),
-                                (SELECT count(*) FROM sidewire_events),
-                                (SELECT max(seq) FROM sidewire_events),
-                                pg_total_relation_size('sidewire_events')",
-                        &[&age_cutoff_ms.unwrap_or(i64::MIN)],
-                    )
+                    c.query_one(sql, &[&age_cutoff_ms.unwrap_or(i64::MIN)])
                     .await
                     .map_err(db_err)
                 })
@@ -849,13 +850,10 @@ impl PostgresPlugin {
             .await?;
         let by_age: Option<i64> = row.get(0);
         let count: i64 = row.get(1);
-        let max_seq: Option<i64> = row.get(2);
-        let bytes: i64 = row.get(3);
+        let bytes: i64 = row.get(2);
         let mut cutoff: Option<u64> = policy.max_age.and(by_age).map(|s| s.max(0) as u64);
-        // Count and size limits: keep the newest `keep` events. Seqs of one
-        // store are dense except where retention or an import left holes,
-        // so the cutoff by count is computed from the newest seq and then
-        // checked by the delete's own LIMIT.
+        // Count and size limits: keep the newest `keep` events (a size limit
+        // becomes a count from the average stored size of an event).
         let mut keep: Option<u64> = policy.max_events;
         if let Some(max_bytes) = policy.max_bytes {
             if count > 0 && bytes as u64 > max_bytes {
@@ -864,12 +862,8 @@ impl PostgresPlugin {
                 keep = Some(keep.map_or(fits, |k| k.min(fits)));
             }
         }
-        if let (Some(keep), Some(max_seq)) = (keep, max_seq) {
-            if count as u64 > keep {
-                let upto = self.nth_newest_seq(keep).await?;
-                cutoff = cutoff.max(upto);
-            }
-            let _ = max_seq;
+        if let Some(keep) = keep.filter(|k| count as u64 > *k) {
+            cutoff = cutoff.max(self.nth_newest_seq(keep).await?);
         }
         Ok(cutoff.filter(|c| *c > self.retention_floor()))
     }

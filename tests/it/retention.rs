@@ -45,7 +45,21 @@ async fn metrics_text(c: &reqwest::Client, srv: &TestServer) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reloaded_limit_removes_the_oldest_and_nothing_else_changes() {
     let dir = tempfile::tempdir().unwrap();
-    let config = config_in(dir.path());
+    limit_contract(config_in(dir.path()), "sqlite").await;
+}
+
+/// The same on PostgreSQL (the floor lives in the shared head row).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_reloaded_limit_removes_the_oldest_and_nothing_else_changes() {
+    let Some(db) = crate::common::services::Db::create("postgres retention").await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_in(dir.path());
+    config.persist.plugin = sidewire::config::PluginKind::Postgres;
+    config.persist.postgres_url = format!("postgres://postgres@127.0.0.1:5432/{}", db.name).as_str().into();
+    limit_contract(config, "postgres").await;
+}
+
+async fn limit_contract(config: Config, plugin_name: &str) {
     let (tx, rx) = tokio::sync::watch::channel(LiveConfig::new(config.clone()));
     let srv = TestServer::start_with(sidewire::ServerBuilder::new(config.clone()).config_channel(rx)).await;
     let c = client();
@@ -103,15 +117,19 @@ async fn a_reloaded_limit_removes_the_oldest_and_nothing_else_changes() {
 
     // Metrics: deleted count, a store size, an age.
     let m = metrics_text(&c, &srv).await;
-    assert_eq!(metric(&m, "sidewire_persist_retention_deleted_total{plugin=\"sqlite\"}"), Some(151.0), "{m}");
+    let deleted = format!("sidewire_persist_retention_deleted_total{{plugin=\"{plugin_name}\"}}");
+    assert_eq!(metric(&m, &deleted), Some(151.0), "{m}");
     wait_until("store gauges", Duration::from_secs(15), || {
         let c = c.clone();
         let url = srv.url("/metrics");
+        let p = plugin_name.to_string();
         async move {
             let m = c.get(url).send().await.unwrap().text().await.unwrap();
-            metric(&m, "sidewire_persist_store_bytes{plugin=\"sqlite\"}").is_some_and(|b| b > 0.0)
-                && metric(&m, "sidewire_persist_store_limit_bytes{plugin=\"sqlite\"}").is_some_and(|b| b > 0.0)
-                && metric(&m, "sidewire_persist_oldest_event_age_seconds{plugin=\"sqlite\"}").is_some()
+            let gauge = |name: &str| metric(&m, &format!("{name}{{plugin=\"{p}\"}}"));
+            // PostgreSQL's disk is not the sidecar's: no limit gauge there.
+            gauge("sidewire_persist_store_bytes").is_some_and(|b| b > 0.0)
+                && (p == "postgres" || gauge("sidewire_persist_store_limit_bytes").is_some_and(|b| b > 0.0))
+                && gauge("sidewire_persist_oldest_event_age_seconds").is_some()
         }
     })
     .await;
