@@ -165,8 +165,14 @@ impl ServerBuilder {
             let options = cluster_options(&config, port);
             tracing::info!(replica = %options.replica_name, bus = options.bus.label(), store = store.redacted_url(),
                 "joining the cluster");
-            Arc::new(Cluster::start(options, store, delivery_clone(&delivery), stats.clone(), metrics.clone(),
-                recovered.last_seq))
+            Arc::new(Cluster::start(
+                options,
+                store,
+                delivery_clone(&delivery),
+                stats.clone(),
+                metrics.clone(),
+                recovered.last_seq,
+            ))
         });
         let outlet = match &cluster {
             Some(c) => Outlet::Cluster(c.clone()),

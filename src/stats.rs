@@ -217,10 +217,7 @@ impl Stats {
             "activeConnections".into(),
             (self.active_connections.load(Ordering::Relaxed) + cluster.other_connections).into(),
         );
-        m.insert(
-            "messagesPerMinute".into(),
-            (self.messages_window.total() + cluster.other_messages_per_minute).into(),
-        );
+        m.insert("messagesPerMinute".into(), (self.messages_window.total() + cluster.other_messages_per_minute).into());
         m.insert("replicas".into(), cluster.replicas.into());
         m.insert("uptimeSeconds".into(), self.started.elapsed().as_secs().into());
         m.insert("lastEventAt".into(), d.last_event_at.map(|t| format_ts(&t).into()).unwrap_or(Value::Null));

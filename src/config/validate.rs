@@ -238,7 +238,11 @@ mod tests {
                  [broadcast]\nbackend = \"{backend}\"\nredis_url = \"redis://127.0.0.1/0\"\n"
             );
             assert!(Config::from_toml(&text, &[]).is_ok(), "{backend}: {:?}", Config::from_toml(&text, &[]).err());
-            let queued = format!("{text}[persist]\nack = \"queued\"\n").replacen("[persist]\n", "[persist]\nack = \"queued\"\n", 1);
+            let queued = format!("{text}[persist]\nack = \"queued\"\n").replacen(
+                "[persist]\n",
+                "[persist]\nack = \"queued\"\n",
+                1,
+            );
             let queued = queued.rsplit_once("[persist]\nack").map_or(queued.clone(), |(a, _)| a.to_string());
             assert!(keys(&queued).iter().any(|(k, _)| k == "persist.ack"), "{backend}");
         }

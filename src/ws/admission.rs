@@ -4,9 +4,9 @@
 //! [`ConnectionGuard`]; a refused one its error response, counted by reason.
 
 use super::guard::ConnectionGuard;
-use crate::http::ErrorResponse;
 use crate::config::LiveConfig;
 use crate::error::{ApiError, ErrorCode};
+use crate::http::ErrorResponse;
 use crate::internal_events::WsRejected;
 use crate::metrics::WsRejectReason;
 use crate::server::App;

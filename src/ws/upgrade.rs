@@ -4,8 +4,8 @@
 
 use super::admission::admit;
 use super::connection::serve;
-use crate::http::ErrorResponse;
 use crate::error::{ApiError, ErrorCode};
+use crate::http::ErrorResponse;
 use crate::internal_events::WsDisconnected;
 use crate::metrics::DisconnectReason;
 use crate::server::App;
