@@ -14,7 +14,8 @@ pub mod ring;
 pub mod sqlite;
 pub mod webhook;
 
-use crate::config::{Config, CounterRule, PluginKind};
+use crate::config::{Config, PluginKind};
+use crate::stats::CounterRule;
 use crate::event::{Event, NewEvent};
 use crate::retention::{Retention, RetentionStep, StoreUsage};
 use crate::stats::DurableStats;
