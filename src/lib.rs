@@ -44,6 +44,7 @@
 
 pub mod activity;
 pub mod api_docs;
+pub mod app;
 pub mod auth;
 pub mod cluster;
 pub mod config;
