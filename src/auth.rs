@@ -12,7 +12,11 @@ pub const INGEST_TOKEN_REQUIRED: &str = "a valid ingest token is required: Autho
 
 /// Dashboard read auth: `Authorization: Bearer`, else `?token=`; open when
 /// `tokens` is empty.
-pub fn dashboard(tokens: &[crate::config::Secret], headers: &http::HeaderMap, query_token: Option<&str>) -> Result<(), ApiError> {
+pub fn dashboard(
+    tokens: &[crate::config::Secret],
+    headers: &http::HeaderMap,
+    query_token: Option<&str>,
+) -> Result<(), ApiError> {
     if tokens.is_empty() || token_ok(tokens, bearer(headers).or(query_token)) {
         Ok(())
     } else {

@@ -8,29 +8,47 @@
 //!
 //! # Layout
 //!
+//! Domain (no web imports; see `docs/ARCHITECTURE.md`, "Layers"):
+//!
 //! - [`config`]: the TOML config, env overrides, validation with lines.
 //! - [`event`]: event validation and the pre-encoded stored form.
-//! - [`http`]: the REST routes (ingest, stats, activity, health, metrics, docs).
-//! - [`api_docs`]: the OpenAPI 3.1 document, generated from the code.
-//! - [`schemas`]: the documented request, response and message shapes.
-//! - [`pipeline`]: the single writer: dedupe, seqs, group commit, publish.
-//! - [`persist`]: the [`persist::PersistCallback`] trait and its plugins.
+//! - [`error`]: the API's errors as pure data (code, message, index).
 //! - [`stats`]: durable counters and live windows; one snapshot for all.
 //! - [`activity`]: recent events from the store or an in-memory ring.
+//! - [`pipeline`]: the single writer: dedupe, seqs, group commit, publish.
+//! - [`persist`]: the [`persist::PersistCallback`] trait, its plugins and the
+//!   retention task.
 //! - [`hub`]: fan-out of accepted events to connections.
+//! - [`cluster`]: several replicas: global seq order, the bus, the heartbeat.
+//! - [`retention`]: the retention policy (how much history the store keeps).
+//! - [`schemas`]: the documented request, response and message shapes.
+//!
+//! Shared by both layers:
+//!
+//! - [`metrics`]: Prometheus metrics and their label enums.
+//! - [`internal_events`]: occurrences that are logged and counted in one `emit`.
+//! - [`log_throttle`]: rate-limited logging of warnings that repeat.
+//!
+//! Web and edge:
+//!
+//! - [`app`]: [`app::App`], the running server's shared parts.
+//! - [`server`]: building the `App`, the accept loop and graceful shutdown.
+//! - [`conn`]: the front door: connection limit, idle and request deadlines,
+//!   the open-file limit.
+//! - [`http`]: the REST routes (reply, router; ingest, stats, activity,
+//!   health, metrics, docs).
 //! - [`ws`]: the dashboard WebSocket (admission, connection guard, upgrade,
 //!   per-connection task, outbox, replay, protocol, stats pusher).
 //! - [`auth`]: bearer-token checks shared by `http` and `ws`.
-//! - [`internal_events`]: occurrences that are logged and counted in one `emit`.
-//! - [`metrics`]: Prometheus metrics.
-//! - [`server`]: wiring, the accept loop and graceful shutdown.
-//! - [`conn`]: the front door: connection limit, idle and request deadlines,
-//!   the open-file limit.
-//! - [`log_throttle`]: rate-limited logging of warnings that repeat.
-//! - [`reload`]: config hot reload (folder watcher, SIGHUP).
-//! - [`retention`]: how much history the store keeps; the background task.
-//! - [`transfer`]: `sidewire export` / `sidewire import` (NDJSON, streaming).
+//! - [`api_docs`]: the OpenAPI 3.1 document, generated from the code.
 //! - [`telemetry`]: logging, OpenTelemetry export, request spans.
+//! - [`reload`]: config hot reload (folder watcher, SIGHUP).
+//!
+//! Tools and checks:
+//!
+//! - [`transfer`]: `sidewire export` / `sidewire import` (NDJSON, streaming).
+//! - [`demo`]: synthetic backend traffic (`sidewire demo`).
+//! - `layering` (tests only): the layers above and no import cycles.
 //!
 //! # Embedding
 //!
@@ -44,6 +62,7 @@
 
 pub mod activity;
 pub mod api_docs;
+pub mod app;
 pub mod auth;
 pub mod cluster;
 pub mod config;

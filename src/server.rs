@@ -3,6 +3,7 @@
 //! routes, HTTP metrics, and graceful shutdown.
 
 use crate::activity::Activity;
+use crate::app::App;
 use crate::cluster::{BusKind, Cluster, ClusterOptions};
 use crate::config::{BroadcastBackend, Config, ConfigRx, LiveConfig, PluginKind};
 use crate::conn::{limit, Gate, GuardedIo, RequestDeadline, Settings, TrackedBody};
@@ -16,7 +17,6 @@ use crate::stats::Stats;
 use crate::ws::WsState;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use serde_json::{Map, Value};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -26,44 +26,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use tracing::Instrument;
 use warp::reply::Response;
-
-/// Everything a request handler or connection task may need.
-pub struct App {
-    /// The config in force (hot-reloadable parts are read per use).
-    pub config: ConfigRx,
-    pub pipeline: Pipeline,
-    pub stats: Arc<Stats>,
-    pub activity: Arc<Activity>,
-    pub plugin: Arc<dyn PersistCallback>,
-    pub metrics: Arc<Metrics>,
-    pub hub: Arc<dyn Hub>,
-    pub ws: WsState,
-    /// Several replicas (`persist.plugin = "postgres"`): the sequencer, bus
-    /// and heartbeat of this one.
-    pub cluster: Option<Arc<Cluster>>,
-}
-
-impl App {
-    /// The parts the HTTP handlers use.
-    pub fn http_state(&self) -> crate::http::State {
-        crate::http::State {
-            config: self.config.clone(),
-            pipeline: self.pipeline.clone(),
-            stats: self.stats.clone(),
-            activity: self.activity.clone(),
-            plugin: self.plugin.clone(),
-            metrics: self.metrics.clone(),
-            openapi: crate::api_docs::openapi_bytes(),
-            cluster: self.cluster.clone(),
-        }
-    }
-
-    /// The stats object served by REST and WebSocket alike.
-    pub fn stats_snapshot(&self) -> Map<String, Value> {
-        let live = self.config.borrow().clone();
-        self.stats.snapshot(&live.counters)
-    }
-}
 
 /// Starting the server failed.
 #[derive(Debug, thiserror::Error)]
@@ -165,8 +127,14 @@ impl ServerBuilder {
             let options = cluster_options(&config, port);
             tracing::info!(replica = %options.replica_name, bus = options.bus.label(), store = store.redacted_url(),
                 "joining the cluster");
-            Arc::new(Cluster::start(options, store, delivery_clone(&delivery), stats.clone(), metrics.clone(),
-                recovered.last_seq))
+            Arc::new(Cluster::start(
+                options,
+                store,
+                delivery_clone(&delivery),
+                stats.clone(),
+                metrics.clone(),
+                recovered.last_seq,
+            ))
         });
         let outlet = match &cluster {
             Some(c) => Outlet::Cluster(c.clone()),
@@ -180,17 +148,25 @@ impl ServerBuilder {
             &recovered.ids,
         );
         let app = Arc::new(App {
-            config: config_rx,
+            config: config_rx.clone(),
             pipeline,
-            stats,
-            activity,
-            plugin,
-            metrics,
-            hub,
-            ws: WsState::new(),
+            stats: stats.clone(),
+            activity: activity.clone(),
+            plugin: plugin.clone(),
+            metrics: metrics.clone(),
+            hub: hub.clone(),
+            ws: Arc::new(crate::ws::State {
+                config: config_rx.clone(),
+                stats: stats.clone(),
+                activity: activity.clone(),
+                plugin: plugin.clone(),
+                metrics: metrics.clone(),
+                hub,
+                sockets: WsState::new(),
+            }),
             cluster,
         });
-        let pusher = tokio::spawn(crate::ws::stats_pusher(app.clone(), gauges_changed));
+        let pusher = tokio::spawn(crate::ws::stats_pusher(app.ws.clone(), gauges_changed));
         let log_flusher = tokio::spawn(app.metrics.repeated.clone().run_flusher());
         let retention =
             crate::persist::retention_task::spawn(app.plugin.clone(), app.config.clone(), app.metrics.clone());
@@ -389,12 +365,12 @@ impl Running {
         tracing::info!("shutting down: closing WebSockets, finishing requests, flushing the store");
         drop(listener);
         let grace = Duration::from_secs(app.config.borrow().config.server.shutdown_timeout_secs);
-        app.ws.shutdown();
+        app.ws.sockets.shutdown();
         if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
             tracing::warn!("in-flight requests did not finish in time");
         }
         let deadline = Instant::now() + grace;
-        while app.ws.open_connections() > 0 && Instant::now() < deadline {
+        while app.ws.sockets.open_connections() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         if tokio::time::timeout(grace, app.pipeline.close()).await.is_err() {
@@ -441,7 +417,7 @@ async fn handle(
             _ => None,
         };
         let (route, res) = if let Some(route) = upgrade {
-            (route, crate::ws::upgrade(app.clone(), peer, req).await)
+            (route, crate::ws::upgrade(app.ws.clone(), peer, req).await)
         } else {
             req.extensions_mut().insert(PeerAddr(peer));
             routes.respond(req).await

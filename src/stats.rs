@@ -3,7 +3,6 @@
 //! part (sliding windows, connections, uptime). [`Stats::snapshot`] is the one
 //! code path behind both `GET /api/v1/stats` and every `stats_update`.
 
-use crate::config::CounterRule;
 use crate::event::{format_ts, NewEvent};
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
@@ -26,6 +25,41 @@ pub const BUILTIN_STATS: [&str; 10] = [
     "generatedAt",
     "replicas",
 ];
+
+/// `[[stats.counters]]`: a counter that moves on events of one type.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CounterRule {
+    /// Stat name (camelCase by convention), `^[A-Za-z][A-Za-z0-9_]{0,63}$`.
+    pub name: String,
+    /// Event type that moves it.
+    pub on: String,
+    /// Dotted path (`data.filesProcessed`) of a number to add; else `default`.
+    #[serde(default)]
+    pub add: Option<String>,
+    /// Added when `add` is unset or does not name a number.
+    #[serde(default = "one")]
+    pub default: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl CounterRule {
+    pub fn defaults() -> Vec<CounterRule> {
+        vec![
+            CounterRule {
+                name: "filesProcessed".into(),
+                on: "ingestion_complete".into(),
+                add: Some("data.filesProcessed".into()),
+                default: 1.0,
+            },
+            CounterRule { name: "queriesCompleted".into(), on: "query_complete".into(), add: None, default: 1.0 },
+            CounterRule { name: "errors".into(), on: "error".into(), add: None, default: 1.0 },
+        ]
+    }
+}
 
 /// What survives a restart. Owned by the pipeline's writer; a copy with a
 /// batch applied is handed to the plugin with that batch, so the store holds
@@ -217,10 +251,7 @@ impl Stats {
             "activeConnections".into(),
             (self.active_connections.load(Ordering::Relaxed) + cluster.other_connections).into(),
         );
-        m.insert(
-            "messagesPerMinute".into(),
-            (self.messages_window.total() + cluster.other_messages_per_minute).into(),
-        );
+        m.insert("messagesPerMinute".into(), (self.messages_window.total() + cluster.other_messages_per_minute).into());
         m.insert("replicas".into(), cluster.replicas.into());
         m.insert("uptimeSeconds".into(), self.started.elapsed().as_secs().into());
         m.insert("lastEventAt".into(), d.last_event_at.map(|t| format_ts(&t).into()).unwrap_or(Value::Null));

@@ -15,9 +15,9 @@
 //! holds. It refuses a seq or an id the store already has, and lines out of
 //! seq order, naming the line.
 
-use crate::config::CounterRule;
 use crate::event::{Event, NewEvent, Rules};
 use crate::persist::{Batch, PersistCallback, PersistError};
+use crate::stats::CounterRule;
 use crate::stats::DurableStats;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;

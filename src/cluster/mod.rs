@@ -44,9 +44,13 @@ use tokio::sync::mpsc;
 pub enum BusKind {
     /// No bus: this replica's own commits, and the store's head check.
     None,
-    Redis { url: String },
+    Redis {
+        url: String,
+    },
     /// LISTEN/NOTIFY on this channel (the store notifies in each commit).
-    Postgres { channel: String },
+    Postgres {
+        channel: String,
+    },
 }
 
 impl BusKind {

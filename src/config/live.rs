@@ -1,7 +1,8 @@
 //! The config in force: a [`LiveConfig`] on a watch channel ([`ConfigRx`]),
 //! replaced as a whole by a reload (see `crate::reload`).
 
-use super::{Config, CounterRule};
+use super::Config;
+use crate::stats::CounterRule;
 use std::sync::Arc;
 
 /// A loaded config with what is derived from it, computed once per (re)load.

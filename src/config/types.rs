@@ -3,6 +3,7 @@
 //! struct derives `Debug` without leaking one.
 
 use super::secret::{Secret, SecretUrl};
+pub use crate::stats::CounterRule;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -270,41 +271,6 @@ impl StatsConfig {
             Some(rules) => rules.clone(),
             None => CounterRule::defaults(),
         }
-    }
-}
-
-/// `[[stats.counters]]`: a counter that moves on events of one type.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct CounterRule {
-    /// Stat name (camelCase by convention), `^[A-Za-z][A-Za-z0-9_]{0,63}$`.
-    pub name: String,
-    /// Event type that moves it.
-    pub on: String,
-    /// Dotted path (`data.filesProcessed`) of a number to add; else `default`.
-    #[serde(default)]
-    pub add: Option<String>,
-    /// Added when `add` is unset or does not name a number.
-    #[serde(default = "one")]
-    pub default: f64,
-}
-
-fn one() -> f64 {
-    1.0
-}
-
-impl CounterRule {
-    pub fn defaults() -> Vec<CounterRule> {
-        vec![
-            CounterRule {
-                name: "filesProcessed".into(),
-                on: "ingestion_complete".into(),
-                add: Some("data.filesProcessed".into()),
-                default: 1.0,
-            },
-            CounterRule { name: "queriesCompleted".into(), on: "query_complete".into(), add: None, default: 1.0 },
-            CounterRule { name: "errors".into(), on: "error".into(), add: None, default: 1.0 },
-        ]
     }
 }
 

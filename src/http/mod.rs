@@ -89,4 +89,3 @@ pub fn metrics_listener_routes(state: State) -> BoxedFilter<(Response,)> {
             ApiError::new(ErrorCode::NotFound, "this listener serves GET /metrics and GET /healthz only").to_response()
         })
 }
-

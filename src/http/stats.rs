@@ -43,7 +43,11 @@ pub fn route(state: State) -> warp::filters::BoxedFilter<(Response,)> {
         .and(warp::query::<HashMap<String, String>>().or(warp::any().map(HashMap::new)).unify())
         .and(with(Arc::new(state)))
         .map(|headers: http::HeaderMap, q: HashMap<String, String>, st: Arc<State>| {
-            match crate::auth::dashboard(&st.config.borrow().config.auth.dashboard_tokens, &headers, q.get("token").map(String::as_str)) {
+            match crate::auth::dashboard(
+                &st.config.borrow().config.auth.dashboard_tokens,
+                &headers,
+                q.get("token").map(String::as_str),
+            ) {
                 Ok(()) => {
                     let snapshot = st.stats.snapshot(&st.config.borrow().counters);
                     json_response(http::StatusCode::OK, &snapshot)

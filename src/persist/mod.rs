@@ -14,9 +14,10 @@ pub mod ring;
 pub mod sqlite;
 pub mod webhook;
 
-use crate::config::{Config, CounterRule, PluginKind};
+use crate::config::{Config, PluginKind};
 use crate::event::{Event, NewEvent};
 use crate::retention::{Retention, RetentionStep, StoreUsage};
+use crate::stats::CounterRule;
 use crate::stats::DurableStats;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

@@ -35,9 +35,7 @@
 //! [`RETRY_INTERVAL`], so ingest answers 503 at once while the database is
 //! away and recovers by itself.
 
-use super::{
-    Batch, Committed, EventQuery, EventStream, NewBatch, PersistCallback, PersistError, Recovered,
-};
+use super::{Batch, Committed, EventQuery, EventStream, NewBatch, PersistCallback, PersistError, Recovered};
 use crate::event::Event;
 use crate::retention::{Retention, RetentionStep, StoreUsage};
 use crate::stats::DurableStats;
@@ -140,10 +138,15 @@ fn err(e: impl std::fmt::Display) -> PersistError {
 /// Display says only "db error").
 fn db_err(e: tokio_postgres::Error) -> PersistError {
     match e.as_db_error() {
-        Some(db) => err(format!("{} ({}){}", db.message(), db.code().code(), match db.detail() {
-            Some(d) => format!(": {d}"),
-            None => String::new(),
-        })),
+        Some(db) => err(format!(
+            "{} ({}){}",
+            db.message(),
+            db.code().code(),
+            match db.detail() {
+                Some(d) => format!(": {d}"),
+                None => String::new(),
+            }
+        )),
         None => err(e),
     }
 }
@@ -273,19 +276,16 @@ impl PostgresPlugin {
                                 .await
                                 .map_err(db_err)?;
                         }
-                        let version: i32 = match tx
-                            .query_opt("SELECT version FROM sidewire_schema", &[])
-                            .await
-                            .map_err(db_err)?
-                        {
-                            Some(row) => row.get(0),
-                            None => {
-                                tx.execute("INSERT INTO sidewire_schema (version) VALUES (0)", &[])
-                                    .await
-                                    .map_err(db_err)?;
-                                0
-                            }
-                        };
+                        let version: i32 =
+                            match tx.query_opt("SELECT version FROM sidewire_schema", &[]).await.map_err(db_err)? {
+                                Some(row) => row.get(0),
+                                None => {
+                                    tx.execute("INSERT INTO sidewire_schema (version) VALUES (0)", &[])
+                                        .await
+                                        .map_err(db_err)?;
+                                    0
+                                }
+                            };
                         let version = version.max(0) as usize;
                         if version > MIGRATIONS.len() {
                             return Err(corrupt(format!(
@@ -325,9 +325,7 @@ impl PostgresPlugin {
         let row = self
             .with("read head", move |c| {
                 Box::pin(async move {
-                    c.query_one("SELECT last_seq, stats, retention_floor FROM sidewire_head", &[])
-                        .await
-                        .map_err(db_err)
+                    c.query_one("SELECT last_seq, stats, retention_floor FROM sidewire_head", &[]).await.map_err(db_err)
                 })
             })
             .await?;
@@ -339,7 +337,11 @@ impl PostgresPlugin {
     /// Stored events with `after < seq <= upto` (at most [`PAGE`]), oldest
     /// first, gauge reports included, and the stats row as it stood when
     /// they were read (so the stats never lag the events they go with).
-    pub async fn read_range(&self, after: u64, upto: u64) -> Result<(Vec<Arc<Event>>, Option<DurableStats>), PersistError> {
+    pub async fn read_range(
+        &self,
+        after: u64,
+        upto: u64,
+    ) -> Result<(Vec<Arc<Event>>, Option<DurableStats>), PersistError> {
         let (after, upto) = (to_i64(after), to_i64(upto));
         let (rows, stats) = self
             .with("read events", move |c| {
@@ -621,7 +623,8 @@ impl PersistCallback for PostgresPlugin {
         let rows = self
             .with("query", move |c| {
                 Box::pin(async move {
-                    let base = "SELECT seq, type, ts_ms, id, source, data FROM sidewire_events WHERE seq < $1 AND seq > $2";
+                    let base =
+                        "SELECT seq, type, ts_ms, id, source, data FROM sidewire_events WHERE seq < $1 AND seq > $2";
                     if types.is_empty() {
                         let sql = format!("{base} AND type <> 'stats_update' ORDER BY seq {order} LIMIT $3");
                         c.query(&sql, &[&before, &after, &limit]).await
@@ -703,12 +706,9 @@ impl PersistCallback for PostgresPlugin {
                         .map_err(db_err)?;
                     let top = gone.iter().map(|r| r.get::<_, i64>(0)).max();
                     if let Some(top) = top {
-                        tx.execute(
-                            "UPDATE sidewire_head SET retention_floor = GREATEST(retention_floor, $1)",
-                            &[&top],
-                        )
-                        .await
-                        .map_err(db_err)?;
+                        tx.execute("UPDATE sidewire_head SET retention_floor = GREATEST(retention_floor, $1)", &[&top])
+                            .await
+                            .map_err(db_err)?;
                     }
                     tx.commit().await.map_err(db_err)?;
                     Ok((gone.len() as u64, gone.len() as i64 == max))
@@ -841,11 +841,7 @@ impl PostgresPlugin {
         };
         let row = self
             .with("retention cutoff", move |c| {
-                Box::pin(async move {
-                    c.query_one(sql, &[&age_cutoff_ms.unwrap_or(i64::MIN)])
-                    .await
-                    .map_err(db_err)
-                })
+                Box::pin(async move { c.query_one(sql, &[&age_cutoff_ms.unwrap_or(i64::MIN)]).await.map_err(db_err) })
             })
             .await?;
         let by_age: Option<i64> = row.get(0);

@@ -4,12 +4,12 @@
 //! [`ConnectionGuard`]; a refused one its error response, counted by reason.
 
 use super::guard::ConnectionGuard;
-use crate::http::ErrorResponse;
+use super::State;
 use crate::config::LiveConfig;
 use crate::error::{ApiError, ErrorCode};
+use crate::http::ErrorResponse;
 use crate::internal_events::WsRejected;
 use crate::metrics::WsRejectReason;
-use crate::server::App;
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -76,8 +76,8 @@ fn client_ip(config: &crate::config::Config, peer: SocketAddr, headers: &http::H
     peer.ip()
 }
 
-fn reject(app: &App, reason: WsRejectReason, err: ApiError) -> Response {
-    WsRejected { reason }.emit(&app.metrics);
+fn reject(state: &State, reason: WsRejectReason, err: ApiError) -> Response {
+    WsRejected { reason }.emit(&state.metrics);
     err.to_response()
 }
 
@@ -85,7 +85,7 @@ fn reject(app: &App, reason: WsRejectReason, err: ApiError) -> Response {
 // The refusal is returned straight to the client; boxing it buys nothing.
 #[allow(clippy::result_large_err)]
 pub(super) fn admit(
-    app: &Arc<App>,
+    state: &Arc<State>,
     live: &LiveConfig,
     peer: SocketAddr,
     req: &http::Request<hyper::body::Incoming>,
@@ -95,14 +95,14 @@ pub(super) fn admit(
     let cfg = &live.config;
     let headers = req.headers();
     if let Err(e) = crate::auth::dashboard(&cfg.auth.dashboard_tokens, headers, token) {
-        return Err(reject(app, WsRejectReason::Unauthorized, e));
+        return Err(reject(state, WsRejectReason::Unauthorized, e));
     }
     if !cfg.server.allowed_origins.is_empty() {
         if let Some(origin) = headers.get(http::header::ORIGIN) {
             let origin = origin.to_str().unwrap_or("");
             if !cfg.server.allowed_origins.iter().any(|o| o == origin) {
                 return Err(reject(
-                    app,
+                    state,
                     WsRejectReason::ForbiddenOrigin,
                     ApiError::new(
                         ErrorCode::ForbiddenOrigin,
@@ -124,7 +124,7 @@ pub(super) fn admit(
         return Err(res);
     }
     let ip = ip_key(client_ip(cfg, peer, headers));
-    let ws = &app.ws;
+    let ws = &state.sockets;
     let mut per_ip = ws.per_ip.lock();
     let now = Instant::now();
     per_ip.sweep_if_due(now);
@@ -137,7 +137,7 @@ pub(super) fn admit(
         let n = entry.open;
         drop(per_ip);
         return Err(reject(
-            app,
+            state,
             WsRejectReason::PerIpLimit,
             ApiError::new(
                 ErrorCode::TooManyConnections,
@@ -149,7 +149,7 @@ pub(super) fn admit(
         let wait = 60 - now.duration_since(entry.connects[0]).as_secs().min(59);
         drop(per_ip);
         return Err(reject(
-            app,
+            state,
             WsRejectReason::RateLimit,
             ApiError::new(
                 ErrorCode::TooManyConnections,
@@ -161,13 +161,13 @@ pub(super) fn admit(
     if ws.open_connections() >= cfg.ws.max_connections {
         drop(per_ip);
         return Err(reject(
-            app,
+            state,
             WsRejectReason::AtCapacity,
             ApiError::new(ErrorCode::ServerAtCapacity, "the server holds ws.max_connections dashboard connections")
                 .retry_after(Duration::from_secs(5)),
         ));
     }
-    Ok(ConnectionGuard::open(app, ip, entry, now))
+    Ok(ConnectionGuard::open(state, ip, entry, now))
 }
 
 #[cfg(test)]

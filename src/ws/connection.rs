@@ -8,10 +8,10 @@ use super::outbox::{Out, Outbox};
 use super::protocol::ClientMessage;
 use super::replay::replay;
 use super::upgrade::Socket;
+use super::State;
 use crate::hub::Frame;
 use crate::internal_events::{WsDisconnected, WsInvalidMessage};
 use crate::metrics::{DisconnectReason, WsMessageType};
-use crate::server::App;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::collections::HashSet;
@@ -67,29 +67,35 @@ impl End {
 /// this returns; its end is counted before the guard uncounts it, so a scrape
 /// that sees it gone also sees its disconnect.
 pub(super) async fn serve(socket: Socket, after_seq: Option<u64>, guard: ConnectionGuard) {
-    let app = guard.app().clone();
-    let id = format!("c{:x}-{:08x}", app.ws.next_id.fetch_add(1, Ordering::Relaxed), rand::random::<u32>());
+    let state = guard.state().clone();
+    let id = format!("c{:x}-{:08x}", state.sockets.next_id.fetch_add(1, Ordering::Relaxed), rand::random::<u32>());
     // The span is entered only around log lines, not on every poll of the
     // connection (instrumenting the future cost ~2.5% of fan-out CPU).
     let span = tracing::info_span!("ws", conn = %id, ip = %guard.ip());
-    let end = connection(app.clone(), socket, after_seq, id, &span).await;
-    span.in_scope(|| WsDisconnected { reason: end.reason() }.emit(&app.metrics));
+    let end = connection(state.clone(), socket, after_seq, id, &span).await;
+    span.in_scope(|| WsDisconnected { reason: end.reason() }.emit(&state.metrics));
     drop(guard);
 }
 
-async fn connection(app: Arc<App>, socket: Socket, after_seq: Option<u64>, id: String, span: &tracing::Span) -> End {
-    let live = app.config.borrow().clone();
+async fn connection(
+    state: Arc<State>,
+    socket: Socket,
+    after_seq: Option<u64>,
+    id: String,
+    span: &tracing::Span,
+) -> End {
+    let live = state.config.borrow().clone();
     let ws_cfg = live.config.ws.clone();
     // Subscribe before anything is read from the store (see the module doc).
-    let mut hub_rx = app.hub.subscribe();
+    let mut hub_rx = state.hub.subscribe();
     let (sink, mut stream) = socket.split();
-    let mut out = Outbox::new(&app, sink, ws_cfg.send_queue_len);
+    let mut out = Outbox::new(&state, sink, ws_cfg.send_queue_len);
     let ack = Out::message(
         WsMessageType::ConnectionAck,
         json!({"connectionId": id, "statsIntervalSecs": live.config.stats.interval_secs,
-               "lastSeq": app.stats.last_seq(), "serverVersion": crate::VERSION}),
+               "lastSeq": state.stats.last_seq(), "serverVersion": crate::VERSION}),
     );
-    let mut stats_rx = app.ws.stats_tx.subscribe();
+    let mut stats_rx = state.sockets.stats_tx.subscribe();
     stats_rx.mark_unchanged();
     // The newest stats push, as a stream whose pending future survives the
     // loop's iterations: every connection watches the same channel, and a
@@ -104,8 +110,8 @@ async fn connection(app: Arc<App>, socket: Socket, after_seq: Option<u64>, id: S
     .fuse();
     let mut stats_updates = std::pin::pin!(stats_updates);
     out.push(ack);
-    out.push(Out::message(WsMessageType::StatsUpdate, Value::Object(app.stats_snapshot())));
-    let mut shutdown_rx = app.ws.shutdown_tx.subscribe();
+    out.push(Out::message(WsMessageType::StatsUpdate, Value::Object(state.stats_snapshot())));
+    let mut shutdown_rx = state.sockets.shutdown_tx.subscribe();
     let stall = Duration::from_secs(ws_cfg.pong_timeout_secs);
     let mut filter: Option<HashSet<String>> = None;
     // Live events with seq <= this were replayed already.
@@ -120,7 +126,7 @@ async fn connection(app: Arc<App>, socket: Socket, after_seq: Option<u64>, id: S
     let end = 'conn: {
         if let Some(after) = after_seq {
             resumed = true;
-            match replay(&app, &mut out, after, None, &filter, &ws_cfg, &mut shutdown_rx).await {
+            match replay(&state, &mut out, after, None, &filter, &ws_cfg, &mut shutdown_rx).await {
                 Ok(upto) => replayed_upto = upto,
                 Err(end) => break 'conn end,
             }
@@ -146,7 +152,7 @@ async fn connection(app: Arc<App>, socket: Socket, after_seq: Option<u64>, id: S
                     Some(Ok(Message::Close(_))) => break End::ClientClose,
                     Some(Ok(Message::Pong(_))) => pong_deadline = None,
                     Some(Ok(Message::Ping(_))) | Some(Ok(Message::Frame(_))) => {}
-                    Some(Ok(Message::Binary(_))) => invalid(&app, span, "a binary frame"),
+                    Some(Ok(Message::Binary(_))) => invalid(&state, span, "a binary frame"),
                     Some(Ok(Message::Text(text))) => {
                         client_messages += 1;
                         match ClientMessage::parse(&text) {
@@ -158,13 +164,13 @@ async fn connection(app: Arc<App>, socket: Socket, after_seq: Option<u64>, id: S
                             Ok(ClientMessage::Subscribe(types)) => filter = types,
                             Ok(ClientMessage::Resume(after)) if !resumed && client_messages == 1 => {
                                 resumed = true;
-                                match replay(&app, &mut out, after, first_live_sent, &filter, &ws_cfg, &mut shutdown_rx).await {
+                                match replay(&state, &mut out, after, first_live_sent, &filter, &ws_cfg, &mut shutdown_rx).await {
                                     Ok(upto) => replayed_upto = upto,
                                     Err(end) => break end,
                                 }
                             }
-                            Ok(ClientMessage::Resume(_)) => invalid(&app, span, "a resume that is not the first message"),
-                            Err(why) => invalid(&app, span, &why),
+                            Ok(ClientMessage::Resume(_)) => invalid(&state, span, "a resume that is not the first message"),
+                            Err(why) => invalid(&state, span, &why),
                         }
                     }
                     Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(e))) => {
@@ -243,6 +249,6 @@ fn take_frames(
 }
 
 /// Counts and logs (rate-limited) an invalid client message.
-fn invalid(app: &App, span: &tracing::Span, what: &str) {
-    span.in_scope(|| WsInvalidMessage { what }.emit(&app.metrics));
+fn invalid(state: &State, span: &tracing::Span, what: &str) {
+    span.in_scope(|| WsInvalidMessage { what }.emit(&state.metrics));
 }

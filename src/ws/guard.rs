@@ -8,7 +8,7 @@
 //! close, a panic in the task).
 
 use super::admission::IpEntry;
-use crate::server::App;
+use super::State;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use std::time::Instant;
 
 /// One open (admitted) dashboard connection.
 pub(super) struct ConnectionGuard {
-    app: Arc<App>,
+    state: Arc<State>,
     /// The per-IP key ([`super::ip_key`]) the connection counts against.
     ip: IpAddr,
 }
@@ -25,18 +25,18 @@ impl ConnectionGuard {
     /// Counts a connection that admission accepted. `entry` is `ip`'s per-IP
     /// entry, still locked by the caller, so the limit check and this count
     /// are one step.
-    pub(super) fn open(app: &Arc<App>, ip: IpAddr, entry: &mut IpEntry, now: Instant) -> Self {
+    pub(super) fn open(state: &Arc<State>, ip: IpAddr, entry: &mut IpEntry, now: Instant) -> Self {
         entry.open += 1;
         entry.connects.push_back(now);
-        app.ws.open.fetch_add(1, Ordering::AcqRel);
-        app.stats.active_connections.fetch_add(1, Ordering::Relaxed);
-        app.metrics.ws_connections_total.inc();
-        app.metrics.ws_active_connections.inc();
-        Self { app: app.clone(), ip }
+        state.sockets.open.fetch_add(1, Ordering::AcqRel);
+        state.stats.active_connections.fetch_add(1, Ordering::Relaxed);
+        state.metrics.ws_connections_total.inc();
+        state.metrics.ws_active_connections.inc();
+        Self { state: state.clone(), ip }
     }
 
-    pub(super) fn app(&self) -> &Arc<App> {
-        &self.app
+    pub(super) fn state(&self) -> &Arc<State> {
+        &self.state
     }
 
     pub(super) fn ip(&self) -> IpAddr {
@@ -46,10 +46,10 @@ impl ConnectionGuard {
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        let app = &self.app;
-        app.metrics.ws_active_connections.dec();
-        app.stats.active_connections.fetch_sub(1, Ordering::Relaxed);
-        let mut per_ip = app.ws.per_ip.lock();
+        let state = &self.state;
+        state.metrics.ws_active_connections.dec();
+        state.stats.active_connections.fetch_sub(1, Ordering::Relaxed);
+        let mut per_ip = state.sockets.per_ip.lock();
         if let Some(e) = per_ip.map.get_mut(&self.ip) {
             e.open = e.open.saturating_sub(1);
             if e.open == 0 && e.connects.is_empty() {
@@ -59,7 +59,7 @@ impl Drop for ConnectionGuard {
         drop(per_ip);
         // Last: the shutdown drain waits for this to reach 0, so everything
         // else is uncounted by then.
-        app.ws.open.fetch_sub(1, Ordering::AcqRel);
+        state.sockets.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -75,25 +75,25 @@ mod tests {
             .start()
             .await
             .unwrap();
-        let app = running.app.clone();
+        let state = running.app.ws.clone();
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        let counts = |app: &App| {
+        let counts = |state: &State| {
             (
-                app.ws.open_connections(),
-                app.stats.active_connections.load(Ordering::Relaxed),
-                app.metrics.ws_active_connections.get(),
-                app.metrics.ws_connections_total.get(),
-                app.ws.per_ip.lock().map.get(&ip).map(|e| e.open),
+                state.sockets.open_connections(),
+                state.stats.active_connections.load(Ordering::Relaxed),
+                state.metrics.ws_active_connections.get(),
+                state.metrics.ws_connections_total.get(),
+                state.sockets.per_ip.lock().map.get(&ip).map(|e| e.open),
             )
         };
         let guard = {
-            let mut per_ip = app.ws.per_ip.lock();
+            let mut per_ip = state.sockets.per_ip.lock();
             let entry = per_ip.map.entry(ip).or_default();
-            ConnectionGuard::open(&app, ip, entry, Instant::now())
+            ConnectionGuard::open(&state, ip, entry, Instant::now())
         };
-        assert_eq!(counts(&app), (1, 1, 1, 1, Some(1)));
+        assert_eq!(counts(&state), (1, 1, 1, 1, Some(1)));
         drop(guard);
         // The entry stays while its connect counts against the rate limit.
-        assert_eq!(counts(&app), (0, 0, 0, 1, Some(0)));
+        assert_eq!(counts(&state), (0, 0, 0, 1, Some(0)));
     }
 }

@@ -47,11 +47,43 @@ pub use protocol::message;
 pub use stats_push::stats_pusher;
 pub use upgrade::{socket_config, upgrade, MAX_CLIENT_MESSAGE};
 
+use crate::activity::Activity;
+use crate::config::ConfigRx;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::persist::PersistCallback;
+use crate::stats::Stats;
+use serde_json::{Map, Value};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 pub const PATHS: [&str; 2] = ["/api/v1/ws/dashboard", "/ws/dashboard"];
+
+/// What the dashboard sockets use: the narrow part of [`crate::app::App`]
+/// (built by `App`, which holds it), plus their own bookkeeping.
+pub struct State {
+    /// The config in force (`[ws]` is read per connection).
+    pub config: ConfigRx,
+    pub stats: Arc<Stats>,
+    /// Replay of recent events without a store read.
+    pub activity: Arc<Activity>,
+    /// Replay of older events.
+    pub plugin: Arc<dyn PersistCallback>,
+    pub metrics: Arc<Metrics>,
+    /// Live events.
+    pub hub: Arc<dyn Hub>,
+    pub sockets: WsState,
+}
+
+impl State {
+    /// The stats object served by REST and WebSocket alike.
+    pub fn stats_snapshot(&self) -> Map<String, Value> {
+        let live = self.config.borrow().clone();
+        self.stats.snapshot(&live.counters)
+    }
+}
 
 /// Connection bookkeeping shared by all dashboard sockets.
 pub struct WsState {

@@ -3,9 +3,9 @@
 
 use super::connection::End;
 use super::upgrade::Socket;
+use super::State;
 use crate::hub::Frame;
 use crate::metrics::WsMessageType;
-use crate::server::App;
 use futures::{ready, SinkExt};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -48,7 +48,7 @@ type Sink = futures::stream::SplitSink<Socket, Message>;
 /// full means the client is a slow consumer), the newest unsent
 /// `stats_update` (latest wins), and the socket's sending half.
 pub(super) struct Outbox<'a> {
-    app: &'a App,
+    state: &'a State,
     /// `sidewire_ws_messages_sent_total{type="event"}`, looked up once.
     events_sent: prometheus::IntCounter,
     sink: Sink,
@@ -60,9 +60,9 @@ pub(super) struct Outbox<'a> {
 }
 
 impl<'a> Outbox<'a> {
-    pub(super) fn new(app: &'a App, sink: Sink, cap: usize) -> Self {
-        let events_sent = app.metrics.ws_messages_sent_total.with_label_values(&[WsMessageType::Event.label()]);
-        Self { app, events_sent, sink, queue: VecDeque::new(), cap: cap.max(1), stats: None, unflushed: false }
+    pub(super) fn new(state: &'a State, sink: Sink, cap: usize) -> Self {
+        let events_sent = state.metrics.ws_messages_sent_total.with_label_values(&[WsMessageType::Event.label()]);
+        Self { state, events_sent, sink, queue: VecDeque::new(), cap: cap.max(1), stats: None, unflushed: false }
     }
 
     /// Queues a message; `false` when the queue is full (a slow consumer).
@@ -111,7 +111,7 @@ impl<'a> Outbox<'a> {
             match kind {
                 None => {}
                 Some(WsMessageType::Event) => events += 1,
-                Some(other) => self.app.metrics.ws_messages_sent_total.with_label_values(&[other.label()]).inc(),
+                Some(other) => self.state.metrics.ws_messages_sent_total.with_label_values(&[other.label()]).inc(),
             }
             if kind.is_some() {
                 messages += 1;
@@ -121,7 +121,7 @@ impl<'a> Outbox<'a> {
             self.events_sent.inc_by(events);
         }
         if messages > 0 {
-            self.app.stats.messages_window.add(messages);
+            self.state.stats.messages_window.add(messages);
         }
         result?;
         if self.stats.is_some() || !self.queue.is_empty() {

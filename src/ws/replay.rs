@@ -4,10 +4,10 @@
 
 use super::connection::End;
 use super::outbox::{Out, Outbox};
+use super::State;
 use crate::hub::Frame;
 use crate::metrics::WsMessageType;
 use crate::persist::EventQuery;
-use crate::server::App;
 use serde_json::json;
 use std::collections::HashSet;
 use std::time::Duration;
@@ -24,7 +24,7 @@ use tokio::sync::watch;
 /// is a slow consumer (the heartbeat, which cannot run meanwhile, would have
 /// closed it by then), and shutdown interrupts it.
 pub(super) async fn replay(
-    app: &App,
+    state: &State,
     out: &mut Outbox<'_>,
     after: u64,
     before: Option<u64>,
@@ -43,14 +43,14 @@ pub(super) async fn replay(
     };
     // Everything up to here is stored (stats follow the store), so a live
     // event up to here that is not replayed has seq <= `after`.
-    let stored = app.stats.last_seq();
-    let mut events = app.activity.query(&q).await.map_err(|e| {
+    let stored = state.stats.last_seq();
+    let mut events = state.activity.query(&q).await.map_err(|e| {
         tracing::warn!(error = %e, "resume replay failed");
         End::ReplayFailed
     })?;
     // Also truncated when retention removed events the client has not seen:
     // the replay then starts at the oldest kept event.
-    let truncated = events.len() > max || after < app.plugin.retention_floor();
+    let truncated = events.len() > max || after < state.plugin.retention_floor();
     events.truncate(max);
     events.reverse();
     let newest = events.last().map_or(0, |e| e.seq);
@@ -68,7 +68,7 @@ pub(super) async fn replay(
     for e in events {
         push_waiting(out, Out::Event(Frame::new(e)), stall, shutdown).await?;
     }
-    let last = app.stats.last_seq().max(upto);
+    let last = state.stats.last_seq().max(upto);
     let done = json!({"replayed": replayed, "lastSeq": last, "truncated": truncated});
     push_waiting(out, Out::message(WsMessageType::ResumeComplete, done), stall, shutdown).await?;
     Ok(upto)

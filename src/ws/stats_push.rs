@@ -2,8 +2,8 @@
 //! newest message.
 
 use super::protocol::message;
+use super::State;
 use crate::metrics::WsMessageType;
-use crate::server::App;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 /// Pushes `stats_update` to every connection: every `stats.interval_secs`,
 /// and within `stats.min_push_interval_ms` (at most one push per that
 /// interval) after a gauge changed.
-pub async fn stats_pusher(app: Arc<App>, gauges_changed: Arc<tokio::sync::Notify>) {
-    let mut config = app.config.clone();
+pub async fn stats_pusher(state: Arc<State>, gauges_changed: Arc<tokio::sync::Notify>) {
+    let mut config = state.config.clone();
     let mut last_push = Instant::now();
     loop {
         let (interval, min_gap) = {
@@ -32,8 +32,8 @@ pub async fn stats_pusher(app: Arc<App>, gauges_changed: Arc<tokio::sync::Notify
             _ = config.changed() => continue,
         }
         last_push = Instant::now();
-        if app.ws.open_connections() > 0 {
-            app.ws.push_stats(message(WsMessageType::StatsUpdate, Value::Object(app.stats_snapshot())));
+        if state.sockets.open_connections() > 0 {
+            state.sockets.push_stats(message(WsMessageType::StatsUpdate, Value::Object(state.stats_snapshot())));
         }
     }
 }

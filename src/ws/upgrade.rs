@@ -4,11 +4,11 @@
 
 use super::admission::admit;
 use super::connection::serve;
-use crate::http::ErrorResponse;
+use super::State;
 use crate::error::{ApiError, ErrorCode};
+use crate::http::ErrorResponse;
 use crate::internal_events::WsDisconnected;
 use crate::metrics::DisconnectReason;
-use crate::server::App;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
@@ -33,8 +33,8 @@ pub fn socket_config() -> WebSocketConfig {
 }
 
 /// Answers a request on a WebSocket path: refusal, or 101 and a connection task.
-pub async fn upgrade(app: Arc<App>, peer: SocketAddr, mut req: http::Request<hyper::body::Incoming>) -> Response {
-    let live = app.config.borrow().clone();
+pub async fn upgrade(state: Arc<State>, peer: SocketAddr, mut req: http::Request<hyper::body::Incoming>) -> Response {
+    let live = state.config.borrow().clone();
     let bad_query = |m: String| ApiError::new(ErrorCode::InvalidQuery, m).to_response();
     let mut token = None;
     let mut after_seq = None;
@@ -57,7 +57,7 @@ pub async fn upgrade(app: Arc<App>, peer: SocketAddr, mut req: http::Request<hyp
                 .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
             && headers.get(http::header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13")
     });
-    let guard = match admit(&app, &live, peer, &req, token.as_deref(), key.is_some()) {
+    let guard = match admit(&state, &live, peer, &req, token.as_deref(), key.is_some()) {
         Ok(g) => g,
         Err(res) => return res,
     };
@@ -75,7 +75,7 @@ pub async fn upgrade(app: Arc<App>, peer: SocketAddr, mut req: http::Request<hyp
             Err(e) => {
                 tracing::debug!(error = %e, "websocket upgrade failed");
                 // Admitted and counted as opened: its end is counted too.
-                WsDisconnected { reason: DisconnectReason::Error }.emit(&guard.app().metrics);
+                WsDisconnected { reason: DisconnectReason::Error }.emit(&guard.state().metrics);
             }
         }
     });

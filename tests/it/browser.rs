@@ -198,7 +198,8 @@ async fn run(chromium: PathBuf) {
     // One process: stats say `replicas: 1`; the page shows no replica note
     // under the connections card ("3 replicas" with a cluster) and no card
     // of its own for it.
-    page.wait_for("(document.querySelector('#replicas') || {}).dataset?.value === '1'", STEP, "replicas from stats").await;
+    page.wait_for("(document.querySelector('#replicas') || {}).dataset?.value === '1'", STEP, "replicas from stats")
+        .await;
     assert_eq!(page.eval("document.querySelector('#replicas').hidden").await, json!(true), "one replica: no note");
     assert_eq!(page.eval("document.querySelectorAll('#stats [data-stat=\"replicas\"]').length").await, json!(0));
 

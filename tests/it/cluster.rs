@@ -286,7 +286,13 @@ async fn the_same_id_on_two_replicas_at_once_gets_one_seq() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let setup = Setup { db: &db, pg_port: 5432, backend: "redis", redis_port: 6379, prefix: format!("swit-id-{}", std::process::id()) };
+    let setup = Setup {
+        db: &db,
+        pg_port: 5432,
+        backend: "redis",
+        redis_port: 6379,
+        prefix: format!("swit-id-{}", std::process::id()),
+    };
     let a = Replica::start(dir.path(), "a", &setup);
     let b = Replica::start(dir.path(), "b", &setup);
     let c = client();
@@ -310,14 +316,21 @@ async fn a_client_resumes_on_another_replica_after_kill_9() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let setup = Setup { db: &db, pg_port: 5432, backend: "redis", redis_port: 6379, prefix: format!("swit-resume-{}", std::process::id()) };
+    let setup = Setup {
+        db: &db,
+        pg_port: 5432,
+        backend: "redis",
+        redis_port: 6379,
+        prefix: format!("swit-resume-{}", std::process::id()),
+    };
     let mut a = Replica::start(dir.path(), "a", &setup);
     let b = Replica::start(dir.path(), "b", &setup);
     let c = client();
     let mut ws = a.ws("").await;
     ready(&mut ws).await;
     let (_, first, _) = ingest(&c, &b.base, &batch("before", 10)).await;
-    let last_seen = *events_until(&mut ws, first["seqs"][9].as_u64().unwrap(), Duration::from_secs(10)).await.last().unwrap();
+    let last_seen =
+        *events_until(&mut ws, first["seqs"][9].as_u64().unwrap(), Duration::from_secs(10)).await.last().unwrap();
     // Acknowledged by `a` right before it dies: must survive.
     let (status, acked, _) = ingest(&c, &a.base, &batch("last-words", 5)).await;
     assert_eq!(status, 202);
@@ -375,7 +388,13 @@ async fn redis_down_events_still_arrive_from_the_store_and_fan_out_returns() {
     }
     let proxy = Proxy::start(REDIS).await;
     let dir = tempfile::tempdir().unwrap();
-    let setup = Setup { db: &db, pg_port: 5432, backend: "redis", redis_port: proxy.port, prefix: format!("swit-redis-{}", std::process::id()) };
+    let setup = Setup {
+        db: &db,
+        pg_port: 5432,
+        backend: "redis",
+        redis_port: proxy.port,
+        prefix: format!("swit-redis-{}", std::process::id()),
+    };
     let a = Replica::start(dir.path(), "a", &setup);
     let b = Replica::start(dir.path(), "b", &setup);
     let c = client();
@@ -441,7 +460,13 @@ async fn postgres_down_refuses_ingest_and_sockets_continue_without_gap() {
     }
     let proxy = Proxy::start("127.0.0.1:5432").await;
     let dir = tempfile::tempdir().unwrap();
-    let setup = Setup { db: &db, pg_port: proxy.port, backend: "redis", redis_port: 6379, prefix: format!("swit-pg-{}", std::process::id()) };
+    let setup = Setup {
+        db: &db,
+        pg_port: proxy.port,
+        backend: "redis",
+        redis_port: 6379,
+        prefix: format!("swit-pg-{}", std::process::id()),
+    };
     let a = Replica::start(dir.path(), "a", &setup);
     let b = Replica::start(dir.path(), "b", &setup);
     let c = client();
@@ -472,7 +497,8 @@ async fn postgres_down_refuses_ingest_and_sockets_continue_without_gap() {
         let c = c.clone();
         let base = a.base.clone();
         async move {
-            let (status, body, _) = ingest(&c, &base, &batch(&format!("back-{}", NEXT.fetch_add(1, Ordering::SeqCst)), 2)).await;
+            let (status, body, _) =
+                ingest(&c, &base, &batch(&format!("back-{}", NEXT.fetch_add(1, Ordering::SeqCst)), 2)).await;
             (status == 202).then_some(body)
         }
     })
@@ -488,7 +514,13 @@ async fn the_postgres_backend_fans_out_through_notify() {
     let test = "the_postgres_backend_fans_out_through_notify";
     let Some(db) = Db::create(test).await else { return };
     let dir = tempfile::tempdir().unwrap();
-    let setup = Setup { db: &db, pg_port: 5432, backend: "postgres", redis_port: 6379, prefix: format!("swit-notify-{}", std::process::id()) };
+    let setup = Setup {
+        db: &db,
+        pg_port: 5432,
+        backend: "postgres",
+        redis_port: 6379,
+        prefix: format!("swit-notify-{}", std::process::id()),
+    };
     let a = Replica::start(dir.path(), "a", &setup);
     let b = Replica::start(dir.path(), "b", &setup);
     let c = client();

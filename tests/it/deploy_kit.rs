@@ -305,7 +305,8 @@ fn scrape_targets(job: &Value) -> Vec<(String, String)> {
     }
     for sd in job["dns_sd_configs"].as_array().into_iter().flatten() {
         assert_eq!(sd["type"].as_str().unwrap_or("SRV"), "A", "job {}: dns_sd_configs type", job["job_name"]);
-        let port = sd["port"].as_i64().unwrap_or_else(|| panic!("job {}: dns_sd_configs without port", job["job_name"]));
+        let port =
+            sd["port"].as_i64().unwrap_or_else(|| panic!("job {}: dns_sd_configs without port", job["job_name"]));
         for n in sd["names"].as_array().into_iter().flatten() {
             out.push((n.as_str().unwrap().to_string(), port.to_string()));
         }
@@ -430,7 +431,11 @@ fn cluster_profile_runs_three_replicas_on_postgres_and_redis() {
             "{name}: server.listen must take connections from nginx and Prometheus"
         );
         assert!(!cfg.server.replica_name.is_empty(), "{name}: server.replica_name");
-        assert!(names.insert(cfg.server.replica_name.clone()), "{name}: replica_name {} repeats", cfg.server.replica_name);
+        assert!(
+            names.insert(cfg.server.replica_name.clone()),
+            "{name}: replica_name {} repeats",
+            cfg.server.replica_name
+        );
         // The store and the bus are the compose services, with the
         // database's own credentials.
         let pg: tokio_postgres::Config = cfg.persist.postgres_url.expose().parse().unwrap();
@@ -530,7 +535,9 @@ fn blocks(conf: &str, keyword: &str) -> Vec<(String, String)> {
 fn directives(body: &str, name: &str) -> Vec<String> {
     body.split(['{', '}', ';'])
         .map(str::trim)
-        .filter_map(|d| d.strip_prefix(name).filter(|r| r.starts_with(char::is_whitespace)).map(|r| r.trim().to_string()))
+        .filter_map(|d| {
+            d.strip_prefix(name).filter(|r| r.starts_with(char::is_whitespace)).map(|r| r.trim().to_string())
+        })
         .collect()
 }
 
@@ -599,7 +606,10 @@ fn nginx_balances_the_three_replicas_with_websocket_upgrade_and_forwarded_for() 
     // A map from $http_upgrade when Connection comes from a variable.
     if conf.contains("$connection_upgrade") {
         let maps = blocks(&conf, "map");
-        assert!(maps.iter().any(|(a, b)| a.starts_with("$http_upgrade") && b.contains("upgrade")), "map for $connection_upgrade");
+        assert!(
+            maps.iter().any(|(a, b)| a.starts_with("$http_upgrade") && b.contains("upgrade")),
+            "map for $connection_upgrade"
+        );
     }
     // nginx publishes a port.
     assert!(!string_list(&svcs["nginx"]["ports"]).is_empty(), "nginx publishes no port");
@@ -642,7 +652,11 @@ fn nginx_balances_the_three_replicas_with_websocket_upgrade_and_forwarded_for() 
         .unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     println!("nginx -t:\n{text}");
-    assert!(out.status.success() && text.contains("test is successful"), "nginx -t failed on {}:\n{text}", path.display());
+    assert!(
+        out.status.success() && text.contains("test is successful"),
+        "nginx -t failed on {}:\n{text}",
+        path.display()
+    );
 }
 
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -11,7 +11,7 @@ const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "
 
 /// (path, METHOD) of every route the server answers: the mounted routes
 /// plus the WebSocket paths the server upgrades itself (`Routes::known`).
-fn server_routes(app: &sidewire::server::App) -> BTreeSet<(String, String)> {
+fn server_routes(app: &sidewire::app::App) -> BTreeSet<(String, String)> {
     let routes = sidewire::http::routes(app.http_state(), &sidewire::ws::PATHS);
     routes.known().iter().map(|(p, m)| (p.to_string(), m.to_string())).collect()
 }

@@ -16,7 +16,7 @@ pub struct TestServer {
     /// The separate metrics listener, when `metrics.listen` is set (port 0
     /// is fine: this is the port it got).
     pub metrics_addr: Option<SocketAddr>,
-    pub app: std::sync::Arc<sidewire::server::App>,
+    pub app: std::sync::Arc<sidewire::app::App>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }

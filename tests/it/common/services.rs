@@ -146,4 +146,3 @@ impl Proxy {
         self.up.store(true, Ordering::SeqCst);
     }
 }
-
