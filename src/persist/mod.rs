@@ -285,6 +285,37 @@ pub const RECOVERY_HEADROOM: u64 = 4 << 20;
 /// Stored events in seq order (see [`PersistCallback::read_after`]).
 pub type EventStream = futures::stream::BoxStream<'static, Result<Arc<Event>, PersistError>>;
 
+/// An [`EventStream`] read a page at a time: `page(after)` answers the next
+/// stored events with seq > `after`, oldest first (empty at the end). An
+/// error is the stream's last item.
+pub fn paged<F, Fut>(after: u64, page: F) -> EventStream
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Vec<Arc<Event>>, PersistError>> + Send + 'static,
+{
+    use futures::StreamExt;
+    let page = Arc::new(page);
+    futures::stream::unfold(Some(after), move |cursor| {
+        let page = page.clone();
+        async move {
+            let after = cursor?;
+            match page(after).await {
+                Ok(events) if events.is_empty() => None,
+                Ok(events) => {
+                    let next = events.last().map(|e| e.seq);
+                    Some((Ok(events), next))
+                }
+                Err(e) => Some((Err(e), None)),
+            }
+        }
+    })
+    .flat_map(|page| match page {
+        Ok(events) => futures::stream::iter(events.into_iter().map(Ok)).left_stream(),
+        Err(e) => futures::stream::iter(vec![Err(e)]).right_stream(),
+    })
+    .boxed()
+}
+
 /// A seq floor from the wall clock (microseconds since the Unix epoch), for
 /// stores that keep no seq across restarts: seqs stay increasing and unique
 /// across restarts as long as the clock does not step back and fewer than a

@@ -42,7 +42,6 @@ use crate::stats::DurableStats;
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use futures::StreamExt;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::future::Future;
@@ -750,27 +749,11 @@ impl PersistCallback for PostgresPlugin {
     }
 
     fn read_after(&self, after: u64) -> Result<EventStream, PersistError> {
-        let plugin = PageReader { pool: self.pool.clone() };
-        let pages = futures::stream::unfold(Some(after), move |cursor| {
-            let plugin = plugin.clone();
-            async move {
-                let after = cursor?;
-                match plugin.page(after).await {
-                    Ok(events) if events.is_empty() => None,
-                    Ok(events) => {
-                        let next = events.last().map(|e| e.seq);
-                        Some((Ok(events), next))
-                    }
-                    Err(e) => Some((Err(e), None)),
-                }
-            }
-        });
-        Ok(pages
-            .flat_map(|page| match page {
-                Ok(events) => futures::stream::iter(events.into_iter().map(Ok)).left_stream(),
-                Err(e) => futures::stream::iter(vec![Err(e)]).right_stream(),
-            })
-            .boxed())
+        let reader = PageReader { pool: self.pool.clone() };
+        Ok(super::paged(after, move |after| {
+            let reader = reader.clone();
+            async move { reader.page(after).await }
+        }))
     }
 
     /// Stores events that carry their seqs, all or nothing, under the head

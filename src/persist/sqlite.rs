@@ -31,7 +31,6 @@ use crate::retention::{Retention, RetentionStep, StoreUsage};
 use crate::stats::DurableStats;
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
-use futures::StreamExt;
 use parking_lot::Mutex;
 use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension};
 use std::collections::HashMap;
@@ -784,11 +783,10 @@ impl PersistCallback for SqlitePlugin {
 
     fn read_after(&self, after: u64) -> Result<EventStream, PersistError> {
         let readers = self.readers.clone();
-        let pages = futures::stream::unfold(Some(after), move |cursor| {
+        Ok(super::paged(after, move |after| {
             let readers = readers.clone();
             async move {
-                let after = cursor?;
-                let page = readers
+                readers
                     .run(move |c| {
                         let mut stmt = c.prepare_cached(
                             "SELECT seq, type, ts_ms, id, source, data FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
@@ -797,24 +795,9 @@ impl PersistCallback for SqlitePlugin {
                             .query_map(params![after.min(i64::MAX as u64) as i64, EXPORT_PAGE as i64], row_to_event)?;
                         rows.collect::<rusqlite::Result<Vec<_>>>()
                     })
-                    .await;
-                match page {
-                    Ok(events) if events.is_empty() => None,
-                    Ok(events) => {
-                        let next = events.last().map(|e| e.seq);
-                        Some((Ok(events), next))
-                    }
-                    // Report the error, then end.
-                    Err(e) => Some((Err(e), None)),
-                }
+                    .await
             }
-        });
-        Ok(pages
-            .flat_map(|page| match page {
-                Ok(events) => futures::stream::iter(events.into_iter().map(Ok)).left_stream(),
-                Err(e) => futures::stream::iter(vec![Err(e)]).right_stream(),
-            })
-            .boxed())
+        }))
     }
 
     async fn import(&self, batch: &Batch) -> Result<(), PersistError> {
@@ -827,6 +810,7 @@ impl PersistCallback for SqlitePlugin {
 mod tests {
     use super::*;
     use crate::event::Event;
+    use futures::StreamExt;
 
     fn batch(seqs: &[u64], stats_seq: u64) -> Batch {
         let events = seqs

@@ -37,6 +37,25 @@ struct Setup<'a> {
     prefix: String,
 }
 
+impl<'a> Setup<'a> {
+    /// Replicas on the machine's PostgreSQL and Redis, with a channel prefix
+    /// of this test's own.
+    fn redis(db: &'a Db, tag: &str) -> Setup<'a> {
+        let prefix = format!("swit-{tag}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
+        Setup { db, pg_port: 5432, backend: "redis", redis_port: 6379, prefix }
+    }
+}
+
+/// This test's database (and a check that Redis answers, when `redis`), or
+/// `None` when the test is to be skipped (the reason is printed).
+async fn prepare(test: &str, redis: bool) -> Option<Db> {
+    let db = Db::create(test).await?;
+    if redis && !redis_up(test).await {
+        return None;
+    }
+    Some(db)
+}
+
 impl Replica {
     fn start(dir: &Path, name: &str, s: &Setup<'_>) -> Replica {
         let dir = dir.join(name);
@@ -196,18 +215,9 @@ async fn metric(c: &reqwest::Client, base: &str, series: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_replicas_deliver_one_order_and_agree_on_stats() {
     let test = "three_replicas_deliver_one_order_and_agree_on_stats";
-    let Some(db) = Db::create(test).await else { return };
-    if !redis_up(test).await {
-        return;
-    }
+    let Some(db) = prepare(test, true).await else { return };
     let dir = tempfile::tempdir().unwrap();
-    let setup = Setup {
-        db: &db,
-        pg_port: 5432,
-        backend: "redis",
-        redis_port: 6379,
-        prefix: format!("swit-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst)),
-    };
+    let setup = Setup::redis(&db, "order");
     let replicas: Vec<Replica> = ["a", "b", "c"].iter().map(|n| Replica::start(dir.path(), n, &setup)).collect();
     let mut sockets = Vec::new();
     for r in &replicas {
@@ -281,18 +291,9 @@ async fn three_replicas_deliver_one_order_and_agree_on_stats() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_same_id_on_two_replicas_at_once_gets_one_seq() {
     let test = "the_same_id_on_two_replicas_at_once_gets_one_seq";
-    let Some(db) = Db::create(test).await else { return };
-    if !redis_up(test).await {
-        return;
-    }
+    let Some(db) = prepare(test, true).await else { return };
     let dir = tempfile::tempdir().unwrap();
-    let setup = Setup {
-        db: &db,
-        pg_port: 5432,
-        backend: "redis",
-        redis_port: 6379,
-        prefix: format!("swit-id-{}", std::process::id()),
-    };
+    let setup = Setup::redis(&db, "id");
     let a = Replica::start(dir.path(), "a", &setup);
     let b = Replica::start(dir.path(), "b", &setup);
     let c = client();
@@ -311,18 +312,9 @@ async fn the_same_id_on_two_replicas_at_once_gets_one_seq() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_resumes_on_another_replica_after_kill_9() {
     let test = "a_client_resumes_on_another_replica_after_kill_9";
-    let Some(db) = Db::create(test).await else { return };
-    if !redis_up(test).await {
-        return;
-    }
+    let Some(db) = prepare(test, true).await else { return };
     let dir = tempfile::tempdir().unwrap();
-    let setup = Setup {
-        db: &db,
-        pg_port: 5432,
-        backend: "redis",
-        redis_port: 6379,
-        prefix: format!("swit-resume-{}", std::process::id()),
-    };
+    let setup = Setup::redis(&db, "resume");
     let mut a = Replica::start(dir.path(), "a", &setup);
     let b = Replica::start(dir.path(), "b", &setup);
     let c = client();
@@ -382,19 +374,10 @@ async fn a_client_resumes_on_another_replica_after_kill_9() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_down_events_still_arrive_from_the_store_and_fan_out_returns() {
     let test = "redis_down_events_still_arrive_from_the_store_and_fan_out_returns";
-    let Some(db) = Db::create(test).await else { return };
-    if !redis_up(test).await {
-        return;
-    }
+    let Some(db) = prepare(test, true).await else { return };
     let proxy = Proxy::start(REDIS).await;
     let dir = tempfile::tempdir().unwrap();
-    let setup = Setup {
-        db: &db,
-        pg_port: 5432,
-        backend: "redis",
-        redis_port: proxy.port,
-        prefix: format!("swit-redis-{}", std::process::id()),
-    };
+    let setup = Setup { redis_port: proxy.port, ..Setup::redis(&db, "redis") };
     let a = Replica::start(dir.path(), "a", &setup);
     let b = Replica::start(dir.path(), "b", &setup);
     let c = client();
@@ -454,19 +437,10 @@ async fn redis_down_events_still_arrive_from_the_store_and_fan_out_returns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_down_refuses_ingest_and_sockets_continue_without_gap() {
     let test = "postgres_down_refuses_ingest_and_sockets_continue_without_gap";
-    let Some(db) = Db::create(test).await else { return };
-    if !redis_up(test).await {
-        return;
-    }
+    let Some(db) = prepare(test, true).await else { return };
     let proxy = Proxy::start("127.0.0.1:5432").await;
     let dir = tempfile::tempdir().unwrap();
-    let setup = Setup {
-        db: &db,
-        pg_port: proxy.port,
-        backend: "redis",
-        redis_port: 6379,
-        prefix: format!("swit-pg-{}", std::process::id()),
-    };
+    let setup = Setup { pg_port: proxy.port, ..Setup::redis(&db, "pg") };
     let a = Replica::start(dir.path(), "a", &setup);
     let b = Replica::start(dir.path(), "b", &setup);
     let c = client();
@@ -512,15 +486,9 @@ async fn postgres_down_refuses_ingest_and_sockets_continue_without_gap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_postgres_backend_fans_out_through_notify() {
     let test = "the_postgres_backend_fans_out_through_notify";
-    let Some(db) = Db::create(test).await else { return };
+    let Some(db) = prepare(test, false).await else { return };
     let dir = tempfile::tempdir().unwrap();
-    let setup = Setup {
-        db: &db,
-        pg_port: 5432,
-        backend: "postgres",
-        redis_port: 6379,
-        prefix: format!("swit-notify-{}", std::process::id()),
-    };
+    let setup = Setup { backend: "postgres", ..Setup::redis(&db, "notify") };
     let a = Replica::start(dir.path(), "a", &setup);
     let b = Replica::start(dir.path(), "b", &setup);
     let c = client();
