@@ -7,8 +7,8 @@
 //! never touched. Without PostgreSQL or Redis a test prints why and skips,
 //! unless `SIDEWIRE_TEST_REQUIRE` lists `postgres`/`redis`.
 
-use crate::common::listening_addr;
 use crate::common::services::{redis_up, Db, Proxy, NEXT, REDIS};
+use crate::common::wait_listening;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -85,17 +85,7 @@ impl Replica {
             .spawn()
             .expect("spawn sidewire");
         let mut r = Replica { child, base: String::new(), port: 0, dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let addr = loop {
-            if let Some(addr) = listening_addr(&r.log()) {
-                break addr;
-            }
-            if let Ok(Some(status)) = r.child.try_wait() {
-                panic!("replica {name} exited ({status}) before listening:\n{}", r.log());
-            }
-            assert!(Instant::now() < deadline, "replica {name} did not come up:\n{}", r.log());
-            std::thread::sleep(Duration::from_millis(25));
-        };
+        let addr = wait_listening(&mut r.child, &r.dir.join("server.log"), &format!("replica {name}"));
         r.port = addr.port();
         r.base = format!("http://{addr}");
         r

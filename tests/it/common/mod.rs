@@ -122,6 +122,23 @@ pub fn listening_addr(log: &str) -> Option<SocketAddr> {
     })
 }
 
+/// Waits (up to 30 s) until the log of a `sidewire serve` child at `log`
+/// says where it listens; fails the test with the log if it exits first.
+pub fn wait_listening(child: &mut Child, log: &Path, what: &str) -> SocketAddr {
+    let read = || std::fs::read_to_string(log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(addr) = listening_addr(&read()) {
+            return addr;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited ({status}) before listening; log:\n{}", read());
+        }
+        assert!(Instant::now() < deadline, "{what} did not come up; log:\n{}", read());
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
 impl Process {
     /// Starts `sidewire serve --config <dir>/sidewire.toml` (on port 0) with
     /// `extra` TOML appended, and waits until its log says where it listens.
@@ -154,17 +171,7 @@ impl Process {
     /// Waits for the `sidewire listening` log line (written once the
     /// listener is bound, just before it accepts).
     fn wait_listening(&mut self) -> SocketAddr {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(addr) = listening_addr(&self.log()) {
-                return addr;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("sidewire exited ({status}) before listening; log:\n{}", self.log());
-            }
-            assert!(Instant::now() < deadline, "sidewire did not come up; log:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(25));
-        }
+        wait_listening(&mut self.child, &self.dir.join("server.log"), "sidewire")
     }
 
     pub fn log(&self) -> String {
