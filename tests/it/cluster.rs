@@ -361,9 +361,33 @@ async fn a_client_resumes_on_another_replica_after_kill_9() {
     }
 }
 
+/// How a test takes a service away.
+#[derive(Clone, Copy, Debug)]
+enum Outage {
+    /// Connections closed, new ones refused.
+    Cut,
+    /// Connections stay open but nothing passes (a hung server).
+    Stall,
+}
+
+async fn take_away(proxy: &Proxy, how: Outage) {
+    match how {
+        Outage::Cut => proxy.cut().await,
+        Outage::Stall => proxy.stall(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_down_events_still_arrive_from_the_store_and_fan_out_returns() {
-    let test = "redis_down_events_still_arrive_from_the_store_and_fan_out_returns";
+    redis_outage("redis_down_events_still_arrive_from_the_store_and_fan_out_returns", Outage::Cut).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_stalled_events_still_arrive_from_the_store_and_fan_out_returns() {
+    redis_outage("redis_stalled_events_still_arrive_from_the_store_and_fan_out_returns", Outage::Stall).await;
+}
+
+async fn redis_outage(test: &str, how: Outage) {
     let Some(db) = prepare(test, true).await else { return };
     let proxy = Proxy::start(REDIS).await;
     let dir = tempfile::tempdir().unwrap();
@@ -381,7 +405,7 @@ async fn redis_down_events_still_arrive_from_the_store_and_fan_out_returns() {
     }
     let mut ws = b.ws("").await;
     ready(&mut ws).await;
-    proxy.cut().await;
+    take_away(&proxy, how).await;
     // Ingest goes on; every event reaches the dashboard on the other replica
     // within 2 s of its 202, from the store.
     let mut expected = Vec::new();
@@ -426,7 +450,15 @@ async fn redis_down_events_still_arrive_from_the_store_and_fan_out_returns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_down_refuses_ingest_and_sockets_continue_without_gap() {
-    let test = "postgres_down_refuses_ingest_and_sockets_continue_without_gap";
+    postgres_outage("postgres_down_refuses_ingest_and_sockets_continue_without_gap", Outage::Cut).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_stalled_refuses_ingest_and_sockets_continue_without_gap() {
+    postgres_outage("postgres_stalled_refuses_ingest_and_sockets_continue_without_gap", Outage::Stall).await;
+}
+
+async fn postgres_outage(test: &str, how: Outage) {
     let Some(db) = prepare(test, true).await else { return };
     let proxy = Proxy::start("127.0.0.1:5432").await;
     let dir = tempfile::tempdir().unwrap();
@@ -439,7 +471,7 @@ async fn postgres_down_refuses_ingest_and_sockets_continue_without_gap() {
     let (_, body, _) = ingest(&c, &a.base, &batch("up", 3)).await;
     let before = body["seqs"][2].as_u64().unwrap();
     events_until(&mut ws, before, Duration::from_secs(5)).await;
-    proxy.cut().await;
+    take_away(&proxy, how).await;
     let started = Instant::now();
     let (status, body, retry) = ingest(&c, &a.base, &batch("refused", 2)).await;
     assert!(started.elapsed() < Duration::from_secs(10));

@@ -83,10 +83,12 @@ pub async fn redis_up(test: &str) -> bool {
 }
 
 /// A TCP proxy in front of a service, that the test can cut (close every
-/// connection and refuse new ones) and restore.
+/// connection and refuse new ones), stall (keep connections open but pass
+/// no byte: a hung server or a black-holed network) and restore.
 pub struct Proxy {
     pub port: u16,
     up: Arc<AtomicBool>,
+    stalled: Arc<AtomicBool>,
     generation: Arc<AtomicU64>,
     /// Connections being relayed.
     open: Arc<AtomicU64>,
@@ -97,17 +99,18 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let up = Arc::new(AtomicBool::new(true));
+        let stalled = Arc::new(AtomicBool::new(false));
         let generation = Arc::new(AtomicU64::new(0));
         let open = Arc::new(AtomicU64::new(0));
-        let (u, g, o) = (up.clone(), generation.clone(), open.clone());
+        let (u, st, g, o) = (up.clone(), stalled.clone(), generation.clone(), open.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else { return };
+                let Ok((inbound, _)) = listener.accept().await else { return };
                 if !u.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
                 }
-                let (u, g, o) = (u.clone(), g.clone(), o.clone());
+                let (u, st, g, o) = (u.clone(), st.clone(), g.clone(), o.clone());
                 let born = g.load(Ordering::SeqCst);
                 o.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
@@ -118,8 +121,12 @@ impl Proxy {
                         }
                     }
                     let _closed = Closed(o);
-                    let Ok(mut outbound) = TcpStream::connect(target).await else { return };
-                    let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
+                    let Ok(outbound) = TcpStream::connect(target).await else { return };
+                    let (mut ir, mut iw) = inbound.into_split();
+                    let (mut or, mut ow) = outbound.into_split();
+                    let copy = async {
+                        tokio::join!(relay(&mut ir, &mut ow, &st), relay(&mut or, &mut iw, &st));
+                    };
                     let cut = async {
                         while u.load(Ordering::SeqCst) && g.load(Ordering::SeqCst) == born {
                             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -129,7 +136,13 @@ impl Proxy {
                 });
             }
         });
-        Proxy { port, up, generation, open }
+        Proxy { port, up, stalled, generation, open }
+    }
+
+    /// Passes no byte in either direction until [`restore`](Self::restore),
+    /// keeping every connection open (and accepting new ones).
+    pub fn stall(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
     }
 
     /// Refuses new connections and closes the relayed ones; returns once
@@ -143,6 +156,32 @@ impl Proxy {
     }
 
     pub fn restore(&self) {
+        self.stalled.store(false, Ordering::SeqCst);
         self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to`, holding each chunk while `stalled`.
+async fn relay(
+    from: &mut tokio::net::tcp::OwnedReadHalf,
+    to: &mut tokio::net::tcp::OwnedWriteHalf,
+    stalled: &AtomicBool,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                let _ = to.shutdown().await;
+                return;
+            }
+            Ok(n) => n,
+        };
+        while stalled.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }
