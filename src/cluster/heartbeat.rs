@@ -37,15 +37,33 @@ impl Heartbeat {
     }
 }
 
+/// Least time between two "name shared" error lines.
+const CLASH_LOG_EVERY: Duration = Duration::from_secs(60);
+
 async fn run(store: Arc<PostgresPlugin>, name: String, stats: Arc<Stats>, metrics: Arc<Metrics>) {
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
+    // Tells this process's heartbeats from another's under the same name.
+    let instance = format!("{:016x}", rand::random::<u64>());
+    let mut written = false;
+    let mut clash_logged: Option<std::time::Instant> = None;
     loop {
         tick.tick().await;
         let mine = (stats.active_connections.load(Ordering::Relaxed), stats.messages_window.total());
-        match store.heartbeat(&name, mine.0, mine.1, EXPIRY).await {
-            Ok(rows) => {
+        match store.heartbeat(&name, &instance, mine.0, mine.1, EXPIRY).await {
+            Ok((rows, previous)) => {
+                // Before this process's first write the row may be a
+                // previous run's; after it, another writer is a second
+                // live replica with the same name.
+                let shared = written && previous.is_some_and(|p| p != instance);
+                written = true;
+                if shared && clash_logged.is_none_or(|t| t.elapsed() >= CLASH_LOG_EVERY) {
+                    clash_logged = Some(std::time::Instant::now());
+                    tracing::error!(replica = %name,
+                        "another live replica also calls itself this: server.replica_name must be unique \
+                         (the replica count and the summed stats are off while both run)");
+                }
                 if failing {
                     tracing::info!("replica heartbeat written again");
                     failing = false;

@@ -18,7 +18,7 @@ use tokio::time::{Instant, Sleep};
 
 /// A public connection's socket: holds its [`Slot`] for as long as the socket
 /// lives (also inside an upgraded WebSocket) and ends reads at the deadline
-/// of the current [`Phase`].
+/// of the current `Phase`.
 #[derive(Debug)]
 pub struct GuardedIo {
     stream: TcpStream,

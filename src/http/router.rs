@@ -2,7 +2,7 @@
 //! checks the method, names every response of the route (the `route` label
 //! of the HTTP metrics and the request span, never the raw path) and records
 //! the path, so the list of known paths (404 or 405?) is the list of routes.
-//! A request no route matches is marked [`Unmatched`] explicitly and then
+//! A request no route matches is marked `Unmatched` explicitly and then
 //! answered 405 (known path, wrong method) or 404.
 
 use super::reply::{json_response, ErrorResponse};

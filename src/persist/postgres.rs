@@ -92,6 +92,9 @@ const MIGRATIONS: &[&str] = &[
          messages_per_minute BIGINT NOT NULL,
          seen_at             TIMESTAMPTZ NOT NULL
      );",
+    // 2: which process wrote a heartbeat row (tells two replicas that share
+    // a name apart).
+    "ALTER TABLE sidewire_replicas ADD COLUMN instance TEXT NOT NULL DEFAULT '';",
 ];
 
 /// How to reach the database.
@@ -333,7 +336,7 @@ impl PostgresPlugin {
         Ok((row.get::<_, i64>(0).max(0) as u64, parse_stats(row.get(1))?))
     }
 
-    /// Stored events with `after < seq <= upto` (at most [`PAGE`]), oldest
+    /// Stored events with `after < seq <= upto` (at most 1,000), oldest
     /// first, gauge reports included, and the stats row as it stood when
     /// they were read (so the stats never lag the events they go with).
     pub async fn read_range(
@@ -371,48 +374,60 @@ impl PostgresPlugin {
         Ok((events, parse_stats(stats)?))
     }
 
-    /// This replica's heartbeat: writes its row, removes rows older than
-    /// `expiry`, and answers the live replicas' rows (this one included).
+    /// This replica's heartbeat: writes its row (as process `instance`) and
+    /// answers the rows seen within `expiry` (this one included), and which
+    /// process wrote this name's row before (another `instance` after this
+    /// process's own first heartbeat means two replicas share the name).
     pub async fn heartbeat(
         &self,
         name: &str,
+        instance: &str,
         active_connections: u64,
         messages_per_minute: u64,
         expiry: Duration,
-    ) -> Result<Vec<ReplicaRow>, PersistError> {
-        let name = name.to_string();
+    ) -> Result<(Vec<ReplicaRow>, Option<String>), PersistError> {
+        let (name, instance) = (name.to_string(), instance.to_string());
         let expiry_ms = expiry.as_millis() as f64;
         let (active, mpm) = (to_i64(active_connections), to_i64(messages_per_minute));
-        let rows = self
+        let (previous, rows) = self
             .with("heartbeat", move |c| {
                 Box::pin(async move {
-                    c.execute(
-                        "INSERT INTO sidewire_replicas (name, active_connections, messages_per_minute, seen_at)
-                         VALUES ($1, $2, $3, now())
-                         ON CONFLICT (name) DO UPDATE SET active_connections = $2, messages_per_minute = $3,
-                         seen_at = now()",
-                        &[&name, &active, &mpm],
-                    )
-                    .await
-                    .map_err(db_err)?;
-                    c.query(
-                        "SELECT name, active_connections, messages_per_minute FROM sidewire_replicas
-                         WHERE seen_at > now() - make_interval(secs => $1::float8 / 1000.0)",
-                        &[&expiry_ms],
-                    )
-                    .await
-                    .map_err(db_err)
+                    // The CTE reads the row as it was before this upsert.
+                    let previous = c
+                        .query_one(
+                            "WITH old AS (SELECT instance FROM sidewire_replicas WHERE name = $1)
+                             INSERT INTO sidewire_replicas
+                                 (name, active_connections, messages_per_minute, seen_at, instance)
+                             VALUES ($1, $2, $3, now(), $4)
+                             ON CONFLICT (name) DO UPDATE SET active_connections = $2,
+                                 messages_per_minute = $3, seen_at = now(), instance = $4
+                             RETURNING (SELECT instance FROM old)",
+                            &[&name, &active, &mpm, &instance],
+                        )
+                        .await
+                        .map_err(db_err)?
+                        .get::<_, Option<String>>(0);
+                    let rows = c
+                        .query(
+                            "SELECT name, active_connections, messages_per_minute FROM sidewire_replicas
+                             WHERE seen_at > now() - make_interval(secs => $1::float8 / 1000.0)",
+                            &[&expiry_ms],
+                        )
+                        .await
+                        .map_err(db_err)?;
+                    Ok((previous, rows))
                 })
             })
             .await?;
-        Ok(rows
+        let rows = rows
             .iter()
             .map(|r| ReplicaRow {
                 name: r.get(0),
                 active_connections: r.get::<_, i64>(1).max(0) as u64,
                 messages_per_minute: r.get::<_, i64>(2).max(0) as u64,
             })
-            .collect())
+            .collect();
+        Ok((rows, previous))
     }
 
     /// Removes this replica's heartbeat (a clean shutdown: it stops

@@ -534,3 +534,37 @@ async fn the_postgres_backend_fans_out_through_notify() {
     let (_, ready_body) = get_json(&c, &format!("{}/readyz", b.base)).await;
     assert_eq!(ready_body["checks"]["broadcast"], json!("ok"), "{ready_body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_with_one_name_are_told() {
+    let test = "two_replicas_with_one_name_are_told";
+    let Some(db) = prepare(test, false).await else { return };
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let setup = Setup { backend: "local", ..Setup::redis(&db, "name") };
+    let a = Replica::start(d1.path(), "twin", &setup);
+    let b = Replica::start(d2.path(), "twin", &setup);
+    let told = "another live replica also calls itself this";
+    eventually(Duration::from_secs(15), "the shared name to be reported", || {
+        let seen = a.log().contains(told) || b.log().contains(told);
+        async move { seen.then_some(()) }
+    })
+    .await;
+    // A restart under the same name is not a clash.
+    let d3 = tempfile::tempdir().unwrap();
+    let mut solo = Replica::start(d3.path(), "solo", &setup);
+    solo.kill9();
+    let again = Replica::start(d3.path(), "solo", &setup);
+    // Three heartbeats of the new process (each checks who wrote before).
+    let seen_at = "SELECT (extract(epoch FROM seen_at) * 1000)::int8 FROM sidewire_replicas WHERE name = 'solo'";
+    let mut beats = vec![db.query_one_i64(seen_at).await];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while beats.len() < 4 {
+        assert!(Instant::now() < deadline, "the restarted replica wrote no heartbeats");
+        let now = db.query_one_i64(seen_at).await;
+        if now != *beats.last().unwrap() {
+            beats.push(now);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!again.log().contains(told), "a restart was taken for a second replica:\n{}", again.log());
+}
