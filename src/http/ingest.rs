@@ -127,17 +127,23 @@ pub fn route(state: State) -> warp::filters::BoxedFilter<(Response,)> {
         .and(warp::ext::optional::<RequestDeadline>())
         .and(with(Arc::new(state)))
         .then(|headers: http::HeaderMap, body, deadline: Option<RequestDeadline>, app: Arc<State>| async move {
-            let mut res = match ingest(&app, &headers, body, deadline).await {
+            let mut body_read = false;
+            let mut res = match ingest(&app, &headers, body, deadline, &mut body_read).await {
                 Ok(outcome) => json_response(http::StatusCode::ACCEPTED, &outcome),
                 Err(e) => e.to_response(),
             };
             if res.status() == http::StatusCode::REQUEST_TIMEOUT {
-                // The rest of a late body may still be on its way: the
-                // connection cannot carry another request.
                 app.metrics
                     .http_timeouts_total
                     .with_label_values(&[crate::metrics::TimeoutPhase::RequestBody.label()])
                     .inc();
+            }
+            if !body_read {
+                // Refused before the whole body was read (401, 415, 413,
+                // 408): the rest of it may still be on its way, so the
+                // connection cannot carry another request. Saying so keeps
+                // a keep-alive client from sending its next request into a
+                // connection that is about to close.
                 res.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
             }
             app.metrics.ingest_requests_total.with_label_values(&[res.status().as_str()]).inc();
@@ -151,6 +157,7 @@ async fn ingest<S, B>(
     headers: &http::HeaderMap,
     body: S,
     deadline: Option<RequestDeadline>,
+    body_read: &mut bool,
 ) -> Result<crate::pipeline::IngestOutcome, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
@@ -178,6 +185,7 @@ where
         })??,
         None => read_limited(body, max).await?,
     };
+    *body_read = true;
     let events = parse_body(&bytes, format, cfg.ingest.max_batch, &live.rules)?;
     let span = tracing::info_span!("ingest", events = events.len());
     app.pipeline.submit(events).instrument(span).await

@@ -339,3 +339,36 @@ async fn new_timeouts_and_caps_apply_to_new_connections_after_a_reload() {
     drop(before);
     srv.stop().await;
 }
+
+/// A request refused before its body was read (here 415: the body is sent
+/// after the answer could already be written) says `Connection: close`, so a
+/// keep-alive client does not send its next request into a connection that
+/// closes; an accepted one keeps the connection.
+#[tokio::test]
+async fn a_refusal_before_the_body_is_read_says_connection_close() {
+    let (srv, _dir) = start(10, 30, 0).await;
+    let body = json!({"type": "x"}).to_string();
+    let answer = |content_type: &'static str| {
+        let (addr, body) = (srv.addr, body.clone());
+        async move {
+            let mut sock = TcpStream::connect(addr).await.unwrap();
+            let head = format!(
+                "POST /api/v1/ingest HTTP/1.1\r\nHost: sidewire\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            sock.write_all(head.as_bytes()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _ = sock.write_all(body.as_bytes()).await;
+            let mut buf = vec![0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await.unwrap().unwrap();
+            String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase()
+        }
+    };
+    let refused = answer("text/plain").await;
+    assert!(refused.starts_with("http/1.1 415"), "{refused}");
+    assert!(refused.contains("connection: close"), "{refused}");
+    let accepted = answer("application/json").await;
+    assert!(accepted.starts_with("http/1.1 202"), "{accepted}");
+    assert!(!accepted.contains("connection: close"), "{accepted}");
+    srv.stop().await;
+}
