@@ -130,7 +130,7 @@ impl ServerBuilder {
             Arc::new(Cluster::start(
                 options,
                 store,
-                delivery_clone(&delivery),
+                delivery.clone(),
                 stats.clone(),
                 metrics.clone(),
                 recovered.last_seq,
@@ -192,15 +192,6 @@ fn cluster_options(config: &Config, port: u16) -> ClusterOptions {
         BroadcastBackend::Postgres => BusKind::Postgres { channel: crate::persist::notify_channel(&b.prefix) },
     };
     ClusterOptions { replica_name, bus, prefix: b.prefix.clone() }
-}
-
-fn delivery_clone(d: &Delivery) -> Delivery {
-    Delivery {
-        stats: d.stats.clone(),
-        activity: d.activity.clone(),
-        hub: d.hub.clone(),
-        gauges_changed: d.gauges_changed.clone(),
-    }
 }
 
 /// A started server, not yet accepting.

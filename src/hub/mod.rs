@@ -48,6 +48,7 @@ pub trait Hub: Send + Sync + 'static {
 /// One process calls [`deliver`](Self::deliver) right after each commit;
 /// several replicas call it from the cluster sequencer, which orders their
 /// commits first (see `crate::cluster`).
+#[derive(Clone)]
 pub struct Delivery {
     pub stats: Arc<Stats>,
     pub activity: Arc<Activity>,

@@ -7,8 +7,9 @@
 //! never touched. Without PostgreSQL or Redis a test prints why and skips,
 //! unless `SIDEWIRE_TEST_REQUIRE` lists `postgres`/`redis`.
 
+use crate::common::api::post_ingest;
 use crate::common::services::{redis_up, Db, Proxy, NEXT, REDIS};
-use crate::common::wait_listening;
+use crate::common::{client, get_json, wait_listening};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -116,27 +117,11 @@ impl Drop for Replica {
     }
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap()
-}
-
+/// POST /api/v1/ingest: (status, body, Retry-After).
 async fn ingest(c: &reqwest::Client, base: &str, body: &Value) -> (u16, Value, Option<String>) {
-    let r = c
-        .post(format!("{base}/api/v1/ingest"))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let retry = r.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string);
-    (status, serde_json::from_str(&r.text().await.unwrap()).unwrap_or(Value::Null), retry)
-}
-
-async fn get_json(c: &reqwest::Client, url: &str) -> (u16, Value) {
-    let r = c.get(url).send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, serde_json::from_str(&r.text().await.unwrap()).unwrap_or(Value::Null))
+    let r = post_ingest(c, base, Some("application/json"), None, body.to_string()).await;
+    let retry = r.header("retry-after").map(str::to_string);
+    (r.status, r.body, retry)
 }
 
 /// Polls `f` until it gives `Some`, or fails after `within`.
