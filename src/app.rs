@@ -22,7 +22,7 @@ pub struct App {
     pub activity: Arc<Activity>,
     pub plugin: Arc<dyn PersistCallback>,
     pub metrics: Arc<Metrics>,
-    pub hub: Arc<dyn Hub>,
+    pub hub: Arc<Hub>,
     /// The dashboard sockets' state (their part of this, and their counts).
     pub ws: Arc<crate::ws::State>,
     /// Several replicas (`persist.plugin = "postgres"`): the sequencer, bus

@@ -32,6 +32,22 @@ impl PersistFailed<'_> {
     }
 }
 
+/// The cluster could not read the shared store (a gap fill or a head
+/// check); it tries again on its next tick.
+pub struct StoreReadFailed<'a> {
+    pub what: &'static str,
+    pub error: &'a dyn Display,
+}
+
+impl StoreReadFailed<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        metrics.broadcast_store_read_failures_total.inc();
+        if let Some(suppressed) = metrics.repeated.hit(Repeated::PersistFailed) {
+            tracing::warn!(error = %self.error, suppressed, "cannot {} from the shared store; retrying", self.what);
+        }
+    }
+}
+
 /// The store could not say which ids it holds (dedupe beyond the window):
 /// counted as a persist failure of the plugin.
 pub struct DedupeLookupFailed<'a> {

@@ -145,6 +145,9 @@ pub struct Metrics {
     pub broadcast_bus_up: IntGaugeVec,
     pub broadcast_received_total: IntCounter,
     pub broadcast_gap_fills_total: IntCounter,
+    /// Failed reads of the shared store by the cluster's sequencer (gap
+    /// fills, head checks).
+    pub broadcast_store_read_failures_total: IntCounter,
     /// Rate-limits the warnings that can repeat without bound; kept next to
     /// the counters because every site that counts such a warning logs it.
     pub repeated: std::sync::Arc<crate::log_throttle::LogThrottle>,
@@ -364,6 +367,11 @@ impl Metrics {
                 &r,
                 "sidewire_broadcast_gap_fills_total",
                 "Times missing seqs were read back from the store.",
+            ),
+            broadcast_store_read_failures_total: counter(
+                &r,
+                "sidewire_broadcast_store_read_failures_total",
+                "Failed reads of the shared store by the cluster (gap fills, head checks); retried.",
             ),
             repeated: Default::default(),
             registry: r,

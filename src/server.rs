@@ -7,10 +7,11 @@ use crate::app::App;
 use crate::cluster::{BusKind, Cluster, ClusterOptions};
 use crate::config::{BroadcastBackend, Config, ConfigRx, LiveConfig, PluginKind};
 use crate::conn::{limit, Gate, GuardedIo, RequestDeadline, Settings, TrackedBody};
-use crate::hub::{local::LocalHub, Delivery, Hub};
+use crate::hub::{Delivery, Hub};
 use crate::internal_events::AcceptFailed;
 use crate::metrics::Metrics;
 use crate::persist::postgres::PostgresPlugin;
+use crate::persist::shared::SharedStore;
 use crate::persist::{PersistCallback, PersistError};
 use crate::pipeline::{Outlet, Pipeline, Sinks};
 use crate::stats::Stats;
@@ -96,11 +97,14 @@ impl ServerBuilder {
             None => watch::channel(LiveConfig::new(self.config.clone())).1,
         };
         let config = config_rx.borrow().config.clone();
-        // The shared store is also the cluster's: keep its concrete type.
-        let (plugin, shared): (Arc<dyn PersistCallback>, Option<Arc<PostgresPlugin>>) = match self.plugin {
+        let port = self.port.or_else(|| config.listen_addr().ok().map(|a| a.port())).unwrap_or(0);
+        let cluster_options = cluster_options(&config, port);
+        // The shared store is also the cluster's.
+        let (plugin, shared): (Arc<dyn PersistCallback>, Option<Arc<dyn SharedStore>>) = match self.plugin {
             Some(p) => (p, None),
             None if config.persist.plugin == PluginKind::Postgres => {
-                let pg = Arc::new(PostgresPlugin::new(crate::persist::postgres_options(&config))?);
+                let options = crate::persist::postgres_options(&config, &cluster_options.replica_name);
+                let pg = Arc::new(PostgresPlugin::new(options)?);
                 (pg.clone(), Some(pg))
             }
             None => (crate::persist::from_config(&config)?, None),
@@ -114,7 +118,7 @@ impl ServerBuilder {
         let stats = Arc::new(Stats::new(durable.clone()));
         let activity = Arc::new(Activity::new(plugin.clone(), config.activity.buffer_size));
         activity.record(&recovered.recent);
-        let hub: Arc<dyn Hub> = Arc::new(LocalHub::new((config.ws.send_queue_len * 4).max(8192)));
+        let hub = Arc::new(Hub::new((config.ws.send_queue_len * 4).max(8192)));
         let gauges_changed = Arc::new(Notify::new());
         let delivery = Delivery {
             stats: stats.clone(),
@@ -123,9 +127,8 @@ impl ServerBuilder {
             gauges_changed: gauges_changed.clone(),
         };
         let cluster = shared.map(|store| {
-            let port = self.port.or_else(|| config.listen_addr().ok().map(|a| a.port())).unwrap_or(0);
-            let options = cluster_options(&config, port);
-            tracing::info!(replica = %options.replica_name, bus = options.bus.label(), store = store.redacted_url(),
+            let options = cluster_options;
+            tracing::info!(replica = %options.replica_name, bus = options.bus.label(), store = %store.describe(),
                 "joining the cluster");
             Arc::new(Cluster::start(
                 options,

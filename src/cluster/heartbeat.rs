@@ -8,7 +8,7 @@
 //! shuts down cleanly deletes its row at once.
 
 use crate::metrics::Metrics;
-use crate::persist::postgres::PostgresPlugin;
+use crate::persist::shared::{Beat, SharedStore};
 use crate::stats::{ClusterView, Stats};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,13 +18,13 @@ pub const EVERY: Duration = Duration::from_secs(2);
 pub const EXPIRY: Duration = Duration::from_secs(10);
 
 pub(crate) struct Heartbeat {
-    store: Arc<PostgresPlugin>,
+    store: Arc<dyn SharedStore>,
     name: String,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Heartbeat {
-    pub(crate) fn start(store: Arc<PostgresPlugin>, name: String, stats: Arc<Stats>, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn start(store: Arc<dyn SharedStore>, name: String, stats: Arc<Stats>, metrics: Arc<Metrics>) -> Self {
         let task = tokio::spawn(run(store.clone(), name.clone(), stats, metrics));
         Heartbeat { store, name, task }
     }
@@ -40,7 +40,7 @@ impl Heartbeat {
 /// Least time between two "name shared" error lines.
 const CLASH_LOG_EVERY: Duration = Duration::from_secs(60);
 
-async fn run(store: Arc<PostgresPlugin>, name: String, stats: Arc<Stats>, metrics: Arc<Metrics>) {
+async fn run(store: Arc<dyn SharedStore>, name: String, stats: Arc<Stats>, metrics: Arc<Metrics>) {
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
@@ -51,8 +51,16 @@ async fn run(store: Arc<PostgresPlugin>, name: String, stats: Arc<Stats>, metric
     loop {
         tick.tick().await;
         let mine = (stats.active_connections.load(Ordering::Relaxed), stats.messages_window.total());
-        match store.heartbeat(&name, &instance, mine.0, mine.1, EXPIRY).await {
-            Ok((rows, previous)) => {
+        let beat = Beat {
+            name: &name,
+            instance: &instance,
+            active_connections: mine.0,
+            messages_per_minute: mine.1,
+            expiry: EXPIRY,
+        };
+        match store.heartbeat(beat).await {
+            Ok(membership) => {
+                let (rows, previous) = (membership.live, membership.previous_instance);
                 // Before this process's first write the row may be a
                 // previous run's; after it, another writer is a second
                 // live replica with the same name.

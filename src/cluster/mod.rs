@@ -32,7 +32,7 @@ pub mod sequencer;
 
 use crate::hub::Delivery;
 use crate::metrics::Metrics;
-use crate::persist::postgres::PostgresPlugin;
+use crate::persist::shared::SharedStore;
 use crate::persist::Batch;
 use crate::stats::Stats;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -111,7 +111,7 @@ impl Cluster {
     /// store's head at start (events up to it are history, served by resume).
     pub fn start(
         options: ClusterOptions,
-        store: Arc<PostgresPlugin>,
+        store: Arc<dyn SharedStore>,
         delivery: Delivery,
         stats: Arc<Stats>,
         metrics: Arc<Metrics>,
@@ -144,13 +144,7 @@ impl Cluster {
                 Some(ptx)
             }
             BusKind::Postgres { channel } => {
-                tasks.push(pg_bus::start(
-                    store.connect_config().clone(),
-                    channel.clone(),
-                    tx.clone(),
-                    bus_up.clone(),
-                    metrics.clone(),
-                ));
+                tasks.push(pg_bus::start(store.clone(), channel.clone(), tx.clone(), bus_up.clone(), metrics.clone()));
                 None
             }
         };

@@ -3,15 +3,16 @@
 
 use super::Input;
 use crate::hub::Delivery;
-use crate::log_throttle::Repeated;
+use crate::internal_events::StoreReadFailed;
 use crate::metrics::Metrics;
-use crate::persist::postgres::PostgresPlugin;
+use crate::persist::shared::SharedStore;
 use crate::persist::Batch;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 /// How long a gap may wait for the bus before it is read from the store.
 /// Batches of other replicas usually arrive within a millisecond; a gap
@@ -30,7 +31,7 @@ pub const HEAD_CHECK: Duration = Duration::from_millis(500);
 const MAX_PENDING: usize = 1024;
 
 pub(crate) struct Sequencer {
-    store: Arc<PostgresPlugin>,
+    store: Arc<dyn SharedStore>,
     delivery: Delivery,
     metrics: Arc<Metrics>,
     /// The last seq delivered here.
@@ -47,7 +48,7 @@ pub(crate) struct Sequencer {
 
 impl Sequencer {
     pub(crate) fn new(
-        store: Arc<PostgresPlugin>,
+        store: Arc<dyn SharedStore>,
         delivery: Delivery,
         metrics: Arc<Metrics>,
         delivered: u64,
@@ -172,7 +173,8 @@ impl Sequencer {
         }
         while self.delivered < upto {
             match self.store.read_range(self.delivered, upto).await {
-                Ok((events, stats)) => {
+                Ok(range) => {
+                    let events = range.events;
                     if events.is_empty() {
                         // Every seq up to `upto` is committed (it was seen
                         // after them); none left means they were removed
@@ -183,13 +185,11 @@ impl Sequencer {
                     // The stats as they stood at the read (possibly a little
                     // ahead of these events; never taken when older than
                     // what the replica shows, see `Stats::commit`).
-                    let stats = Arc::new(stats.unwrap_or_default());
+                    let stats = Arc::new(range.stats.unwrap_or_default());
                     self.deliver(Batch { events, stats });
                 }
                 Err(e) => {
-                    if let Some(suppressed) = self.metrics.repeated.hit(Repeated::PersistFailed) {
-                        tracing::warn!(error = %e, suppressed, "cannot read missed events from the store; retrying");
-                    }
+                    StoreReadFailed { what: "read missed events", error: &e }.emit(&self.metrics);
                     return;
                 }
             }
@@ -201,12 +201,10 @@ impl Sequencer {
     /// once; else only a head already seen above on the previous check (the
     /// bus had a full interval to bring it).
     async fn check_head(&mut self, now: bool) {
-        let head = match self.store.head().await {
-            Ok((head, _)) => head,
+        let head = match self.store.durable_head().await {
+            Ok(head) => head,
             Err(e) => {
-                if let Some(suppressed) = self.metrics.repeated.hit(Repeated::PersistFailed) {
-                    tracing::warn!(error = %e, suppressed, "cannot read the store's head");
-                }
+                StoreReadFailed { what: "read the durable head", error: &e }.emit(&self.metrics);
                 return;
             }
         };
@@ -220,5 +218,236 @@ impl Sequencer {
             _ => {}
         }
         self.head_seen = (head > self.delivered).then_some(head);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The sequencer against an in-memory store and a hand-driven bus, on
+    //! paused time: every timing rule of the module docs, no services.
+    use super::*;
+    use crate::activity::Activity;
+    use crate::event::Event;
+    use crate::hub::{Frame, Hub};
+    use crate::persist::memory::MemoryPlugin;
+    use crate::persist::shared::{Beat, Membership, Notifications, Range};
+    use crate::persist::PersistError;
+    use crate::stats::{DurableStats, Stats};
+    use async_trait::async_trait;
+    use parking_lot::Mutex;
+    use tokio::sync::broadcast;
+
+    /// The shared store in memory: events 1..=durable are committed and
+    /// durable; reads fail while `failing` is above zero (counting down).
+    #[derive(Default)]
+    struct FakeStore {
+        events: Mutex<Vec<Arc<Event>>>,
+        failing: Mutex<u32>,
+        reads: Mutex<u32>,
+    }
+
+    impl FakeStore {
+        fn commit(&self, upto: u64) {
+            let mut events = self.events.lock();
+            while (events.len() as u64) < upto {
+                let next = events.len() as u64 + 1;
+                events.push(ev(next));
+            }
+        }
+
+        fn check(&self) -> Result<(), PersistError> {
+            *self.reads.lock() += 1;
+            let mut failing = self.failing.lock();
+            if *failing > 0 {
+                *failing -= 1;
+                return Err(PersistError::unavailable("fake", "connection refused"));
+            }
+            Ok(())
+        }
+    }
+
+    #[async_trait]
+    impl SharedStore for FakeStore {
+        async fn durable_head(&self) -> Result<u64, PersistError> {
+            self.check()?;
+            Ok(self.events.lock().len() as u64)
+        }
+
+        async fn read_range(&self, after: u64, upto: u64) -> Result<Range, PersistError> {
+            self.check()?;
+            let events =
+                self.events.lock().iter().filter(|e| e.seq > after && e.seq <= upto).take(2).cloned().collect();
+            Ok(Range { events, stats: None })
+        }
+
+        async fn heartbeat(&self, _beat: Beat<'_>) -> Result<Membership, PersistError> {
+            Ok(Membership::default())
+        }
+
+        async fn leave(&self, _name: &str) -> Result<(), PersistError> {
+            Ok(())
+        }
+
+        async fn listen(&self, _channel: &str) -> Result<Box<dyn Notifications>, PersistError> {
+            Err(PersistError::unavailable("fake", "no notifications"))
+        }
+
+        fn describe(&self) -> String {
+            "fake".into()
+        }
+    }
+
+    fn ev(seq: u64) -> Arc<Event> {
+        Arc::new(Event::new(seq, "x", crate::event::now_ms(), Some(&format!("id-{seq}")), None, "{}"))
+    }
+
+    fn batch(seqs: std::ops::RangeInclusive<u64>) -> Batch {
+        Batch { events: seqs.map(ev).collect(), stats: Arc::new(DurableStats::default()) }
+    }
+
+    struct Rig {
+        store: Arc<FakeStore>,
+        tx: mpsc::Sender<Input>,
+        bus_up: Arc<AtomicBool>,
+        frames: broadcast::Receiver<Arc<Frame>>,
+        metrics: Arc<Metrics>,
+    }
+
+    impl Rig {
+        /// A sequencer that delivered up to `delivered`; `has_bus`: a bus is
+        /// configured (and up).
+        fn start(delivered: u64, has_bus: bool) -> Rig {
+            let store = Arc::new(FakeStore::default());
+            store.commit(delivered);
+            let metrics = Arc::new(Metrics::new());
+            let hub = Arc::new(Hub::new(1024));
+            let frames = hub.subscribe();
+            let delivery = Delivery {
+                stats: Arc::new(Stats::new(DurableStats::default())),
+                activity: Arc::new(Activity::new(Arc::new(MemoryPlugin::new(100)), 100)),
+                hub,
+                gauges_changed: Default::default(),
+            };
+            let (tx, rx) = mpsc::channel(64);
+            let bus_up = Arc::new(AtomicBool::new(true));
+            let seq = Sequencer::new(store.clone(), delivery, metrics.clone(), delivered, None);
+            tokio::spawn(seq.run(rx, bus_up.clone(), has_bus));
+            Rig { store, tx, bus_up, frames, metrics }
+        }
+
+        async fn remote(&self, seqs: std::ops::RangeInclusive<u64>) {
+            self.store.commit(*seqs.end());
+            self.tx.send(Input::Remote(batch(seqs))).await.unwrap();
+        }
+
+        /// The seqs delivered since the last call.
+        fn delivered(&mut self) -> Vec<u64> {
+            let mut out = Vec::new();
+            while let Ok(f) = self.frames.try_recv() {
+                out.push(f.event.seq);
+            }
+            out
+        }
+    }
+
+    async fn wait(ms: u64) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batches_out_of_order_are_delivered_in_seq_order() {
+        let mut rig = Rig::start(0, true);
+        rig.remote(3..=4).await;
+        rig.remote(6..=6).await;
+        wait(1).await;
+        assert_eq!(rig.delivered(), Vec::<u64>::new(), "nothing may pass a gap");
+        rig.remote(1..=2).await;
+        rig.remote(5..=5).await;
+        wait(1).await;
+        assert_eq!(rig.delivered(), vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(rig.metrics.broadcast_gap_fills_total.get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_bus_message_is_filled_from_the_store_after_the_grace() {
+        let mut rig = Rig::start(0, true);
+        rig.store.commit(2); // 1..=2 committed; their bus message is lost
+        rig.remote(3..=4).await;
+        wait(GAP_GRACE.as_millis() as u64 / 2).await;
+        assert_eq!(rig.delivered(), Vec::<u64>::new(), "the bus gets the grace period first");
+        wait(GAP_GRACE.as_millis() as u64 + TICK.as_millis() as u64).await;
+        assert_eq!(rig.delivered(), vec![1, 2, 3, 4]);
+        assert_eq!(rig.metrics.broadcast_gap_fills_total.get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_above_is_filled_only_when_seen_twice() {
+        let mut rig = Rig::start(2, true);
+        rig.store.commit(5); // 3..=5 committed, nothing on the bus, no later batch
+        wait(HEAD_CHECK.as_millis() as u64 + 10).await;
+        assert_eq!(rig.delivered(), Vec::<u64>::new(), "one sighting may still be on its way over the bus");
+        wait(HEAD_CHECK.as_millis() as u64 + TICK.as_millis() as u64).await;
+        assert_eq!(rig.delivered(), vec![3, 4, 5]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_bus_message_after_a_fill_is_not_delivered_twice() {
+        let mut rig = Rig::start(0, true);
+        rig.store.commit(2);
+        rig.remote(3..=3).await;
+        wait(GAP_GRACE.as_millis() as u64 + TICK.as_millis() as u64).await;
+        assert_eq!(rig.delivered(), vec![1, 2, 3]);
+        // The lost message turns up after all, and again, and overlapping.
+        rig.remote(1..=2).await;
+        rig.remote(2..=3).await;
+        rig.remote(1..=4).await;
+        wait(1).await;
+        assert_eq!(rig.delivered(), vec![4], "only the new seq of the overlapping batch");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_the_bus_down_the_head_is_filled_at_once() {
+        let mut rig = Rig::start(0, true);
+        rig.bus_up.store(false, Ordering::SeqCst);
+        rig.tx.send(Input::BusUp(false)).await.unwrap();
+        rig.store.commit(3);
+        wait(TICK.as_millis() as u64 + 10).await;
+        assert_eq!(rig.delivered(), vec![1, 2, 3], "filled on the first check, not the second");
+        rig.store.commit(4);
+        wait(TICK.as_millis() as u64).await;
+        assert_eq!(rig.delivered(), vec![4]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_bus_coming_back_checks_the_store_at_once() {
+        let mut rig = Rig::start(0, true);
+        rig.store.commit(2); // published while the bus was away: lost
+        rig.tx.send(Input::BusUp(true)).await.unwrap();
+        wait(1).await;
+        assert_eq!(rig.delivered(), vec![1, 2]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn store_read_failures_are_counted_and_retried() {
+        let mut rig = Rig::start(0, true);
+        rig.store.commit(2);
+        *rig.store.failing.lock() = 2;
+        rig.remote(3..=3).await;
+        wait(GAP_GRACE.as_millis() as u64 + TICK.as_millis() as u64).await;
+        assert_eq!(rig.delivered(), Vec::<u64>::new(), "the fill failed");
+        assert!(rig.metrics.broadcast_store_read_failures_total.get() >= 1);
+        wait(3 * TICK.as_millis() as u64).await;
+        assert_eq!(rig.delivered(), vec![1, 2, 3], "a later tick fills the gap once the store answers");
+        assert_eq!(rig.metrics.broadcast_store_read_failures_total.get(), 2);
+        assert!(*rig.store.reads.lock() >= 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fill_reads_in_pages_until_the_gap_is_closed() {
+        let mut rig = Rig::start(0, true);
+        rig.store.commit(7); // the fake store answers two events a read
+        rig.remote(8..=8).await;
+        wait(GAP_GRACE.as_millis() as u64 + TICK.as_millis() as u64).await;
+        assert_eq!(rig.delivered(), (1..=8).collect::<Vec<_>>());
     }
 }

@@ -1,11 +1,13 @@
-//! The event hub: how accepted events reach every dashboard connection.
+//! The event hub: how stored events reach every dashboard connection of
+//! this process.
 //!
-//! [`local::LocalHub`] fans out inside one process. A Redis implementation
-//! (several replicas sharing one stream) plugs in behind the same trait: its
-//! `publish` hands frames to a publisher task and its subscriber task feeds
-//! the same local fan-out.
-
-pub mod local;
+//! One fan-out seam for one process and for several replicas alike: a
+//! stored batch reaches [`Delivery::deliver`], in seq order, and the
+//! [`Hub`] hands its events to every connection. One process delivers
+//! right after each commit (`pipeline::Outlet::Local`); a replica delivers
+//! from the cluster's sequencer (`pipeline::Outlet::Cluster`), which first
+//! orders its own commits between those of the other replicas (see
+//! `crate::cluster`). The hub itself never knows which.
 
 use crate::activity::Activity;
 use crate::event::Event;
@@ -30,14 +32,36 @@ impl Frame {
     }
 }
 
-/// Fan-out of accepted events, in seq order.
-pub trait Hub: Send + Sync + 'static {
-    /// Publishes committed events (in seq order). Never blocks: a subscriber
-    /// that falls behind the hub's buffer learns it from its receiver.
-    fn publish(&self, events: &[Arc<Event>]);
+/// Fan-out of stored events inside this process, in seq order: one
+/// bounded broadcast ring shared by all connections. Publishing is O(1)
+/// whatever the number of clients; each connection task pulls from the ring
+/// at its own pace.
+#[derive(Debug)]
+pub struct Hub {
+    /// Bounded ring: a receiver more than `capacity` frames behind loses the
+    /// oldest and is told so (and then closed as a slow consumer).
+    tx: broadcast::Sender<Arc<Frame>>,
+}
+
+impl Hub {
+    pub fn new(capacity: usize) -> Self {
+        let (tx, _) = broadcast::channel(capacity.max(16));
+        Self { tx }
+    }
+
+    /// Publishes stored events (in seq order). Never blocks: a subscriber
+    /// that falls behind the ring learns it from its receiver.
+    pub fn publish(&self, events: &[Arc<Event>]) {
+        for e in events {
+            // No receivers is fine: nobody is watching.
+            let _ = self.tx.send(Frame::new(e.clone()));
+        }
+    }
 
     /// A new subscription that sees every event published after this call.
-    fn subscribe(&self) -> broadcast::Receiver<Arc<Frame>>;
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Frame>> {
+        self.tx.subscribe()
+    }
 }
 
 /// What a stored batch does on this replica once it is its turn (in seq
@@ -52,7 +76,7 @@ pub trait Hub: Send + Sync + 'static {
 pub struct Delivery {
     pub stats: Arc<Stats>,
     pub activity: Arc<Activity>,
-    pub hub: Arc<dyn Hub>,
+    pub hub: Arc<Hub>,
     /// Woken when a gauge changed (the stats pusher coalesces).
     pub gauges_changed: Arc<Notify>,
 }
@@ -75,6 +99,23 @@ impl Delivery {
         self.hub.publish(&live);
         if gauges {
             self.gauges_changed.notify_one();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn subscribers_see_events_in_order() {
+        let hub = Hub::new(16);
+        let mut rx = hub.subscribe();
+        let evs: Vec<_> =
+            (1..=3).map(|s| Arc::new(Event::new(s, "x", crate::event::now_ms(), None, None, "{}"))).collect();
+        hub.publish(&evs);
+        for s in 1..=3 {
+            assert_eq!(rx.recv().await.unwrap().event.seq, s);
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod memory;
 pub mod postgres;
 pub mod retention_task;
 pub mod ring;
+pub mod shared;
 pub mod sqlite;
 pub mod webhook;
 
@@ -342,18 +343,20 @@ pub fn from_config(config: &Config) -> Result<Arc<dyn PersistCallback>, PersistE
             max_retries: p.webhook_max_retries,
             backoff: std::time::Duration::from_millis(p.webhook_backoff_ms),
         })?),
-        PluginKind::Postgres => Arc::new(postgres::PostgresPlugin::new(postgres_options(config))?),
+        PluginKind::Postgres => Arc::new(postgres::PostgresPlugin::new(postgres_options(config, ""))?),
     })
 }
 
-/// The `postgres` plugin's options from the config.
-pub fn postgres_options(config: &Config) -> postgres::PostgresOptions {
+/// The `postgres` plugin's options from the config; `replica` names this
+/// replica's row of durable heads.
+pub fn postgres_options(config: &Config, replica: &str) -> postgres::PostgresOptions {
     let p = &config.persist;
     postgres::PostgresOptions {
         url: p.postgres_url.expose().to_string(),
         pool_size: p.postgres_pool_size as usize,
         notify_channel: (config.broadcast.backend == crate::config::BroadcastBackend::Postgres)
             .then(|| notify_channel(&config.broadcast.prefix)),
+        replica: replica.to_string(),
     }
 }
 

@@ -73,7 +73,7 @@ pub struct State {
     pub plugin: Arc<dyn PersistCallback>,
     pub metrics: Arc<Metrics>,
     /// Live events.
-    pub hub: Arc<dyn Hub>,
+    pub hub: Arc<Hub>,
     pub sockets: WsState,
 }
 
