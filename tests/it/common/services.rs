@@ -185,3 +185,174 @@ async fn relay(
         }
     }
 }
+
+/// A PostgreSQL server of this test's own (`initdb` + `pg_ctl` of the
+/// installed server, on a free port, data in a temporary directory), for a
+/// test that must crash or restart the database. Run as the `postgres` user
+/// when the test runs as root (initdb refuses root). Stopped on drop.
+pub struct OwnPostgres {
+    pub port: u16,
+    bin: std::path::PathBuf,
+    dir: tempfile::TempDir,
+    as_postgres: bool,
+}
+
+impl OwnPostgres {
+    /// `None` (after printing why) when no PostgreSQL server is installed
+    /// and `postgres` is not required.
+    pub fn start(test: &str) -> Option<OwnPostgres> {
+        let Some(bin) = postgres_bindir() else {
+            assert!(!external::is_required("postgres"), "{test}: PostgreSQL required but initdb/pg_ctl not found");
+            external::skip(test, "no PostgreSQL server installed (initdb, pg_ctl)");
+            return None;
+        };
+        let as_postgres = unsafe { libc::geteuid() } == 0;
+        let dir = tempfile::tempdir().unwrap();
+        if as_postgres {
+            let out = std::process::Command::new("id").args(["-u", "postgres"]).output().unwrap();
+            let uid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("a postgres user");
+            let out = std::process::Command::new("id").args(["-g", "postgres"]).output().unwrap();
+            let gid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+        }
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let pg = OwnPostgres { port, bin, dir, as_postgres };
+        let data = pg.data();
+        pg.run("initdb", &["-D", &data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]);
+        pg.start_server();
+        Some(pg)
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").to_string_lossy().into_owned()
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let path = self.bin.join(program);
+        let mut cmd = if self.as_postgres {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&path);
+            c
+        } else {
+            std::process::Command::new(&path)
+        };
+        let out = cmd.args(args).current_dir(self.dir.path()).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{program} {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts the server (after a crash: with recovery) and waits for it.
+    pub fn start_server(&self) {
+        let data = self.data();
+        let log = self.dir.path().join("server.log").to_string_lossy().into_owned();
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=60",
+            self.port,
+            self.dir.path().display()
+        );
+        self.run("pg_ctl", &["-D", &data, "-l", &log, "-o", &opts, "-w", "-t", "60", "start"]);
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// `kill -9` of the postmaster and every process it started, as a crash
+    /// would leave them; returns once they are gone.
+    pub fn kill9(&self) {
+        let pidfile = std::fs::read_to_string(self.dir.path().join("data/postmaster.pid")).unwrap();
+        let pid: i32 = pidfile.lines().next().unwrap().trim().parse().unwrap();
+        let children = children_of(pid);
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        for c in &children {
+            unsafe { libc::kill(*c, libc::SIGKILL) };
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::iter::once(pid).chain(children.iter().copied()).any(alive) {
+            assert!(std::time::Instant::now() < deadline, "postgres processes did not die");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A URL for `db` on this server (the password is never checked: trust).
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres:not-the-password@127.0.0.1:{}/{db}", self.port)
+    }
+
+    pub async fn client(&self, db: &str) -> tokio_postgres::Client {
+        let dsn = format!("host=127.0.0.1 port={} user=postgres dbname={db} connect_timeout=5", self.port);
+        let (client, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        client
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let data = self.data();
+        let path = self.bin.join("pg_ctl");
+        let mut cmd = if self.as_postgres {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&path);
+            c
+        } else {
+            std::process::Command::new(&path)
+        };
+        let _ = cmd.args(["-D", &data, "-m", "immediate", "-w", "stop"]).output();
+    }
+}
+
+/// The newest installed server's bin directory (Debian's layout, else
+/// `pg_config --bindir`).
+fn postgres_bindir() -> Option<std::path::PathBuf> {
+    let mut found: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version: u32 = e.file_name().to_string_lossy().parse().ok()?;
+            let bin = e.path().join("bin");
+            (bin.join("initdb").exists() && bin.join("pg_ctl").exists()).then_some((version, bin))
+        })
+        .collect();
+    found.sort();
+    if let Some((_, bin)) = found.pop() {
+        return Some(bin);
+    }
+    let out = std::process::Command::new("pg_config").arg("--bindir").output().ok()?;
+    let bin = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    (bin.join("initdb").exists() && bin.join("pg_ctl").exists()).then_some(bin)
+}
+
+/// Processes whose parent is `pid`.
+fn children_of(pid: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let child: i32 = e.file_name().to_string_lossy().parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // `pid (comm) state ppid ...`; comm may hold spaces.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let ppid: i32 = rest.split(' ').nth(1)?.parse().ok()?;
+            (ppid == pid).then_some(child)
+        })
+        .collect()
+}
+
+/// Whether `pid` runs (a zombie does not).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rfind(')').and_then(|i| stat[i + 2..].chars().next()).is_some_and(|s| s != 'Z'),
+        Err(_) => false,
+    }
+}
