@@ -1,0 +1,2 @@
+\set r random(1, 9000000000000000)
+SELECT first_seq FROM sidewire_commit(ARRAY['ingestion_complete'], ARRAY[1765000000000::int8], ARRAY['id-' || :r], ARRAY['bench'], ARRAY['{"fileName":"report-2026-q3.pdf","filesProcessed":3,"bytes":48213,"durationMs":812,"status":"ok","pipeline":"docs"}'], 1765000000000, '{"lastSeq":0,"lastEventAt":"2026-12-07T01:00:00Z","eventsTotal":1,"eventsByType":{"ingestion_complete":1},"counters":{"filesProcessed":3.0},"gauges":{}}');

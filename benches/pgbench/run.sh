@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The cluster's critical section alone: pgbench runs `sidewire_commit` (the
+# server-side function that holds the head lock, see
+# src/persist/postgres/commit.rs) back to back from many clients, with 1 and
+# with 100 events per call. With the lock the only thing they share, the tps
+# here is the ceiling of group commits per second across all replicas.
+#
+#   target/release/sidewire must exist; PostgreSQL at $PGHOST:$PGPORT (default
+#   127.0.0.1:5432, user postgres, trust). Makes and drops database sw_pgbench.
+set -euo pipefail
+cd "$(dirname "$0")"
+export PGHOST=${PGHOST:-127.0.0.1} PGPORT=${PGPORT:-5432} PGUSER=${PGUSER:-postgres}
+bin=${SIDEWIRE_BIN:-../../target/release/sidewire}
+db=sw_pgbench
+psql -d test -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
+tmp=$(mktemp -d)
+trap 'kill "$pid" 2>/dev/null; rm -rf "$tmp"; psql -d test -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)"' EXIT
+cat > "$tmp/sw.toml" <<TOML
+[server]
+listen = "127.0.0.1:0"
+replica_name = "pgbench"
+[persist]
+plugin = "postgres"
+postgres_url = "postgres://$PGUSER@$PGHOST:$PGPORT/$db"
+TOML
+# Starting a replica migrates the schema (the functions are part of it).
+"$bin" serve --config "$tmp/sw.toml" >"$tmp/log" 2>&1 &
+pid=$!
+for _ in $(seq 100); do grep -q "sidewire listening" "$tmp/log" && break; sleep 0.1; done
+kill "$pid"; wait "$pid" 2>/dev/null || true
+for script in one hundred; do
+  echo "== sidewire_commit, $script event(s) per call, ${CLIENTS:-12} clients"
+  pgbench -n -c "${CLIENTS:-12}" -j 2 -T "${SECONDS_EACH:-8}" -f "$script.sql" "$db" | grep -E "latency average|tps"
+done
