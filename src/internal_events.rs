@@ -32,6 +32,44 @@ impl PersistFailed<'_> {
     }
 }
 
+/// The broadcast bus connected (`again`: after an outage).
+pub struct BusConnected {
+    pub backend: &'static str,
+    pub again: bool,
+}
+
+impl BusConnected {
+    pub fn emit(&self, metrics: &Metrics) {
+        metrics.broadcast_bus_up.with_label_values(&[self.backend]).set(1);
+        if self.again {
+            tracing::info!(backend = self.backend, "broadcast bus connected again; fan-out is back on it");
+        } else {
+            tracing::info!(backend = self.backend, "broadcast bus connected");
+        }
+    }
+}
+
+/// The broadcast bus went down, or a reconnect failed (`told`: this outage
+/// was logged and counted already).
+pub struct BusLost<'a> {
+    pub backend: &'static str,
+    pub error: &'a dyn Display,
+    pub told: bool,
+}
+
+impl BusLost<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        metrics.broadcast_bus_up.with_label_values(&[self.backend]).set(0);
+        if self.told {
+            tracing::debug!(backend = self.backend, error = %self.error, "broadcast bus still down");
+        } else {
+            metrics.broadcast_bus_disconnects_total.with_label_values(&[self.backend]).inc();
+            tracing::warn!(backend = self.backend, error = %self.error,
+                "broadcast bus down; dashboards get events from the store's head check until it is back");
+        }
+    }
+}
+
 /// The cluster could not read the shared store (a gap fill or a head
 /// check); it tries again on its next tick.
 pub struct StoreReadFailed<'a> {

@@ -143,6 +143,8 @@ pub struct Metrics {
     pub cluster_replicas: IntGauge,
     /// 1 while the configured broadcast bus is connected.
     pub broadcast_bus_up: IntGaugeVec,
+    /// Times the bus went down (one per outage, not per reconnect attempt).
+    pub broadcast_bus_disconnects_total: IntCounterVec,
     pub broadcast_received_total: IntCounter,
     pub broadcast_gap_fills_total: IntCounter,
     /// Failed reads of the shared store by the cluster's sequencer (gap
@@ -356,6 +358,12 @@ impl Metrics {
                 &r,
                 "sidewire_broadcast_bus_up",
                 "1 while the configured broadcast bus (local, redis, postgres) is connected.",
+                &["backend"],
+            ),
+            broadcast_bus_disconnects_total: counter_vec(
+                &r,
+                "sidewire_broadcast_bus_disconnects_total",
+                "Times the broadcast bus went down (one per outage, however many reconnects it takes).",
                 &["backend"],
             ),
             broadcast_received_total: counter(

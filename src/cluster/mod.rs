@@ -29,6 +29,7 @@ pub mod heartbeat;
 pub mod pg_bus;
 pub mod redis_bus;
 pub mod sequencer;
+pub mod supervisor;
 
 use crate::hub::Delivery;
 use crate::metrics::Metrics;

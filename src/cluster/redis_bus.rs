@@ -13,13 +13,15 @@
 //! Message: one header line of JSON (`o`: the origin replica, `s`: the
 //! stats after the batch), then one event per line in its wire form.
 
+use super::supervisor::{supervise, BusLink, BACKOFF_MAX, BACKOFF_MIN};
 use super::Input;
 use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::persist::Batch;
 use crate::stats::DurableStats;
+use async_trait::async_trait;
 use futures::StreamExt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -30,9 +32,6 @@ pub const TICK_EVERY: Duration = Duration::from_millis(1000);
 pub const SILENCE: Duration = Duration::from_millis(3500);
 /// Deadline of a connect or a publish.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
-/// Reconnect backoff bounds.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Batches waiting to be published.
 const PUBLISH_QUEUE: usize = 1024;
 /// Most batches sent in one pipeline.
@@ -96,7 +95,8 @@ pub(crate) fn start(
     let channel = format!("{prefix}:events");
     let (tx, rx) = mpsc::channel(PUBLISH_QUEUE);
     let publisher = tokio::spawn(publish_loop(url.clone(), channel.clone(), me.clone(), rx));
-    let subscriber = tokio::spawn(subscribe_loop(url, channel, me, sequencer, bus_up, metrics));
+    let subscriber = Subscriber { url, channel, me, sequencer: sequencer.clone() };
+    let subscriber = tokio::spawn(supervise(subscriber, sequencer, bus_up, metrics));
     (tx, vec![publisher, subscriber])
 }
 
@@ -163,65 +163,46 @@ async fn publish_loop(url: String, channel: String, me: String, mut rx: mpsc::Re
     }
 }
 
-async fn subscribe_loop(
+/// The subscriber side: one pub/sub connection on the channel.
+struct Subscriber {
     url: String,
     channel: String,
     me: String,
     sequencer: mpsc::Sender<Input>,
-    bus_up: Arc<AtomicBool>,
-    metrics: Arc<Metrics>,
-) {
-    let mut backoff = BACKOFF_MIN;
-    let mut logged_down = false;
-    let set_up = |up: bool| {
-        bus_up.store(up, Ordering::SeqCst);
-        metrics.broadcast_bus_up.with_label_values(&["redis"]).set(i64::from(up));
-    };
-    loop {
-        let session = async {
-            let c = client(&url)?;
-            let mut pubsub = timed(c.get_async_pubsub()).await?;
-            timed(pubsub.subscribe(&channel)).await?;
-            Ok::<_, String>(pubsub)
-        };
-        let error = match session.await {
-            Ok(mut pubsub) => {
-                set_up(true);
-                let _ = sequencer.send(Input::BusUp(true)).await;
-                if logged_down {
-                    tracing::info!(channel = %channel, "redis bus connected again; fan-out is back on Redis");
-                } else {
-                    tracing::info!(channel = %channel, "redis bus connected");
-                }
-                logged_down = false;
-                backoff = BACKOFF_MIN;
-                let mut messages = pubsub.on_message();
-                loop {
-                    match tokio::time::timeout(SILENCE, messages.next()).await {
-                        Err(_) => break format!("nothing heard on {channel} for {} s", SILENCE.as_secs_f32()),
-                        Ok(None) => break "the connection closed".to_string(),
-                        Ok(Some(msg)) => match decode(&me, msg.get_payload_bytes()) {
-                            Some(Message::Batch(b)) => {
-                                if sequencer.try_send(Input::Remote(b)).is_err() {
-                                    tracing::debug!("sequencer queue full; the gap is filled from the store");
-                                }
-                            }
-                            Some(Message::Own | Message::Tick) => {}
-                            None => tracing::debug!("ignored a message on the bus channel that is not sidewire's"),
-                        },
+}
+
+#[async_trait]
+impl BusLink for Subscriber {
+    type Session = redis::aio::PubSub;
+
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn connect(&mut self) -> Result<Self::Session, String> {
+        let c = client(&self.url)?;
+        let mut pubsub = timed(c.get_async_pubsub()).await?;
+        timed(pubsub.subscribe(&self.channel)).await?;
+        Ok(pubsub)
+    }
+
+    async fn run(&mut self, mut pubsub: Self::Session) -> String {
+        let mut messages = pubsub.on_message();
+        loop {
+            match tokio::time::timeout(SILENCE, messages.next()).await {
+                Err(_) => return format!("nothing heard on {} for {} s", self.channel, SILENCE.as_secs_f32()),
+                Ok(None) => return "the connection closed".to_string(),
+                Ok(Some(msg)) => match decode(&self.me, msg.get_payload_bytes()) {
+                    Some(Message::Batch(b)) => {
+                        if self.sequencer.try_send(Input::Remote(b)).is_err() {
+                            tracing::debug!("sequencer queue full; the gap is filled from the store");
+                        }
                     }
-                }
+                    Some(Message::Own | Message::Tick) => {}
+                    None => tracing::debug!("ignored a message on the bus channel that is not sidewire's"),
+                },
             }
-            Err(e) => e,
-        };
-        set_up(false);
-        let _ = sequencer.send(Input::BusUp(false)).await;
-        if !logged_down {
-            tracing::warn!(error = %error, "redis bus down; dashboards get events from the store until it is back");
-            logged_down = true;
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 
