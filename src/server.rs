@@ -4,8 +4,8 @@
 
 use crate::activity::Activity;
 use crate::app::App;
-use crate::cluster::{BusKind, Cluster, ClusterOptions};
-use crate::config::{BroadcastBackend, Config, ConfigRx, LiveConfig, PluginKind};
+use crate::cluster::{Cluster, ClusterOptions};
+use crate::config::{Config, ConfigRx, LiveConfig, PluginKind};
 use crate::conn::{limit, Gate, GuardedIo, RequestDeadline, Settings, TrackedBody};
 use crate::hub::{Delivery, Hub};
 use crate::internal_events::AcceptFailed;
@@ -98,7 +98,7 @@ impl ServerBuilder {
         };
         let config = config_rx.borrow().config.clone();
         let port = self.port.or_else(|| config.listen_addr().ok().map(|a| a.port())).unwrap_or(0);
-        let cluster_options = cluster_options(&config, port);
+        let cluster_options = ClusterOptions::from_config(&config, port);
         // The shared store is also the cluster's.
         let (plugin, shared): (Arc<dyn PersistCallback>, Option<Arc<dyn SharedStore>>) = match self.plugin {
             Some(p) => (p, None),
@@ -179,22 +179,6 @@ impl ServerBuilder {
         };
         Ok(Running { app, pusher, log_flusher, retention: Some(retention), metrics_listener })
     }
-}
-
-/// The cluster settings of `config` (section 8); `port` names the replica
-/// when `server.replica_name` is empty.
-fn cluster_options(config: &Config, port: u16) -> ClusterOptions {
-    let b = &config.broadcast;
-    let replica_name = match config.server.replica_name.trim() {
-        "" => crate::cluster::default_replica_name(port),
-        name => name.to_string(),
-    };
-    let bus = match b.backend {
-        BroadcastBackend::Local => BusKind::None,
-        BroadcastBackend::Redis => BusKind::Redis { url: b.redis_url.expose().to_string() },
-        BroadcastBackend::Postgres => BusKind::Postgres { channel: crate::persist::notify_channel(&b.prefix) },
-    };
-    ClusterOptions { replica_name, bus, prefix: b.prefix.clone() }
 }
 
 /// A started server, not yet accepting.

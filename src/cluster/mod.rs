@@ -31,6 +31,7 @@ pub mod redis_bus;
 pub mod sequencer;
 pub mod supervisor;
 
+use crate::config::{BroadcastBackend, Config, SecretUrl};
 use crate::hub::Delivery;
 use crate::metrics::Metrics;
 use crate::persist::shared::SharedStore;
@@ -46,12 +47,11 @@ pub enum BusKind {
     /// No bus: this replica's own commits, and the store's head check.
     None,
     Redis {
-        url: String,
+        /// Exposed only where the connection is made.
+        url: SecretUrl,
     },
     /// LISTEN/NOTIFY on this channel (the store notifies in each commit).
-    Postgres {
-        channel: String,
-    },
+    Postgres { channel: String },
 }
 
 impl BusKind {
@@ -73,6 +73,24 @@ pub struct ClusterOptions {
     pub bus: BusKind,
     /// Redis channel prefix (`broadcast.prefix`).
     pub prefix: String,
+}
+
+impl ClusterOptions {
+    /// The cluster settings of `config` (section 8); `port` names the
+    /// replica when `server.replica_name` is empty.
+    pub fn from_config(config: &Config, port: u16) -> ClusterOptions {
+        let b = &config.broadcast;
+        let replica_name = match config.server.replica_name.trim() {
+            "" => default_replica_name(port),
+            name => name.to_string(),
+        };
+        let bus = match b.backend {
+            BroadcastBackend::Local => BusKind::None,
+            BroadcastBackend::Redis => BusKind::Redis { url: b.redis_url.clone() },
+            BroadcastBackend::Postgres => BusKind::Postgres { channel: crate::persist::notify_channel(&b.prefix) },
+        };
+        ClusterOptions { replica_name, bus, prefix: b.prefix.clone() }
+    }
 }
 
 /// Inputs of the sequencer task.

@@ -15,6 +15,7 @@
 
 use super::supervisor::{supervise, BusLink, BACKOFF_MAX, BACKOFF_MIN};
 use super::Input;
+use crate::config::SecretUrl;
 use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::persist::Batch;
@@ -85,7 +86,7 @@ pub fn decode(me: &str, payload: &[u8]) -> Option<Message> {
 
 /// Starts the publisher and the subscriber; answers the publisher's queue.
 pub(crate) fn start(
-    url: String,
+    url: SecretUrl,
     prefix: String,
     me: String,
     sequencer: mpsc::Sender<Input>,
@@ -100,8 +101,9 @@ pub(crate) fn start(
     (tx, vec![publisher, subscriber])
 }
 
-fn client(url: &str) -> Result<redis::Client, String> {
-    redis::Client::open(url).map_err(|e| format!("broadcast.redis_url: {e}"))
+/// The one place the Redis URL is exposed: the connection is made here.
+fn client(url: &SecretUrl) -> Result<redis::Client, String> {
+    redis::Client::open(url.expose()).map_err(|e| format!("broadcast.redis_url: {e}"))
 }
 
 async fn timed<T, E: std::fmt::Display>(f: impl std::future::Future<Output = Result<T, E>>) -> Result<T, String> {
@@ -111,7 +113,7 @@ async fn timed<T, E: std::fmt::Display>(f: impl std::future::Future<Output = Res
     }
 }
 
-async fn publish_loop(url: String, channel: String, me: String, mut rx: mpsc::Receiver<Batch>) {
+async fn publish_loop(url: SecretUrl, channel: String, me: String, mut rx: mpsc::Receiver<Batch>) {
     let tick = serde_json::to_vec(&Header { o: me.clone(), s: None }).expect("header");
     let mut conn: Option<redis::aio::MultiplexedConnection> = None;
     let mut backoff = BACKOFF_MIN;
@@ -165,7 +167,7 @@ async fn publish_loop(url: String, channel: String, me: String, mut rx: mpsc::Re
 
 /// The subscriber side: one pub/sub connection on the channel.
 struct Subscriber {
-    url: String,
+    url: SecretUrl,
     channel: String,
     me: String,
     sequencer: mpsc::Sender<Input>,

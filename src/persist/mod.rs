@@ -337,14 +337,20 @@ pub fn from_config(config: &Config) -> Result<Arc<dyn PersistCallback>, PersistE
             max_files: p.jsonl_max_files,
             recent: config.activity.buffer_size,
         })),
-        PluginKind::Webhook => Arc::new(webhook::WebhookPlugin::new(webhook::WebhookOptions {
-            url: p.webhook_url.expose().to_string(),
-            timeout: std::time::Duration::from_millis(p.webhook_timeout_ms),
-            max_retries: p.webhook_max_retries,
-            backoff: std::time::Duration::from_millis(p.webhook_backoff_ms),
-        })?),
+        PluginKind::Webhook => Arc::new(webhook::WebhookPlugin::new(webhook_options(config))?),
         PluginKind::Postgres => Arc::new(postgres::PostgresPlugin::new(postgres_options(config, ""))?),
     })
+}
+
+/// The `webhook` plugin's options from the config.
+pub fn webhook_options(config: &Config) -> webhook::WebhookOptions {
+    let p = &config.persist;
+    webhook::WebhookOptions {
+        url: p.webhook_url.clone(),
+        timeout: std::time::Duration::from_millis(p.webhook_timeout_ms),
+        max_retries: p.webhook_max_retries,
+        backoff: std::time::Duration::from_millis(p.webhook_backoff_ms),
+    }
 }
 
 /// The `postgres` plugin's options from the config; `replica` names this
@@ -352,7 +358,7 @@ pub fn from_config(config: &Config) -> Result<Arc<dyn PersistCallback>, PersistE
 pub fn postgres_options(config: &Config, replica: &str) -> postgres::PostgresOptions {
     let p = &config.persist;
     postgres::PostgresOptions {
-        url: p.postgres_url.expose().to_string(),
+        url: p.postgres_url.clone(),
         pool_size: p.postgres_pool_size as usize,
         notify_channel: (config.broadcast.backend == crate::config::BroadcastBackend::Postgres)
             .then(|| notify_channel(&config.broadcast.prefix)),

@@ -13,7 +13,7 @@
 //! only ever logged or shown through [`redact_url`].
 
 use super::{Batch, PersistCallback, PersistError};
-use crate::config::redact_url;
+use crate::config::SecretUrl;
 use crate::event::json_array;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -39,27 +39,17 @@ const QUOTE_LIMIT: usize = 256;
 const BATCH_HEADER: &str = "x-sidewire-batch";
 
 /// How the `webhook` plugin is set up (from `[persist] webhook_*`).
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct WebhookOptions {
-    /// Target of the POSTs; may carry credentials, so never logged as is.
-    pub url: String,
+    /// Target of the POSTs; may carry credentials (exposed only to build
+    /// the request URL).
+    pub url: SecretUrl,
     /// Per-attempt timeout: connecting, sending and the response together.
     pub timeout: Duration,
     /// Retries after the first failed attempt; 0 tries once.
     pub max_retries: u32,
     /// Ceiling of the first retry's jittered delay; doubles per retry.
     pub backoff: Duration,
-}
-
-impl std::fmt::Debug for WebhookOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WebhookOptions")
-            .field("url", &redact_url(&self.url))
-            .field("timeout", &self.timeout)
-            .field("max_retries", &self.max_retries)
-            .field("backoff", &self.backoff)
-            .finish()
-    }
 }
 
 /// The webhook plugin: one shared HTTP client (its connection pool keeps
@@ -105,8 +95,8 @@ enum Attempt {
 impl WebhookPlugin {
     /// Checks the URL and builds the client; sends nothing.
     pub fn new(opts: WebhookOptions) -> Result<Self, PersistError> {
-        let shown_url = redact_url(&opts.url);
-        let url = Url::parse(&opts.url).map_err(|e| err(format!("invalid URL {shown_url}: {e}")))?;
+        let shown_url = opts.url.to_string();
+        let url = Url::parse(opts.url.expose()).map_err(|e| err(format!("invalid URL {shown_url}: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(err(format!("URL {shown_url} must be http:// or https://")));
         }
@@ -367,7 +357,7 @@ mod tests {
 
     fn plugin(url: &str, timeout_ms: u64, max_retries: u32) -> WebhookPlugin {
         WebhookPlugin::new(WebhookOptions {
-            url: url.to_string(),
+            url: SecretUrl::new(url),
             timeout: Duration::from_millis(timeout_ms),
             max_retries,
             backoff: Duration::from_millis(1),
@@ -483,7 +473,12 @@ mod tests {
             format!("{p:?}"),
             format!(
                 "{:?}",
-                WebhookOptions { url: url.clone(), timeout: Duration::ZERO, max_retries: 0, backoff: Duration::ZERO }
+                WebhookOptions {
+                    url: SecretUrl::new(url.clone()),
+                    timeout: Duration::ZERO,
+                    max_retries: 0,
+                    backoff: Duration::ZERO
+                }
             ),
             p.persist(&batch(&[1])).await.unwrap_err().to_string(),
             p.health().await.unwrap_err().to_string(),
@@ -504,7 +499,7 @@ mod tests {
 
     fn plugin_result(url: &str) -> Result<WebhookPlugin, PersistError> {
         WebhookPlugin::new(WebhookOptions {
-            url: url.to_string(),
+            url: SecretUrl::new(url.to_string()),
             timeout: Duration::from_secs(1),
             max_retries: 0,
             backoff: Duration::from_millis(1),

@@ -27,5 +27,6 @@ mod plugins;
 mod reload;
 mod restart;
 mod retention;
+mod secrets;
 mod transfer;
 mod ws;

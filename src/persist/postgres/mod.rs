@@ -27,6 +27,7 @@ mod transfer;
 
 use super::Batch;
 use super::{Committed, EventQuery, EventStream, NewBatch, PersistCallback, PersistError, Recovered};
+use crate::config::SecretUrl;
 use crate::event::Event;
 use crate::retention::{Retention, RetentionStep, StoreUsage};
 use crate::stats::DurableStats;
@@ -55,8 +56,9 @@ const PAGE: i64 = 1_000;
 /// How to reach the database.
 #[derive(Debug, Clone)]
 pub struct PostgresOptions {
-    /// `postgres://user:password@host:port/db` (or key=value form).
-    pub url: String,
+    /// `postgres://user:password@host:port/db` (or key=value form);
+    /// exposed only to build the connection settings.
+    pub url: SecretUrl,
     /// Most connections this replica opens.
     pub pool_size: usize,
     /// `broadcast.backend = "postgres"`: the channel each commit notifies
@@ -132,9 +134,10 @@ impl PostgresPlugin {
     ///
     /// [`recover`]: PersistCallback::recover
     pub fn new(options: PostgresOptions) -> Result<PostgresPlugin, PersistError> {
-        let redacted = crate::config::redact_url(&options.url);
+        let redacted = options.url.to_string();
         let mut config: tokio_postgres::Config = options
             .url
+            .expose()
             .parse()
             .map_err(|e| PersistError::Unavailable { plugin: NAME, message: format!("persist.postgres_url: {e}") })?;
         config.connect_timeout(CALL_TIMEOUT);
