@@ -169,8 +169,10 @@ impl PersistError {
 ///   retries with backoff); with durable ack it is refused to the clients
 ///   and its seqs are not reused.
 /// - Duplicate ids have been filtered out before `persist` is called, using
-///   a window of the last [`DEDUPE_WINDOW`] ids (and, for a plugin that
-///   implements [`Dedupe`], the ids it holds).
+///   a window of the last [`DEDUPE_WINDOW`] ids and, for a plugin that
+///   implements [`Dedupe`], its [`lookup_ids`](Dedupe::lookup_ids) (except
+///   with durable ack for one that [dedupes on
+///   insert](Dedupe::dedupes_on_insert): its `persist` refuses them).
 /// - [`health`](Self::health) and the optional abilities may be called at
 ///   any time, also while a batch is being stored.
 ///
