@@ -16,8 +16,9 @@
 //! - [`stats`]: durable counters and live windows; one snapshot for all.
 //! - [`activity`]: recent events from the store or an in-memory ring.
 //! - [`pipeline`]: the single writer: dedupe, seqs, group commit, publish.
-//! - [`persist`]: the [`persist::PersistCallback`] trait, its plugins and the
-//!   retention task.
+//! - [`persist`]: the core [`persist::PersistCallback`] trait, the optional
+//!   abilities a plugin opts into (query, dedupe, retention, transfer,
+//!   store-assigned seqs), the plugins and the retention task.
 //! - [`hub`]: fan-out of accepted events to connections.
 //! - [`cluster`]: several replicas: global seq order, the bus, the heartbeat.
 //! - [`retention`]: the retention policy (how much history the store keeps).

@@ -3,9 +3,12 @@
 //!
 //! ```text
 //!  ingest handlers ──(bounded by persist.queue_len events)──▶ writer task
-//!     dedupe (window of recent ids, then the store) → assign seqs →
-//!     apply stats to a copy → plugin.persist(batch)  [group commit]
-//!     → on success: stats, activity ring, hub (WebSockets), replies
+//!     seqs for the group [group commit], either
+//!       numbered here: dedupe (window of recent ids, then the store) →
+//!         assign seqs → apply stats to a copy → plugin.persist(batch)
+//!       or numbered by the store (AssignsSeqs): plugin.persist_new(group)
+//!         dedupes, assigns seqs and folds stats in its commit
+//!     → on success (one path): stats, activity ring, hub (WebSockets), replies
 //! ```
 //!
 //! Everything the writer does is serial, so seqs follow acceptance order and
@@ -21,7 +24,7 @@ use crate::event::{Event, NewEvent};
 use crate::hub::Delivery;
 use crate::internal_events::{DedupeLookupFailed, PersistFailed};
 use crate::metrics::Metrics;
-use crate::persist::{Batch, NewBatch, PersistCallback, PersistError, DEDUPE_WINDOW};
+use crate::persist::{AssignsSeqs, Batch, NewBatch, PersistCallback, PersistError, DEDUPE_WINDOW};
 use crate::stats::DurableStats;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -101,7 +104,8 @@ impl Pipeline {
     /// Starts the writer (and, for queued ack, the persister) task.
     ///
     /// `seed_ids` (oldest first) pre-fill the dedupe window, so a retry right
-    /// after a restart is still recognised by plugins without `lookup_ids`.
+    /// after a restart is still recognised by plugins without whole-store
+    /// dedupe ([`crate::persist::Dedupe`]).
     pub fn start(
         sinks: Sinks,
         config: ConfigRx,
@@ -287,68 +291,65 @@ impl Writer {
     }
 
     async fn process(&mut self, jobs: Vec<Job>) {
-        if self.sinks.plugin.assigns_seqs() {
-            return self.process_store_assigned(jobs).await;
-        }
-        // Durable ack with a plugin that dedupes on insert: no lookup round
-        // trip; an id the window missed but the store holds comes back as
-        // `Duplicates` and the group is sequenced again without it.
-        let on_insert = self.persister.is_none() && self.sinks.plugin.dedupes_on_insert();
-        let mut known = if on_insert {
-            HashMap::new()
-        } else {
-            match self.lookup(&jobs).await {
-                Ok(found) => found,
-                Err(e) => return self.refuse(jobs, &e),
-            }
-        };
-        let base = self.next_seq;
-        let mut group = self.sequence(&jobs, &known);
-        if let Some(persister) = self.persister.clone() {
-            // Queued ack: the events are ours now; answer before storing.
-            self.accept(&group, &known);
-            let (events, outcomes) = (&group.batch.events, &group.outcomes);
-            count_accepted(&self.sinks, events, group.duplicates);
-            for (job, outcome) in jobs.into_iter().zip(outcomes) {
-                let _ = job.reply.send(Ok(outcome.clone()));
-                group.permits.push(job.permit);
-                group.permits.push(job.bytes_permit);
-                group.spans.push(job.span);
-            }
-            let _ = persister.send(PersisterMsg::Group(group));
-        } else {
-            let spans: Vec<tracing::Span> = jobs.iter().map(|j| j.span.clone()).collect();
-            let result = loop {
-                match store(&self.sinks, &group.batch, &spans).await {
-                    Err(PersistError::Duplicates { ids, .. }) if ids.keys().any(|id| !known.contains_key(id)) => {
-                        // Nothing was stored: the same seqs are free again.
-                        known.extend(ids);
-                        self.next_seq = base;
-                        group = self.sequence(&jobs, &known);
-                    }
-                    other => break other,
-                }
-            };
-            match result {
-                Ok(()) => {
-                    self.accept(&group, &known);
-                    publish(&self.sinks, group, jobs);
-                }
+        match self.persister.clone() {
+            // A store that assigns seqs is always a durable ack (config
+            // validation refuses queued ack with it: the seqs exist only
+            // after its commit).
+            Some(persister) if self.sinks.plugin.as_sequencing().is_none() => self.enqueue(jobs, persister).await,
+            _ => match self.commit(&jobs).await {
+                Ok(group) => publish(&self.sinks, group, jobs),
                 Err(e) => self.refuse(jobs, &e),
-            }
+            },
         }
         self.sinks.metrics.persist_queue_depth.set((self.queue_len - self.queue.available_permits()) as i64);
     }
 
-    /// A store that assigns seqs itself (shared by several replicas): the
-    /// whole group goes in unsequenced; the store dedupes, sequences and
-    /// folds stats in its commit and answers each event's seq. Always a
-    /// durable ack (config validation refuses queued ack with such a store:
-    /// the seqs are not known before the commit).
-    async fn process_store_assigned(&mut self, jobs: Vec<Job>) {
+    /// Stores a group (durable ack) and answers each event's seq: numbered
+    /// by the store in its commit when it assigns seqs itself (a store
+    /// shared by several replicas), else by this writer.
+    async fn commit(&mut self, jobs: &[Job]) -> Result<Group, PersistError> {
+        let sinks = self.sinks.clone();
+        let spans: Vec<tracing::Span> = jobs.iter().map(|j| j.span.clone()).collect();
+        match sinks.plugin.as_sequencing() {
+            Some(sequencing) => self.numbered_by_store(sequencing, jobs, &spans).await,
+            None => self.numbered_here(jobs, &spans).await,
+        }
+    }
+
+    /// Dedupes and numbers the group here, then stores it. When the store
+    /// refuses ids it already holds ([`PersistError::Duplicates`]: nothing
+    /// was stored, so the same seqs are free again), those events answer
+    /// their stored seqs and the rest is numbered again from the same first
+    /// seq. A failed store leaves its seqs unused.
+    async fn numbered_here(&mut self, jobs: &[Job], spans: &[tracing::Span]) -> Result<Group, PersistError> {
+        let mut known = self.stored_ids(jobs).await?;
+        let base = self.next_seq;
+        let mut group = self.sequence(jobs, &known);
+        loop {
+            match store(&self.sinks, &group.batch, spans).await {
+                Ok(()) => break,
+                Err(PersistError::Duplicates { ids, .. }) if ids.keys().any(|id| !known.contains_key(id)) => {
+                    known.extend(ids);
+                    self.next_seq = base;
+                    group = self.sequence(jobs, &known);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.accept(&group, &known);
+        Ok(group)
+    }
+
+    /// Hands the whole group in unsequenced; the store dedupes, numbers and
+    /// folds stats in its commit and answers each event's seq.
+    async fn numbered_by_store(
+        &mut self,
+        sequencing: &dyn AssignsSeqs,
+        jobs: &[Job],
+        spans: &[tracing::Span],
+    ) -> Result<Group, PersistError> {
         let live = self.config.borrow().clone();
         let batch = NewBatch { events: jobs.iter().flat_map(|j| j.events.iter()).collect(), counters: &live.counters };
-        let spans: Vec<tracing::Span> = jobs.iter().map(|j| j.span.clone()).collect();
         let plugin = self.sinks.plugin.name();
         let parent = spans.first().and_then(|s| s.id());
         let span = tracing::debug_span!(parent: parent, "persist", plugin, events = batch.events.len());
@@ -356,17 +357,14 @@ impl Writer {
             span.follows_from(other);
         }
         let started = Instant::now();
-        let result = self.sinks.plugin.persist_new(&batch).instrument(span).await;
+        let result = sequencing.persist_new(&batch).instrument(span).await;
         observe(&self.sinks, started, result.as_ref().map(|_| ()), batch.events.len());
         drop(batch);
-        let committed = match result {
-            Ok(c) => c,
-            Err(e) => return self.refuse(jobs, &e),
-        };
+        let committed = result?;
         let mut outcomes = Vec::with_capacity(jobs.len());
         let mut duplicates = 0;
         let mut at = 0;
-        for job in &jobs {
+        for job in jobs {
             let n = job.events.len();
             let seqs = committed.seqs[at..at + n].to_vec();
             let accepted = committed.stored[at..at + n].iter().filter(|s| **s).count();
@@ -375,9 +373,27 @@ impl Writer {
             outcomes.push(IngestOutcome { accepted, duplicates: n - accepted, seqs });
         }
         self.state = (*committed.batch.stats).clone();
-        let group = Group { batch: committed.batch, outcomes, spans, duplicates, permits: Vec::new() };
-        publish(&self.sinks, group, jobs);
-        self.sinks.metrics.persist_queue_depth.set((self.queue_len - self.queue.available_permits()) as i64);
+        Ok(Group { batch: committed.batch, outcomes, spans: Vec::new(), duplicates, permits: Vec::new() })
+    }
+
+    /// Queued ack: numbers the group here and answers it at once; the
+    /// persister stores it (retrying until it is stored), then publishes it.
+    async fn enqueue(&mut self, jobs: Vec<Job>, persister: mpsc::UnboundedSender<PersisterMsg>) {
+        let known = match self.stored_ids(&jobs).await {
+            Ok(found) => found,
+            Err(e) => return self.refuse(jobs, &e),
+        };
+        let mut group = self.sequence(&jobs, &known);
+        // The events are ours now: answer before storing.
+        self.accept(&group, &known);
+        count_accepted(&self.sinks, &group.batch.events, group.duplicates);
+        for (job, outcome) in jobs.into_iter().zip(&group.outcomes) {
+            let _ = job.reply.send(Ok(outcome.clone()));
+            group.permits.push(job.permit);
+            group.permits.push(job.bytes_permit);
+            group.spans.push(job.span);
+        }
+        let _ = persister.send(PersisterMsg::Group(group));
     }
 
     /// The group is (or, with queued ack, will be) stored: its stats and ids
@@ -409,8 +425,16 @@ impl Writer {
         }
     }
 
-    /// The store's seqs of the group's ids that the window does not know.
-    async fn lookup(&self, jobs: &[Job]) -> Result<HashMap<String, u64>, PersistError> {
+    /// The store's seqs of the group's ids that the window does not know,
+    /// when the store must be asked before numbering: not for a plugin
+    /// without whole-store dedupe (the window is all there is), nor with
+    /// durable ack for a store that dedupes on insert (its insert answers
+    /// [`PersistError::Duplicates`] instead, without a round trip for new ids).
+    async fn stored_ids(&self, jobs: &[Job]) -> Result<HashMap<String, u64>, PersistError> {
+        let Some(dedupe) = self.sinks.plugin.as_dedupe() else { return Ok(HashMap::new()) };
+        if self.persister.is_none() && dedupe.dedupes_on_insert() {
+            return Ok(HashMap::new());
+        }
         let misses: Vec<&str> = {
             let mut seen = std::collections::HashSet::new();
             jobs.iter()
@@ -418,7 +442,7 @@ impl Writer {
                 .filter(|id| self.window.get(id).is_none() && seen.insert(*id))
                 .collect()
         };
-        self.sinks.plugin.lookup_ids(&misses).await.inspect_err(|e| {
+        dedupe.lookup_ids(&misses).await.inspect_err(|e| {
             DedupeLookupFailed { plugin: self.sinks.plugin.name(), error: e }.emit(&self.sinks.metrics)
         })
     }

@@ -7,7 +7,7 @@
 //! events (lowest seqs), so what is kept is always "every event from seq S
 //! on". Activity paging and WebSocket resume therefore behave as if older
 //! events never existed, and a resume from before S can say
-//! `truncated: true` exactly (see [`crate::persist::PersistCallback::retention_floor`]).
+//! `truncated: true` exactly (see [`crate::persist::Retain::retention_floor`]).
 //!
 //! Counters, `eventsTotal`, `eventsByType`, gauges and `lastSeq` live in the
 //! durable stats, not in the events, and are never reduced by retention.

@@ -2,12 +2,13 @@
 //! event per line in its wire form with its `seq`, oldest first.
 //!
 //! Both stream: export reads the store a page at a time through
-//! [`PersistCallback::read_after`], import writes batches of at most
-//! [`IMPORT_BATCH`] events through [`PersistCallback::import`], so memory
+//! [`Transfer::read_after`], import writes batches of at most
+//! [`IMPORT_BATCH`] events through [`Transfer::import`], so memory
 //! stays constant for a history of any size. Moving a store is
 //! `sidewire export --config old.toml | sidewire import --config new.toml`;
-//! any plugin that implements both sides can be on either end (SQLite and
-//! jsonl today; PostgreSQL once its plugin exists).
+//! any plugin that implements [`Transfer`] can be on either end (SQLite,
+//! jsonl and PostgreSQL); the others are refused before anything is read
+//! ([`TransferError::Unsupported`]).
 //!
 //! Import keeps each event's seq, id and timestamp, and recomputes the
 //! stats (counters with the importing config's rules, `eventsTotal`,
@@ -16,7 +17,7 @@
 //! seq order, naming the line.
 
 use crate::event::{Event, NewEvent, Rules};
-use crate::persist::{Batch, PersistCallback, PersistError};
+use crate::persist::{Batch, PersistCallback, PersistError, Transfer};
 use crate::stats::CounterRule;
 use crate::stats::DurableStats;
 use chrono::{DateTime, Utc};
@@ -43,6 +44,10 @@ pub enum TransferError {
     /// A line of the input is not an exported event.
     #[error("line {line}: {message}")]
     Line { line: u64, message: String },
+    /// The plugin cannot be exported or imported into (it does not
+    /// implement [`Transfer`]).
+    #[error("the {plugin} plugin cannot {what} (the plugins that can: sqlite, jsonl, postgres)")]
+    Unsupported { plugin: &'static str, what: &'static str },
     /// The store refused a batch (a seq or id it already holds).
     #[error("line {line}: {message}; {imported} event(s) before it were imported and stay (re-run with a file that starts after seq {last_seq})")]
     Conflict { line: u64, message: String, imported: u64, last_seq: u64 },
@@ -139,7 +144,8 @@ pub struct ExportSummary {
 
 /// Writes the stored events that pass `filter` to `out`, one line each.
 /// `last_seq` (from [`PersistCallback::recover`]) only drives the progress
-/// percentage.
+/// percentage. A plugin without [`Transfer`] is refused before anything is
+/// written.
 pub async fn export(
     plugin: &dyn PersistCallback,
     filter: &ExportFilter,
@@ -147,9 +153,10 @@ pub async fn export(
     out: &mut impl Write,
     progress: &mut Progress,
 ) -> Result<ExportSummary, TransferError> {
-    let start = filter.after_seq.max(plugin.retention_floor());
-    progress.set_range(start, last_seq);
-    let mut stream = plugin.read_after(filter.after_seq)?;
+    let store = transfer_of(plugin, "export")?;
+    let floor = plugin.as_retention().map_or(0, |r| r.retention_floor());
+    progress.set_range(filter.after_seq.max(floor), last_seq);
+    let mut stream = store.read_after(filter.after_seq)?;
     let mut summary = ExportSummary::default();
     let mut seen = 0u64;
     while let Some(event) = stream.next().await {
@@ -180,7 +187,8 @@ pub struct ImportSummary {
 
 /// Reads exported events from `input` and stores them, keeping their seqs.
 /// `stats` is what the store holds now (from [`PersistCallback::recover`]);
-/// `rules` are the counter rules to recompute counters with.
+/// `rules` are the counter rules to recompute counters with. A plugin
+/// without [`Transfer`] is refused before anything is read.
 pub async fn import(
     plugin: &dyn PersistCallback,
     rules: &[CounterRule],
@@ -188,6 +196,7 @@ pub async fn import(
     input: &mut impl BufRead,
     progress: &mut Progress,
 ) -> Result<ImportSummary, TransferError> {
+    let store = transfer_of(plugin, "import")?;
     let no_reserved = Rules::default();
     let mut line = Vec::new();
     let mut line_no = 0u64;
@@ -243,18 +252,23 @@ pub async fn import(
         batch_bytes += new.queued_size();
         batch.push(Arc::new(Event::from_new(seq, &new)));
         if batch.len() >= IMPORT_BATCH || batch_bytes >= IMPORT_BATCH_BYTES {
-            store(plugin, &mut batch, &stats, batch_line, &mut imported, &mut imported_seq).await?;
+            store_batch(store, &mut batch, &stats, batch_line, &mut imported, &mut imported_seq).await?;
             batch_bytes = 0;
             progress.tick(imported, imported_seq);
         }
     }
-    store(plugin, &mut batch, &stats, batch_line, &mut imported, &mut imported_seq).await?;
+    store_batch(store, &mut batch, &stats, batch_line, &mut imported, &mut imported_seq).await?;
     progress.finish(imported, imported_seq);
     Ok(ImportSummary { events: imported, last_seq: imported_seq, stats })
 }
 
-async fn store(
-    plugin: &dyn PersistCallback,
+/// The plugin's export/import side, or the error that names it.
+fn transfer_of<'a>(plugin: &'a dyn PersistCallback, what: &'static str) -> Result<&'a dyn Transfer, TransferError> {
+    plugin.as_transfer().ok_or(TransferError::Unsupported { plugin: plugin.name(), what })
+}
+
+async fn store_batch(
+    store: &dyn Transfer,
     batch: &mut Vec<Arc<Event>>,
     stats: &DurableStats,
     batch_line: u64,
@@ -263,7 +277,7 @@ async fn store(
 ) -> Result<(), TransferError> {
     let Some(last) = batch.last().map(|e| e.seq) else { return Ok(()) };
     let b = Batch { events: std::mem::take(batch), stats: Arc::new(stats.clone()) };
-    match plugin.import(&b).await {
+    match store.import(&b).await {
         Ok(()) => {
             *imported += b.events.len() as u64;
             *imported_seq = last;
@@ -315,7 +329,9 @@ pub fn parse_since(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::SqliteSync;
     use crate::persist::memory::MemoryPlugin;
+    use crate::persist::sqlite::SqlitePlugin;
 
     #[test]
     fn lines_are_checked() {
@@ -347,11 +363,28 @@ mod tests {
 
     #[tokio::test]
     async fn import_refuses_out_of_order_lines() {
-        let p = MemoryPlugin::new(10);
+        let dir = tempfile::tempdir().unwrap();
+        let p = SqlitePlugin::open(&dir.path().join("t.db"), SqliteSync::Normal).unwrap();
+        p.recover().await.unwrap();
         let text = b"{\"type\":\"x\",\"timestamp\":\"2025-12-31T20:00:00Z\",\"seq\":2}\n{\"type\":\"x\",\"timestamp\":\"2025-12-31T20:00:00Z\",\"seq\":2}\n";
         let e = import(&p, &[], DurableStats::default(), &mut &text[..], &mut Progress::hidden("imported"))
             .await
             .unwrap_err();
         assert!(matches!(e, TransferError::Line { line: 2, .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_plugin_without_transfer_is_refused_by_name() {
+        let p = MemoryPlugin::new(10);
+        let mut out = Vec::new();
+        let e = export(&p, &ExportFilter::default(), 0, &mut out, &mut Progress::hidden("exported")).await.unwrap_err();
+        assert!(matches!(e, TransferError::Unsupported { plugin: "memory", what: "export" }), "{e}");
+        assert!(e.to_string().starts_with("the memory plugin cannot export"), "{e}");
+        assert!(out.is_empty());
+        let line = b"{\"type\":\"x\",\"timestamp\":\"2025-12-31T20:00:00Z\",\"seq\":2}\n";
+        let e = import(&p, &[], DurableStats::default(), &mut &line[..], &mut Progress::hidden("imported"))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, TransferError::Unsupported { plugin: "memory", what: "import" }), "{e}");
     }
 }

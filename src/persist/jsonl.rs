@@ -39,7 +39,9 @@
 //! (the files are append-only), so it takes only seqs above the highest
 //! stored one.
 
-use super::{Batch, EventStream, PersistCallback, PersistError, Recovered, DEDUPE_WINDOW, RECOVERY_HEADROOM};
+use super::{
+    Batch, EventStream, PersistCallback, PersistError, Recovered, Retain, Transfer, DEDUPE_WINDOW, RECOVERY_HEADROOM,
+};
 use crate::event::Event;
 use crate::retention::{Retention, RetentionStep, StoreUsage};
 use crate::stats::DurableStats;
@@ -735,6 +737,18 @@ impl PersistCallback for JsonlPlugin {
         .await
     }
 
+    fn as_retention(&self) -> Option<&dyn Retain> {
+        Some(self)
+    }
+
+    fn as_transfer(&self) -> Option<&dyn Transfer> {
+        Some(self)
+    }
+}
+
+/// Whole rotated files, oldest first, never the active file.
+#[async_trait]
+impl Retain for JsonlPlugin {
     fn retention_floor(&self) -> u64 {
         self.inner.floor.load(Ordering::SeqCst)
     }
@@ -781,7 +795,11 @@ impl PersistCallback for JsonlPlugin {
         .await
         .map_err(|e| err(format!("file task failed: {e}")))
     }
+}
 
+/// The files are the very lines an export writes.
+#[async_trait]
+impl Transfer for JsonlPlugin {
     fn read_after(&self, after: u64) -> Result<EventStream, PersistError> {
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let path = self.inner.opts.path.clone();

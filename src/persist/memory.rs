@@ -4,9 +4,11 @@
 //! uses.
 
 use super::ring::Ring;
-use super::{Batch, EventQuery, PersistCallback, PersistError};
+use super::{Batch, EventQuery, PersistCallback, PersistError, Query, Retain};
 use crate::event::Event;
+use crate::retention::{Retention, RetentionStep, StoreUsage};
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use std::sync::Arc;
 
 #[derive(Debug)]
@@ -32,17 +34,44 @@ impl PersistCallback for MemoryPlugin {
         Ok(())
     }
 
+    fn as_query(&self) -> Option<&dyn Query> {
+        Some(self)
+    }
+
+    fn as_retention(&self) -> Option<&dyn Retain> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl Query for MemoryPlugin {
+    async fn query(&self, q: &EventQuery) -> Result<Vec<Arc<Event>>, PersistError> {
+        Ok(self.events.query(q))
+    }
+}
+
+/// Its capacity is its retention: the ring drops the oldest events itself.
+#[async_trait]
+impl Retain for MemoryPlugin {
     /// The seq of the last event dropped for capacity (resume says
     /// `truncated` for a client behind it).
     fn retention_floor(&self) -> u64 {
         self.events.dropped_upto()
     }
 
-    fn can_query(&self) -> bool {
-        true
+    /// Nothing to do: the policy's limits do not apply to the ring, whose
+    /// bound is `persist.memory_capacity`.
+    async fn enforce_retention(
+        &self,
+        _policy: &Retention,
+        _now: DateTime<Utc>,
+        _max_events: usize,
+    ) -> Result<RetentionStep, PersistError> {
+        Ok(RetentionStep::default())
     }
 
-    async fn query(&self, q: &EventQuery) -> Result<Vec<Arc<Event>>, PersistError> {
-        Ok(self.events.query(q))
+    /// Nothing on disk.
+    async fn usage(&self) -> Result<Option<StoreUsage>, PersistError> {
+        Ok(None)
     }
 }

@@ -5,6 +5,12 @@
 //! [`webhook`] and [`memory`]. A user's own plugin implements
 //! [`PersistCallback`] and is handed to [`crate::ServerBuilder::persist`]; see
 //! `examples/custom_persist.rs`.
+//!
+//! [`PersistCallback`] is the core every plugin implements (recover, persist,
+//! health, close). What only some stores can do is a trait of its own that a
+//! plugin opts into through an `as_*` method of the core trait: [`Query`],
+//! [`Dedupe`], [`Retain`], [`Transfer`] and [`AssignsSeqs`]. A caller asks,
+//! e.g. `plugin.as_query()`, and gets `None` from a plugin that cannot.
 
 pub mod jsonl;
 pub mod memory;
@@ -41,7 +47,7 @@ pub struct Batch {
 }
 
 /// One group commit for a store that assigns seqs itself (see
-/// [`PersistCallback::assigns_seqs`]): the events of one or more requests in
+/// [`AssignsSeqs`]): the events of one or more requests in
 /// acceptance order, not yet deduplicated, without seqs.
 #[derive(Debug)]
 pub struct NewBatch<'a> {
@@ -79,7 +85,7 @@ pub struct Recovered {
     /// The newest stored ids with their seqs, oldest first (at most
     /// [`DEDUPE_WINDOW`]), to seed the pipeline's dedupe
     /// window so a retry right after a restart is still a duplicate. Plugins
-    /// that answer [`PersistCallback::lookup_ids`] leave it empty.
+    /// that implement [`Dedupe`] leave it empty.
     pub ids: Vec<(String, u64)>,
 }
 
@@ -117,12 +123,9 @@ pub enum PersistError {
     /// The store's content is not what this version understands.
     #[error("{plugin} store is corrupt or of an unknown version: {message}")]
     Corrupt { plugin: &'static str, message: String },
-    /// The plugin cannot answer this kind of call.
-    #[error("{plugin} does not support {what}")]
-    Unsupported { plugin: &'static str, what: &'static str },
     /// Some ids of the batch are already stored, so nothing of it was
     /// (whole-store dedupe decided by the insert itself, see
-    /// [`PersistCallback::dedupes_on_insert`]). Maps each such id to the seq
+    /// [`Dedupe::dedupes_on_insert`]). Maps each such id to the seq
     /// it was stored with.
     #[error("{plugin}: {} ids of the batch are already stored", ids.len())]
     Duplicates { plugin: &'static str, ids: HashMap<String, u64> },
@@ -138,9 +141,25 @@ impl PersistError {
     }
 }
 
-/// A persist plugin.
+/// A persist plugin: the core every plugin implements.
+///
+/// A plugin that only stores batches (a user's own plugin, `webhook`)
+/// implements this trait alone: the activity API and resume are then
+/// answered from an in-memory ring, dedupe uses the pipeline's window of
+/// recent ids, nothing is pruned and `sidewire export`/`import` refuse it.
+/// Everything else a store can do is a trait of its own that a plugin opts
+/// into by answering `Some(self)` from the matching `as_*` method:
+///
+/// | ability | trait | reached through |
+/// | --- | --- | --- |
+/// | answer activity and resume queries | [`Query`] | [`as_query`](Self::as_query) |
+/// | dedupe against every stored id | [`Dedupe`] | [`as_dedupe`](Self::as_dedupe) |
+/// | retention and store size | [`Retain`] | [`as_retention`](Self::as_retention) |
+/// | export and import | [`Transfer`] | [`as_transfer`](Self::as_transfer) |
+/// | assign seqs in its own commit | [`AssignsSeqs`] | [`as_sequencing`](Self::as_sequencing) |
 ///
 /// # What a plugin may assume
+/// - [`recover`](Self::recover) is called once, before anything else.
 /// - Calls to [`persist`](Self::persist) never overlap: the pipeline has at
 ///   most one batch in flight, and batches arrive in seq order, each with
 ///   strictly increasing seqs above every seq of earlier successful batches.
@@ -149,10 +168,13 @@ impl PersistError {
 /// - A failed batch may be offered again with the same seqs (queued ack
 ///   retries with backoff); with durable ack it is refused to the clients
 ///   and its seqs are not reused.
-/// - Duplicate ids have been filtered out before `persist` is called, using a
-///   window of recent ids and, unless the plugin
-///   [`dedupes_on_insert`](Self::dedupes_on_insert) and the ack is durable,
-///   [`lookup_ids`](Self::lookup_ids).
+/// - Duplicate ids have been filtered out before `persist` is called, using
+///   a window of the last [`DEDUPE_WINDOW`] ids and, for a plugin that
+///   implements [`Dedupe`], its [`lookup_ids`](Dedupe::lookup_ids) (except
+///   with durable ack for one that [dedupes on
+///   insert](Dedupe::dedupes_on_insert): its `persist` refuses them).
+/// - [`health`](Self::health) and the optional abilities may be called at
+///   any time, also while a batch is being stored.
 ///
 /// # What a plugin must guarantee
 /// - `Ok(())` from `persist` means every event of the batch is stored as
@@ -161,13 +183,17 @@ impl PersistError {
 /// - A batch is all or nothing where the store allows it (SQLite: one
 ///   transaction). A plugin that may store part of a failed batch (jsonl,
 ///   webhook) must tolerate seeing those seqs again.
+/// - [`Recovered::last_seq`] is at least every seq it ever stored, so seqs
+///   are never handed out twice.
 /// - No call panics; errors are returned as [`PersistError`].
 #[async_trait]
 pub trait PersistCallback: Send + Sync + 'static {
-    /// A short name, used as the `plugin` label of metrics.
+    /// A short name, used as the `plugin` label of metrics and in messages.
     fn name(&self) -> &'static str;
 
-    /// Opens the store and reports what it holds. Called once, first.
+    /// Opens the store and reports what it holds. Called once, first. The
+    /// default keeps nothing: seqs continue above the clock (see
+    /// [`clock_seq_floor`]).
     async fn recover(&self) -> Result<Recovered, PersistError> {
         Ok(Recovered { last_seq: clock_seq_floor(), ..Default::default() })
     }
@@ -175,55 +201,9 @@ pub trait PersistCallback: Send + Sync + 'static {
     /// Stores one batch.
     async fn persist(&self, batch: &Batch) -> Result<(), PersistError>;
 
-    /// Whether the store assigns seqs itself, in its commit (a store shared
-    /// by several replicas: one global order). The pipeline then hands it
-    /// whole groups through [`persist_new`](Self::persist_new) instead of
-    /// sequencing them; the store dedupes against everything it holds and
-    /// folds the events into its stored stats in the same transaction.
-    fn assigns_seqs(&self) -> bool {
-        false
-    }
-
-    /// Stores a group, assigning its seqs (only called when
-    /// [`assigns_seqs`](Self::assigns_seqs) is `true`). All or nothing.
-    async fn persist_new(&self, _batch: &NewBatch<'_>) -> Result<Committed, PersistError> {
-        Err(PersistError::Unsupported { plugin: self.name(), what: "store-assigned seqs" })
-    }
-
     /// Whether the store can take writes now (drives `/readyz`).
     async fn health(&self) -> Result<(), PersistError> {
         Ok(())
-    }
-
-    /// Whether [`query`](Self::query) is answered. Plugins that cannot are
-    /// served from the in-memory activity ring.
-    fn can_query(&self) -> bool {
-        false
-    }
-
-    /// Stored events matching `q`.
-    async fn query(&self, _q: &EventQuery) -> Result<Vec<Arc<Event>>, PersistError> {
-        Err(PersistError::Unsupported { plugin: self.name(), what: "queries" })
-    }
-
-    /// Whether [`persist`](Self::persist) itself refuses a batch that holds an
-    /// id already in the store, storing nothing of it and answering
-    /// [`PersistError::Duplicates`] with every such id (a unique index checked
-    /// by the insert). The pipeline then skips the separate
-    /// [`lookup_ids`](Self::lookup_ids) round trip with durable ack: new ids
-    /// cost nothing extra, and the rare old duplicate costs one retry of the
-    /// group without those events.
-    fn dedupes_on_insert(&self) -> bool {
-        false
-    }
-
-    /// The seqs of already stored events with these ids (missing ids are
-    /// absent from the map). Plugins whose dedupe window is the whole store
-    /// answer this; others rely on the pipeline's window of recent ids. Used
-    /// before seqs are assigned when the answer cannot wait for the insert
-    /// (queued ack) or the plugin does not dedupe on insert.
-    async fn lookup_ids(&self, _ids: &[&str]) -> Result<HashMap<String, u64>, PersistError> {
-        Ok(HashMap::new())
     }
 
     /// Flushes and closes the store at shutdown.
@@ -231,51 +211,168 @@ pub trait PersistCallback: Send + Sync + 'static {
         Ok(())
     }
 
-    // ----- retention (see crate::retention) -----
+    /// The plugin answers queries on stored events.
+    fn as_query(&self) -> Option<&dyn Query> {
+        None
+    }
 
+    /// The plugin finds any id it holds (whole-store dedupe).
+    fn as_dedupe(&self) -> Option<&dyn Dedupe> {
+        None
+    }
+
+    /// The plugin applies the retention policy and reports its size.
+    fn as_retention(&self) -> Option<&dyn Retain> {
+        None
+    }
+
+    /// The plugin can be exported and imported into.
+    fn as_transfer(&self) -> Option<&dyn Transfer> {
+        None
+    }
+
+    /// The store assigns seqs in its own commit (a store several replicas
+    /// share). The pipeline then hands it whole groups through
+    /// [`AssignsSeqs::persist_new`] and never calls [`persist`](Self::persist)
+    /// for ingest.
+    fn as_sequencing(&self) -> Option<&dyn AssignsSeqs> {
+        None
+    }
+}
+
+/// Queries on stored events: the activity API and WebSocket resume read the
+/// store instead of an in-memory ring.
+///
+/// # What it may assume
+/// Queries run concurrently with each other and with `persist`.
+///
+/// # What it must guarantee
+/// - Only stored events are answered (an event whose `persist` has not
+///   returned `Ok` may be missing, never one that failed), filtered and
+///   ordered as [`EventQuery`] says, at most `limit` of them.
+/// - An event is answered from the moment it is stored until retention
+///   removes it: the resume replay relies on it to leave no gap.
+#[async_trait]
+pub trait Query: Send + Sync {
+    /// Stored events matching `q`.
+    async fn query(&self, q: &EventQuery) -> Result<Vec<Arc<Event>>, PersistError>;
+}
+
+/// Whole-store dedupe: the store finds any id it holds, so an old retry is
+/// still a duplicate (as long as retention kept its event), not only one
+/// within the pipeline's window of recent ids.
+///
+/// # What it may assume
+/// [`lookup_ids`](Self::lookup_ids) is called by the writer between two
+/// batches, with ids the pipeline's window does not know; ids of a batch
+/// still on its way to the store (queued ack) are in that window.
+///
+/// # What it must guarantee
+/// - `lookup_ids` answers every asked id that is stored, with its seq.
+/// - With [`dedupes_on_insert`](Self::dedupes_on_insert), `persist` refuses
+///   a batch that holds an id already stored: it stores nothing of it and
+///   answers [`PersistError::Duplicates`] naming every such id.
+#[async_trait]
+pub trait Dedupe: Send + Sync {
+    /// The seqs of stored events with these ids (missing ids are absent
+    /// from the map). Used before seqs are assigned when the answer cannot
+    /// wait for the insert (queued ack) or the store does not dedupe on
+    /// insert.
+    async fn lookup_ids(&self, ids: &[&str]) -> Result<HashMap<String, u64>, PersistError>;
+
+    /// Whether [`PersistCallback::persist`] itself refuses stored ids (a
+    /// unique index checked by the insert, see the trait's guarantees). The
+    /// pipeline then skips the [`lookup_ids`](Self::lookup_ids) round trip
+    /// with durable ack: new ids cost nothing extra, and the rare old
+    /// duplicate costs one retry of the group without those events.
+    fn dedupes_on_insert(&self) -> bool {
+        false
+    }
+}
+
+/// Retention (see [`crate::retention`]): the background task asks the store
+/// for one small step at a time, and reads its size for the gauges.
+///
+/// # What it may assume
+/// One process runs one step at a time (replicas sharing a store may step
+/// at once), between or beside the batches of ingest.
+///
+/// # What it must guarantee
+/// - Only ever a prefix in seq order is removed, and
+///   [`retention_floor`](Self::retention_floor) never goes down.
+/// - A step is short: it removes at most `max_events` events, so ingest
+///   waits for at most one step.
+/// - The stored stats are never touched.
+#[async_trait]
+pub trait Retain: Send + Sync {
     /// The highest seq that retention (or a capacity bound) removed: every
     /// event with seq <= this is gone, every later one is kept. Resume uses
     /// it to say `truncated: true`. 0: nothing was ever removed.
-    fn retention_floor(&self) -> u64 {
-        0
-    }
+    fn retention_floor(&self) -> u64;
 
     /// One bounded step of retention: removes at most `max_events` of the
     /// oldest events that `policy` no longer keeps at time `now`, and gives
-    /// freed space back. Must be short (it may run between two ingest
-    /// commits) and only ever remove a prefix in seq order. The retention
-    /// task calls it again soon when [`RetentionStep::more`] is set.
+    /// freed space back. The retention task calls it again soon when
+    /// [`RetentionStep::more`] is set.
     async fn enforce_retention(
         &self,
-        _policy: &Retention,
-        _now: DateTime<Utc>,
-        _max_events: usize,
-    ) -> Result<RetentionStep, PersistError> {
-        Err(PersistError::Unsupported { plugin: self.name(), what: "retention" })
-    }
+        policy: &Retention,
+        now: DateTime<Utc>,
+        max_events: usize,
+    ) -> Result<RetentionStep, PersistError>;
 
     /// The store's size for the metrics; `None` when it keeps nothing on
     /// disk.
-    async fn usage(&self) -> Result<Option<StoreUsage>, PersistError> {
-        Ok(None)
-    }
+    async fn usage(&self) -> Result<Option<StoreUsage>, PersistError>;
+}
 
-    // ----- export / import (`sidewire export`, `sidewire import`) -----
-
+/// Export and import (`sidewire export`, `sidewire import`,
+/// [`crate::transfer`]): a store's events with their seqs, in and out.
+///
+/// # What it may assume
+/// The import side runs with no sidecar writing to the same store (the
+/// command refuses while one listens); its batches arrive in seq order,
+/// above every seq the store ever handed out.
+///
+/// # What it must guarantee
+/// - [`read_after`](Self::read_after) holds a bounded number of events at a
+///   time, so an export of any size runs in constant memory.
+/// - [`import`](Self::import) is all or nothing per batch, and refuses a
+///   seq or an id the store already holds with [`PersistError::Conflict`].
+#[async_trait]
+pub trait Transfer: Send + Sync {
     /// Every stored event with seq > `after`, oldest first, gauge reports
-    /// included, as a stream that holds a bounded number of events at a
-    /// time (an export of any size runs in constant memory).
-    fn read_after(&self, _after: u64) -> Result<EventStream, PersistError> {
-        Err(PersistError::Unsupported { plugin: self.name(), what: "export" })
-    }
+    /// included.
+    fn read_after(&self, after: u64) -> Result<EventStream, PersistError>;
 
-    /// Stores events that already carry their seqs (an import), with the
-    /// stats as they stand after them, all or nothing. Events arrive in seq
-    /// order. An event whose seq (or id) the store already holds is refused
-    /// with [`PersistError::Conflict`], naming it.
-    async fn import(&self, _batch: &Batch) -> Result<(), PersistError> {
-        Err(PersistError::Unsupported { plugin: self.name(), what: "import" })
-    }
+    /// Stores events that already carry their seqs, with the stats as they
+    /// stand after them. An event whose seq (or id) the store already holds
+    /// is refused with [`PersistError::Conflict`], naming it.
+    async fn import(&self, batch: &Batch) -> Result<(), PersistError>;
+}
+
+/// A store that assigns seqs itself, in its commit: one global order for
+/// several replicas sharing it (CONTRACT section 8).
+///
+/// # What it may assume
+/// - Calls never overlap on one replica (one writer); other replicas commit
+///   to the same store meanwhile.
+/// - A [`NewBatch`] holds the events of one or more requests in acceptance
+///   order, not deduplicated, without seqs. The ack is always durable
+///   (config validation refuses queued ack: the seqs exist only after the
+///   commit).
+///
+/// # What it must guarantee
+/// - One commit, all or nothing: the events get seqs above every seq the
+///   store holds, in batch order, without holes; ids the store holds (or an
+///   earlier event of the batch has) are not stored again and answer their
+///   first seq; the events are folded into the stored stats in the same
+///   transaction.
+/// - [`Committed`] answers per event of the batch, in its order.
+#[async_trait]
+pub trait AssignsSeqs: Send + Sync {
+    /// Stores a group, assigning its seqs.
+    async fn persist_new(&self, batch: &NewBatch<'_>) -> Result<Committed, PersistError>;
 }
 
 /// Free bytes on its filesystem that a store whose last write failed waits
@@ -283,7 +380,7 @@ pub trait PersistCallback: Send + Sync + 'static {
 /// a checkpoint), so `/readyz` does not flap while batches still fail.
 pub const RECOVERY_HEADROOM: u64 = 4 << 20;
 
-/// Stored events in seq order (see [`PersistCallback::read_after`]).
+/// Stored events in seq order (see [`Transfer::read_after`]).
 pub type EventStream = futures::stream::BoxStream<'static, Result<Arc<Event>, PersistError>>;
 
 /// An [`EventStream`] read a page at a time: `page(after)` answers the next

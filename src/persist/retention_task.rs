@@ -2,14 +2,15 @@
 //! and refreshes the store gauges.
 //!
 //! The task never touches the write path itself: it asks the plugin for one
-//! small step at a time ([`PersistCallback::enforce_retention`]), so a store
+//! small step at a time ([`Retain::enforce_retention`]), so a store
 //! with a single writer (SQLite) interleaves a short delete between two
 //! group commits instead of stalling ingest behind one long one. Between
 //! steps it yields for [`STEP_PAUSE`]; when nothing is due it sleeps
 //! [`CHECK_INTERVAL`]. The policy is re-read from the config channel before
-//! every step, so a reload applies at once.
+//! every step, so a reload applies at once. A plugin without [`Retain`]
+//! (see [`PersistCallback::as_retention`]) has nothing to do here.
 
-use super::{PersistCallback, PersistError};
+use super::{PersistCallback, Retain};
 use crate::config::ConfigRx;
 use crate::internal_events::RetentionDeleted;
 use crate::metrics::Metrics;
@@ -25,8 +26,9 @@ pub const STEP_PAUSE: Duration = Duration::from_millis(20);
 /// How often store size and oldest-event age are refreshed for the metrics.
 pub const USAGE_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Runs retention and refreshes the store gauges until dropped. Failures
-/// are logged and retried at the next check; they never reach ingest.
+/// Runs retention and refreshes the store gauges until dropped (for a
+/// plugin without retention, the task ends at once). Failures are logged and
+/// retried at the next check; they never reach ingest.
 pub fn spawn(plugin: Arc<dyn PersistCallback>, config: ConfigRx, metrics: Arc<Metrics>) -> RetentionTask {
     let task = tokio::spawn(run(plugin, config, metrics));
     RetentionTask { task }
@@ -46,18 +48,19 @@ impl Drop for RetentionTask {
 
 async fn run(plugin: Arc<dyn PersistCallback>, mut config: ConfigRx, metrics: Arc<Metrics>) {
     let name = plugin.name();
+    let Some(store) = plugin.as_retention() else { return };
     let mut last_usage = None::<tokio::time::Instant>;
     let mut failing = false;
     loop {
         let policy = config.borrow().config.persist.retention();
         if last_usage.is_none_or(|t| t.elapsed() >= USAGE_INTERVAL) {
-            refresh_usage(&*plugin, &metrics).await;
+            refresh_usage(name, store, &metrics).await;
             last_usage = Some(tokio::time::Instant::now());
         }
         let mut pause = CHECK_INTERVAL;
         if policy.is_active() {
             let started = std::time::Instant::now();
-            match plugin.enforce_retention(&policy, Utc::now(), STEP_EVENTS).await {
+            match store.enforce_retention(&policy, Utc::now(), STEP_EVENTS).await {
                 Ok(step) => {
                     if failing {
                         tracing::info!(plugin = name, "retention works again");
@@ -75,7 +78,6 @@ async fn run(plugin: Arc<dyn PersistCallback>, mut config: ConfigRx, metrics: Ar
                         pause = STEP_PAUSE;
                     }
                 }
-                Err(PersistError::Unsupported { .. }) => {}
                 Err(e) => {
                     if !failing {
                         tracing::warn!(plugin = name, error = %e, "retention step failed; retrying later");
@@ -92,9 +94,8 @@ async fn run(plugin: Arc<dyn PersistCallback>, mut config: ConfigRx, metrics: Ar
     }
 }
 
-async fn refresh_usage(plugin: &dyn PersistCallback, metrics: &Metrics) {
-    let name = plugin.name();
-    let usage = match plugin.usage().await {
+async fn refresh_usage(name: &str, store: &dyn Retain, metrics: &Metrics) {
+    let usage = match store.usage().await {
         Ok(Some(u)) => u,
         Ok(None) => return,
         Err(e) => {

@@ -24,7 +24,10 @@
 //! sending (and does not flap while batches still fail). `journal_size_limit` keeps
 //! the WAL file from staying large after a checkpoint.
 
-use super::{Batch, EventQuery, EventStream, PersistCallback, PersistError, Recovered, RECOVERY_HEADROOM};
+use super::{
+    Batch, Dedupe, EventQuery, EventStream, PersistCallback, PersistError, Query, Recovered, Retain, Transfer,
+    RECOVERY_HEADROOM,
+};
 use crate::config::SqliteSync;
 use crate::event::Event;
 use crate::retention::{Retention, RetentionStep, StoreUsage};
@@ -131,7 +134,7 @@ pub struct SqlitePlugin {
 /// What the writer thread and the async side both see.
 #[derive(Debug, Default)]
 struct Shared {
-    /// See [`PersistCallback::retention_floor`].
+    /// See [`Retain::retention_floor`].
     floor: AtomicU64,
     /// The last write failed; health probes until one succeeds.
     write_failed: AtomicBool,
@@ -694,19 +697,39 @@ impl PersistCallback for SqlitePlugin {
         self.with_reader(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))).await.map(|_| ())
     }
 
-    fn can_query(&self) -> bool {
-        true
+    async fn close(&self) -> Result<(), PersistError> {
+        self.readers.pool.lock().clear();
+        self.call(Command::Close).await
     }
 
+    fn as_query(&self) -> Option<&dyn Query> {
+        Some(self)
+    }
+
+    fn as_dedupe(&self) -> Option<&dyn Dedupe> {
+        Some(self)
+    }
+
+    fn as_retention(&self) -> Option<&dyn Retain> {
+        Some(self)
+    }
+
+    fn as_transfer(&self) -> Option<&dyn Transfer> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl Query for SqlitePlugin {
     async fn query(&self, q: &EventQuery) -> Result<Vec<Arc<Event>>, PersistError> {
         let q = q.clone();
         self.with_reader(move |c| run_query(c, &q)).await
     }
+}
 
-    fn dedupes_on_insert(&self) -> bool {
-        true
-    }
-
+/// The unique index on `id`: the insert itself refuses a stored id.
+#[async_trait]
+impl Dedupe for SqlitePlugin {
     /// Runs on a read connection, beside the writer's commits. It sees what
     /// is committed; ids still on their way to the store are in the
     /// pipeline's window of recent ids.
@@ -718,11 +741,13 @@ impl PersistCallback for SqlitePlugin {
         self.with_reader(move |c| lookup(c, &ids)).await
     }
 
-    async fn close(&self) -> Result<(), PersistError> {
-        self.readers.pool.lock().clear();
-        self.call(Command::Close).await
+    fn dedupes_on_insert(&self) -> bool {
+        true
     }
+}
 
+#[async_trait]
+impl Retain for SqlitePlugin {
     fn retention_floor(&self) -> u64 {
         self.shared.floor.load(Ordering::SeqCst)
     }
@@ -780,7 +805,10 @@ impl PersistCallback for SqlitePlugin {
         .await
         .map_err(err)
     }
+}
 
+#[async_trait]
+impl Transfer for SqlitePlugin {
     fn read_after(&self, after: u64) -> Result<EventStream, PersistError> {
         let readers = self.readers.clone();
         Ok(super::paged(after, move |after| {

@@ -50,7 +50,8 @@ pub(super) async fn replay(
     })?;
     // Also truncated when retention removed events the client has not seen:
     // the replay then starts at the oldest kept event.
-    let truncated = events.len() > max || after < state.plugin.retention_floor();
+    let floor = state.plugin.as_retention().map_or(0, |r| r.retention_floor());
+    let truncated = events.len() > max || after < floor;
     events.truncate(max);
     events.reverse();
     let newest = events.last().map_or(0, |e| e.seq);

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use sidewire::config::AckMode;
 use sidewire::event::Event;
 use sidewire::persist::memory::MemoryPlugin;
-use sidewire::persist::{Batch, EventQuery, PersistCallback, PersistError, Recovered};
+use sidewire::persist::{Batch, Dedupe, EventQuery, PersistCallback, PersistError, Query, Recovered};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -80,14 +80,26 @@ impl PersistCallback for Flaky {
         }
     }
 
-    fn can_query(&self) -> bool {
-        true
+    fn as_query(&self) -> Option<&dyn Query> {
+        Some(self)
     }
 
+    fn as_dedupe(&self) -> Option<&dyn Dedupe> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl Query for Flaky {
     async fn query(&self, q: &EventQuery) -> Result<Vec<Arc<Event>>, PersistError> {
         self.inner.query(q).await
     }
+}
 
+/// Looks ids up (and fails on command), but `persist` does not refuse
+/// stored ids: with durable ack the pipeline asks before numbering.
+#[async_trait]
+impl Dedupe for Flaky {
     async fn lookup_ids(&self, _ids: &[&str]) -> Result<HashMap<String, u64>, PersistError> {
         if self.fail_lookup.load(Ordering::SeqCst) {
             Err(PersistError::unavailable("flaky", "lookup switched off by the test"))

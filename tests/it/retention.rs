@@ -88,7 +88,7 @@ async fn limit_contract(config: Config, plugin_name: &str) {
     let plugin = srv.app.plugin.clone();
     wait_until("retention removed the 151 oldest", Duration::from_secs(20), || {
         let p = plugin.clone();
-        async move { p.retention_floor() == 151 }
+        async move { p.as_retention().is_some_and(|r| r.retention_floor() == 151) }
     })
     .await;
 
@@ -144,7 +144,7 @@ async fn limit_contract(config: Config, plugin_name: &str) {
     }));
     wait_until("the lower limit applied", Duration::from_secs(20), || {
         let p = plugin.clone();
-        async move { p.retention_floor() == 171 }
+        async move { p.as_retention().is_some_and(|r| r.retention_floor() == 171) }
     })
     .await;
     srv.stop().await;

@@ -9,7 +9,7 @@ use crate::common::{client, refused_port};
 use sidewire::cluster::ClusterOptions;
 use sidewire::config::Config;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const SECRETS: &[&str] =

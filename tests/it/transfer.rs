@@ -233,3 +233,19 @@ async fn a_sqlite_history_moves_into_postgres() {
     // A second import collides.
     assert!(!sidewire(&["import"], &pg_cfg, Some(&exported)).status.success());
 }
+
+/// A plugin without export/import (memory, webhook) is refused by name,
+/// before anything is read or written.
+#[test]
+fn a_plugin_that_cannot_export_or_import_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), "mem", "memory");
+    let line = br#"{"type":"x","timestamp":"2025-12-31T20:00:00Z","seq":1}"#;
+    for (args, stdin, what) in [(&["export"][..], None, "export"), (&["import"][..], Some(&line[..]), "import")] {
+        let out = sidewire(args, &config, stdin);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what} into memory succeeded: {stderr}");
+        assert!(stderr.contains(&format!("the memory plugin cannot {what}")), "{what}: {stderr}");
+        assert!(out.stdout.is_empty(), "{what} wrote {:?}", String::from_utf8_lossy(&out.stdout));
+    }
+}

@@ -49,8 +49,9 @@
 
 use super::{db_err, deadline, err, parse_stats, PostgresPlugin, CALL_TIMEOUT, RETRY_INTERVAL};
 use crate::event::{Event, NewEvent};
-use crate::persist::{Batch, Committed, NewBatch, PersistError};
+use crate::persist::{AssignsSeqs, Batch, Committed, NewBatch, PersistError};
 use crate::stats::DurableStats;
+use async_trait::async_trait;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -227,4 +228,15 @@ fn assemble(
         }
     }
     Committed { seqs, stored, batch: Batch { events, stats: Arc::new(stats) } }
+}
+
+/// Fails fast after a failed write (see the `postgres` module's faults).
+#[async_trait]
+impl AssignsSeqs for PostgresPlugin {
+    async fn persist_new(&self, batch: &NewBatch<'_>) -> Result<Committed, PersistError> {
+        self.fail_fast()?;
+        let result = self.commit(batch).await;
+        self.note_write(&result);
+        result
+    }
 }

@@ -26,18 +26,17 @@ mod schema;
 mod transfer;
 
 use super::Batch;
-use super::{Committed, EventQuery, EventStream, NewBatch, PersistCallback, PersistError, Recovered};
+use super::{AssignsSeqs, PersistCallback, PersistError, Query, Recovered, Retain, Transfer};
 use crate::config::SecretUrl;
 use crate::event::Event;
-use crate::retention::{Retention, RetentionStep, StoreUsage};
+use crate::retention::Retention;
 use crate::stats::DurableStats;
 use async_trait::async_trait;
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{TimeZone, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_postgres::{NoTls, Row};
@@ -76,7 +75,7 @@ pub struct PostgresPlugin {
     config: tokio_postgres::Config,
     notify_channel: Option<String>,
     replica: String,
-    /// See [`PersistCallback::retention_floor`].
+    /// See [`Retain::retention_floor`].
     floor: AtomicU64,
     /// When the last write failed (writes fail fast until the next attempt).
     failed_at: Mutex<Option<Instant>>,
@@ -255,21 +254,10 @@ impl PersistCallback for PostgresPlugin {
         Ok(Recovered { stats, last_seq, ..Default::default() })
     }
 
-    /// Batches always come through [`persist_new`](Self::persist_new);
-    /// this stores already sequenced events (which only an import makes).
+    /// Ingest always comes through [`AssignsSeqs::persist_new`]; this
+    /// stores already sequenced events (which only an import makes).
     async fn persist(&self, batch: &Batch) -> Result<(), PersistError> {
-        self.import(batch).await
-    }
-
-    fn assigns_seqs(&self) -> bool {
-        true
-    }
-
-    async fn persist_new(&self, batch: &NewBatch<'_>) -> Result<Committed, PersistError> {
-        self.fail_fast()?;
-        let result = self.commit(batch).await;
-        self.note_write(&result);
-        result
+        Transfer::import(self, batch).await
     }
 
     async fn health(&self) -> Result<(), PersistError> {
@@ -279,49 +267,25 @@ impl PersistCallback for PostgresPlugin {
         .await
     }
 
-    fn can_query(&self) -> bool {
-        true
-    }
-
-    async fn query(&self, q: &EventQuery) -> Result<Vec<Arc<Event>>, PersistError> {
-        self.query_events(q).await
-    }
-
-    fn dedupes_on_insert(&self) -> bool {
-        true
-    }
-
-    async fn lookup_ids(&self, ids: &[&str]) -> Result<HashMap<String, u64>, PersistError> {
-        self.lookup(ids).await
-    }
-
     async fn close(&self) -> Result<(), PersistError> {
         self.pool.close();
         Ok(())
     }
 
-    fn retention_floor(&self) -> u64 {
-        self.floor.load(Ordering::SeqCst)
+    fn as_query(&self) -> Option<&dyn Query> {
+        Some(self)
     }
 
-    async fn enforce_retention(
-        &self,
-        policy: &Retention,
-        now: DateTime<Utc>,
-        max_events: usize,
-    ) -> Result<RetentionStep, PersistError> {
-        self.retention_step(policy, now, max_events).await
+    fn as_retention(&self) -> Option<&dyn Retain> {
+        Some(self)
     }
 
-    async fn usage(&self) -> Result<Option<StoreUsage>, PersistError> {
-        self.store_usage().await
+    fn as_transfer(&self) -> Option<&dyn Transfer> {
+        Some(self)
     }
 
-    fn read_after(&self, after: u64) -> Result<EventStream, PersistError> {
-        Ok(self.export_stream(after))
-    }
-
-    async fn import(&self, batch: &Batch) -> Result<(), PersistError> {
-        self.import_batch(batch).await
+    /// Dedupe is whole-store too, in the same commit (no [`super::Dedupe`]).
+    fn as_sequencing(&self) -> Option<&dyn AssignsSeqs> {
+        Some(self)
     }
 }

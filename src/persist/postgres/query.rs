@@ -1,13 +1,13 @@
 //! Reads: the head row, the durable head, committed ranges (gap fills),
-//! activity and resume queries, id lookups. Every read of events stops at
+//! activity and resume queries. Every read of events stops at
 //! the durable head (see [`super::commit`]).
 
 use super::{db_err, parse_stats, row_to_event, to_i64, PostgresPlugin, PAGE};
 use crate::event::Event;
 use crate::persist::shared::Range;
-use crate::persist::{EventQuery, PersistError};
+use crate::persist::{EventQuery, PersistError, Query};
 use crate::stats::DurableStats;
-use std::collections::HashMap;
+use async_trait::async_trait;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -82,9 +82,12 @@ impl PostgresPlugin {
         let events = rows.iter().map(row_to_event).collect();
         Ok(Range { events, stats: parse_stats(stats)? })
     }
+}
 
+#[async_trait]
+impl Query for PostgresPlugin {
     /// Activity and resume queries (durable events only).
-    pub(super) async fn query_events(&self, q: &EventQuery) -> Result<Vec<Arc<Event>>, PersistError> {
+    async fn query(&self, q: &EventQuery) -> Result<Vec<Arc<Event>>, PersistError> {
         let before = to_i64(q.before.unwrap_or(u64::MAX));
         let after = to_i64(q.after.unwrap_or(0));
         let limit = q.limit.min(i64::MAX as usize) as i64;
@@ -109,21 +112,5 @@ impl PostgresPlugin {
             })
             .await?;
         Ok(rows.iter().map(row_to_event).collect())
-    }
-
-    /// The seqs of stored events with these ids.
-    pub(super) async fn lookup(&self, ids: &[&str]) -> Result<HashMap<String, u64>, PersistError> {
-        if ids.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
-        let rows = self
-            .with("lookup ids", move |c| {
-                Box::pin(async move {
-                    c.query("SELECT id, seq FROM sidewire_events WHERE id = ANY($1)", &[&ids]).await.map_err(db_err)
-                })
-            })
-            .await?;
-        Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1).max(0) as u64)).collect())
     }
 }

@@ -3,12 +3,20 @@
 //! The floor lives in the head row and only ever grows.
 
 use super::{db_err, to_i64, PostgresPlugin};
-use crate::persist::{PersistCallback, PersistError};
+use crate::persist::{PersistError, Retain};
 use crate::retention::{Retention, RetentionStep, StoreUsage};
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use std::sync::atomic::Ordering;
 
-impl PostgresPlugin {
-    pub(super) async fn retention_step(
+#[async_trait]
+impl Retain for PostgresPlugin {
+    /// The floor as last read from the head row.
+    fn retention_floor(&self) -> u64 {
+        self.floor.load(Ordering::SeqCst)
+    }
+
+    async fn enforce_retention(
         &self,
         policy: &Retention,
         now: DateTime<Utc>,
@@ -64,7 +72,7 @@ impl PostgresPlugin {
         Ok(RetentionStep { deleted, more })
     }
 
-    pub(super) async fn store_usage(&self) -> Result<Option<StoreUsage>, PersistError> {
+    async fn usage(&self) -> Result<Option<StoreUsage>, PersistError> {
         let row = self
             .with("usage", move |c| {
                 Box::pin(async move {
@@ -86,7 +94,9 @@ impl PostgresPlugin {
             oldest_stored_at: oldest.map(|ms| ms as f64 / 1000.0),
         }))
     }
+}
 
+impl PostgresPlugin {
     /// The highest seq the policy no longer keeps, if any.
     async fn retention_cutoff(&self, policy: &Retention, now: DateTime<Utc>) -> Result<Option<u64>, PersistError> {
         let policy = *policy;

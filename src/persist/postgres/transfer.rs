@@ -3,7 +3,8 @@
 use super::query::DURABLE_HEAD;
 use super::{db_err, deadline, err, row_to_event, to_i64, PostgresPlugin, NAME, PAGE};
 use crate::event::Event;
-use crate::persist::{Batch, EventStream, PersistError};
+use crate::persist::{Batch, EventStream, PersistError, Transfer};
+use async_trait::async_trait;
 use chrono::Utc;
 use deadpool_postgres::Pool;
 use std::sync::Arc;
@@ -35,20 +36,21 @@ impl<'a> Columns<'a> {
 const INSERT_EVENTS: &str = "INSERT INTO sidewire_events (seq, type, ts_ms, id, source, data, stored_ms)
      SELECT * FROM unnest($1::int8[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::int8[])";
 
-impl PostgresPlugin {
+#[async_trait]
+impl Transfer for PostgresPlugin {
     /// Every durable event with seq > `after`, a page at a time.
-    pub(super) fn export_stream(&self, after: u64) -> EventStream {
+    fn read_after(&self, after: u64) -> Result<EventStream, PersistError> {
         let reader = PageReader { pool: self.pool.clone() };
-        crate::persist::paged(after, move |after| {
+        Ok(crate::persist::paged(after, move |after| {
             let reader = reader.clone();
             async move { reader.page(after).await }
-        })
+        }))
     }
 
     /// Stores events that carry their seqs, all or nothing, under the head
     /// lock, synchronously; refuses a seq or id the store holds. The
     /// imported events count as durable at once.
-    pub(super) async fn import_batch(&self, batch: &Batch) -> Result<(), PersistError> {
+    async fn import(&self, batch: &Batch) -> Result<(), PersistError> {
         if batch.events.is_empty() {
             return Ok(());
         }
