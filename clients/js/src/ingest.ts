@@ -141,6 +141,8 @@ export class Client {
   private readonly idPrefix = "sw-" + Math.random().toString(36).slice(2, 10) + Date.now().toString(36) + "-";
   private idCounter = 0;
   private readonly knownTypes = new Set<string>();
+  private stampMs = -1;
+  private stamp = "";
   // The queue: items[head..] wait; compacted now and then (no O(n) shift).
   private items: Item[] = [];
   private head = 0;
@@ -260,8 +262,18 @@ export class Client {
     if (options?.id === undefined) id = `"${this.idPrefix}${++this.idCounter}"`;
     else if (typeof options.id === "string" && options.id.length <= 128 && ASCII_RE.test(options.id)) id = JSON.stringify(options.id);
     else throw new InvalidEventError("field `id`: must be 1-128 printable ASCII characters (0x21-0x7E)");
-    const stamp = options?.timestamp === undefined ? new Date().toISOString() : formatTimestamp(options.timestamp);
+    const stamp = options?.timestamp === undefined ? this.now() : formatTimestamp(options.timestamp);
     return `{"type":"${type}","data":${dataJson},"timestamp":"${stamp}","id":${id}${this.sourceJson}}`;
+  }
+
+  /** Now as the server writes it; formatted once per millisecond at most. */
+  private now(): string {
+    const ms = Date.now();
+    if (ms !== this.stampMs) {
+      this.stampMs = ms;
+      this.stamp = new Date(ms).toISOString();
+    }
+    return this.stamp;
   }
 
   private dropOldest(): void {
