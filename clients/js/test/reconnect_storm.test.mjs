@@ -6,7 +6,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import WebSocket from "ws";
 import { connect } from "../dist/dashboard.js";
-import { startServer, haveBinary, need, BIN, ingest, until, sleep } from "./helpers/server.mjs";
+import { startServer, haveBinary, need, BIN, ingest, until } from "./helpers/server.mjs";
 
 const N = 1000;
 
