@@ -97,16 +97,20 @@ function ts(s, hint) {
 }
 const wrap = (t) => (/[|&]/.test(t) ? `(${t})` : t);
 
-function body(s) {
+function body(s, pad = "") {
   const req = new Set(s.required ?? []);
   const lines = Object.entries(s.properties ?? {}).map(([k, v]) => {
-    const doc = v.description ? `  /** ${v.description.replace(/\s*\n\s*/g, " ").replace(/\*\//g, "*\\/")} */\n` : "";
-    const hint = k === "data" || k === "error" ? null : null;
-    return `${doc}  ${k}${req.has(k) ? "" : "?"}: ${ts(v, hint)};`;
+    const doc = v.description ? `${pad}  /** ${v.description.replace(/\s*\n\s*/g, " ").replace(/\*\//g, "*\\/")} */\n` : "";
+    const t = v.properties && !v.$ref ? body(v, pad + "  ") : ts(v);
+    return `${doc}${pad}  ${k}${req.has(k) ? "" : "?"}: ${t};`;
   });
   const ap = s.additionalProperties;
-  if (ap && ap !== true) lines.push(`  [key: string]: ${ts(ap)} | ${[...new Set(Object.values(s.properties ?? {}).map((v) => ts(v)))].join(" | ")} | undefined;`);
-  return `{\n${lines.join("\n")}\n}`;
+  if (ap && ap !== true) {
+    // TypeScript wants every named property to fit the index signature too.
+    const all = new Set([ts(ap), ...Object.values(s.properties ?? {}).flatMap((v) => ts(v).split(" | "))]);
+    lines.push(`${pad}  [key: string]: ${[...all, "undefined"].join(" | ")};`);
+  }
+  return `{\n${lines.join("\n")}\n${pad}}`;
 }
 
 function decl(schemaName, tsName, s) {

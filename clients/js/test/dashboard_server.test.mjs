@@ -55,6 +55,7 @@ test("exactly once, in seq order, across kill -9 and graceful restarts under loa
       await (how === "kill" ? srv.kill() : srv.stop());
       await sleep(300);
       await srv.start();
+      await until(() => client.state === "open", `open again after ${how}`);
     }
     const accepted = [...new Set(await producer)].sort((a, b) => a - b);
     await until(() => got.seqs.length >= accepted.length, `all ${accepted.length} events delivered (have ${got.seqs.length})`, 20000);
