@@ -25,11 +25,20 @@ test(`${N} dashboards reconnecting after a restart are spread out`, { timeout: 1
     const before = await ingest(srv.base, [{ type: "query_complete", id: "before" }]);
     await until(() => clients.every((c) => c.lastSeq === before[0]), "all saw the event");
 
+    // The moment each client opens its socket again (the connection rate the
+    // clients cause) and the moment the server acknowledges it.
+    const attempted = new Array(N).fill(0);
     const reopened = new Array(N).fill(0);
-    clients.forEach((c, i) => c.on("state", (s) => s === "open" && !reopened[i] && (reopened[i] = Date.now())));
+    clients.forEach((c, i) =>
+      c.on("state", (s) => {
+        if (s === "connecting" && !attempted[i]) attempted[i] = Date.now();
+        if (s === "open" && !reopened[i]) reopened[i] = Date.now();
+      }),
+    );
     const delivered = new Array(N).fill(0);
     clients.forEach((c, i) => c.on("event", (e) => e.id === "during" && delivered[i]++));
 
+    const closedAt = Date.now();
     await srv.stop(); // every dashboard gets 1001
     const down = Date.now();
     await srv.start();
@@ -38,16 +47,24 @@ test(`${N} dashboards reconnecting after a restart are spread out`, { timeout: 1
     await until(() => reopened.every(Boolean), `all ${N} back (${reopened.filter(Boolean).length})`, 60000);
     await until(() => delivered.every((n) => n === 1), "each got the event once");
 
-    const times = reopened.map((t) => t - down).sort((a, b) => a - b);
-    const windows = new Map();
-    for (const t of times) windows.set(Math.floor(t / 100), (windows.get(Math.floor(t / 100)) ?? 0) + 1);
-    const peak = Math.max(...windows.values());
-    const p = (q) => times[Math.min(N - 1, Math.floor(q * N))];
-    const report = `restart took ${up - down} ms; reconnects after the 1001: p10 ${p(0.1)} ms, p50 ${p(0.5)} ms, p90 ${p(0.9)} ms, last ${times[N - 1]} ms; busiest 100 ms window: ${peak} connections; ${(N / ((times[N - 1] - times[0]) / 1000)).toFixed(0)} connections/s on average`;
+    const describe = (stamps) => {
+      const times = stamps.map((t) => t - closedAt).sort((a, b) => a - b);
+      const windows = new Map();
+      for (const t of times) windows.set(Math.floor(t / 100), (windows.get(Math.floor(t / 100)) ?? 0) + 1);
+      const q = (p) => times[Math.min(N - 1, Math.floor(p * N))];
+      return { peak: Math.max(...windows.values()), p10: q(0.1), p50: q(0.5), p90: q(0.9), last: times[N - 1] };
+    };
+    const a = describe(attempted);
+    const o = describe(reopened);
+    const report =
+      `server down ${down - closedAt} ms, up again after ${up - closedAt} ms; ` +
+      `first reconnect attempts: p10 ${a.p10} ms, p50 ${a.p50} ms, p90 ${a.p90} ms, last ${a.last} ms, busiest 100 ms: ${a.peak}; ` +
+      `acknowledged: p10 ${o.p10} ms, p50 ${o.p50} ms, p90 ${o.p90} ms, last ${o.last} ms, busiest 100 ms: ${o.peak}`;
     console.log(`# ${report}`);
     t.diagnostic(report);
-    assert.ok(peak <= N * 0.2, `no thundering herd: at most 20% in any 100 ms (${peak})`);
-    assert.ok(p(0.9) - p(0.1) >= 500, "spread over at least half a second");
+    // What the clients control: when they knock. Without jitter all 1,000 would knock within a few ms.
+    assert.ok(a.peak <= N * 0.25, `no thundering herd: at most 25% of the attempts in any 100 ms (${a.peak})`);
+    assert.ok(a.p90 - a.p10 >= 500, "attempts spread over at least half a second");
     assert.ok(during[0] > before[0]);
   } finally {
     for (const c of clients) c.close();
