@@ -11,6 +11,8 @@
 // over the time from the first emit to the flush, checked against the
 // server's eventsTotal. Then emit() is timed one call at a time with the
 // server gone.
+import { readFileSync } from "node:fs";
+import { cpus, loadavg } from "node:os";
 import { Client } from "../dist/ingest.js";
 import { startServer, freePort } from "../test/helpers/server.mjs";
 
@@ -31,6 +33,18 @@ const data = (i) => (pad ? { file: `report-${i}.pdf`, nodesCreated: i % 50, pad 
 const before = (await (await fetch(`${url}/api/v1/stats`)).json()).eventsTotal;
 
 const client = new Client({ url, source: "bench", maxQueue: 100_000, log: (m) => console.error(m) });
+// CPU seconds of a process from /proc (Linux): user + system.
+const ticks = (pid) => {
+  try {
+    const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
+    return (Number(f[11]) + Number(f[12])) / 100;
+  } catch {
+    return NaN;
+  }
+};
+const loadBefore = loadavg()[0];
+const cpu0 = process.cpuUsage();
+const srvCpu0 = srv ? ticks(srv.proc.pid) : NaN;
 const t0 = performance.now();
 for (let i = 0; i < N; ) {
   while (client.stats.queued > 50_000) await new Promise((r) => setTimeout(r, 1));
@@ -42,9 +56,13 @@ const ok = await client.flush(120_000);
 const secs = (performance.now() - t0) / 1000;
 const after = (await (await fetch(`${url}/api/v1/stats`)).json()).eventsTotal;
 const st = client.stats;
+const cpu = process.cpuUsage(cpu0);
+const clientUs = ((cpu.user + cpu.system) / N).toFixed(2);
+const serverUs = srv ? (((ticks(srv.proc.pid) - srvCpu0) * 1e6) / N).toFixed(2) : "?";
 console.log(
   `ingest: ${N} events in ${secs.toFixed(2)} s = ${Math.round(N / secs)} events/s` +
-    ` (flushed: ${ok}; server eventsTotal +${after - before}; sent ${st.sent}, dropped ${st.dropped}, retried ${st.retried})`,
+    ` (flushed: ${ok}; server eventsTotal +${after - before}; sent ${st.sent}, dropped ${st.dropped}, retried ${st.retried});` +
+    ` CPU per event: client ${clientUs} µs, server ${serverUs} µs; load average ${loadBefore.toFixed(1)} -> ${loadavg()[0].toFixed(1)} on ${cpus().length} CPUs`,
 );
 await client.close();
 if (srv) await srv.cleanup();
