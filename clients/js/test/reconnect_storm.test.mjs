@@ -62,8 +62,10 @@ test(`${N} dashboards reconnecting after a restart are spread out`, { timeout: 1
       `acknowledged: p10 ${o.p10} ms, p50 ${o.p50} ms, p90 ${o.p90} ms, last ${o.last} ms, busiest 100 ms: ${o.peak}`;
     console.log(`# ${report}`);
     t.diagnostic(report);
-    // What the clients control: when they knock. Without jitter all 1,000 would knock within a few ms.
-    assert.ok(a.peak <= N * 0.25, `no thundering herd: at most 25% of the attempts in any 100 ms (${a.peak})`);
+    // What the clients control: when they knock. Without jitter all 1,000
+    // would knock within a few ms (100% in one window); uniform over 1 s is
+    // ~10% per window, and a loaded machine runs timers in bursts, hence 35%.
+    assert.ok(a.peak <= N * 0.35, `no thundering herd: at most 35% of the attempts in any 100 ms (${a.peak})`);
     assert.ok(a.p90 - a.p10 >= 500, "attempts spread over at least half a second");
     assert.ok(during[0] > before[0]);
   } finally {
