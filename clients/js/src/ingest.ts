@@ -27,8 +27,6 @@ const RESERVED = new Set(["connection_ack", "pong", "resume_complete"]);
 const STAT_RE = /^[A-Za-z][A-Za-z0-9_]{0,63}$/;
 const ASCII_RE = /^[\x21-\x7e]+$/;
 const RFC3339 = /^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$/;
-// eslint-disable-next-line no-control-regex -- the ASCII range is the point
-const NON_ASCII = /[^\x00-\x7f]/;
 const MAX_DATA_BYTES = 64 * 1024;
 const MAX_DEPTH = 32;
 const RETRYABLE = new Set([408, 425, 429]);
@@ -218,7 +216,7 @@ export class Client {
       this.warn("invalid", `sidewire: event dropped, ${e instanceof Error ? e.message : String(e)}`);
       return false;
     }
-    const bytes = line.length < 256 && !NON_ASCII.test(line) ? line.length : Buffer.byteLength(line);
+    const bytes = byteLength(line);
     if (this.head === this.items.length) this.oldestAt = Date.now();
     this.items.push({ line, bytes, tp });
     this.queueBytes += bytes;
@@ -244,7 +242,7 @@ export class Client {
         throw new InvalidEventError(`field \`data\`: not serializable as JSON (${e instanceof Error ? e.message : String(e)})`);
       }
       if (text === undefined || text[0] !== "{") throw new InvalidEventError("field `data`: must be an object");
-      const size = text.length * 3 <= MAX_DATA_BYTES ? text.length : Buffer.byteLength(text);
+      const size = text.length * 3 <= MAX_DATA_BYTES ? text.length : byteLength(text);
       if (size > MAX_DATA_BYTES) throw new InvalidEventError(`field \`data\`: ${size} bytes serialized, at most ${MAX_DATA_BYTES}`);
       // Each level needs an opening bracket: few brackets prove the depth is fine.
       if (text.length > MAX_DEPTH * 2 && countBrackets(text) > MAX_DEPTH) {
@@ -616,6 +614,12 @@ export class Client {
       /* a logger that throws: still nothing for the caller */
     }
   }
+}
+
+/** UTF-8 size (Node, Deno and Bun have `Buffer`; it beats a regex test for ASCII). */
+const encoder = typeof Buffer === "undefined" ? new TextEncoder() : null;
+function byteLength(s: string): number {
+  return encoder ? encoder.encode(s).length : Buffer.byteLength(s);
 }
 
 function countBrackets(s: string): number {
