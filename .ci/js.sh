@@ -52,6 +52,8 @@ echo "== eslint"
 npm run --silent lint
 echo "== build (dist/, size limit, assets/dashboard/app.js is current)"
 node scripts/build.mjs --check
+echo "== the published types as an application sees them (test/types, with Express's and Fastify's types)"
+npx --no-install tsc -p test/types
 
 if [ -x "$SIDEWIRE_BIN" ]; then
   echo "== src/messages.ts matches the server's OpenAPI document"

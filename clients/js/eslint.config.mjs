@@ -5,7 +5,7 @@ import tseslint from "typescript-eslint";
 import globals from "globals";
 
 export default tseslint.config(
-  { ignores: ["dist/", "node_modules/", "src/messages.ts"] },
+  { ignores: ["dist/", "node_modules/", "src/messages.ts", "test/types/"] },
   js.configs.recommended,
   {
     files: ["src/**/*.ts"],

@@ -41,7 +41,8 @@ export interface WebSocketLike {
   send(data: string): void;
   close(code?: number, reason?: string): void;
 }
-export type WebSocketConstructor = new (url: string) => WebSocketLike;
+/** A WebSocket class (the browser's, Node's, `ws`): typed loosely so each one's own handler types fit; used as {@link WebSocketLike}. */
+export type WebSocketConstructor = new (url: string) => object;
 
 export interface ConnectOptions {
   /** The sidecar's base URL (`http(s)://host:port`) or the full `ws(s)://…/api/v1/ws/dashboard`. Default in a browser: the page's origin. */
@@ -170,7 +171,7 @@ export class DashboardClient implements AsyncIterable<EventMessage> {
     const url = options.url ?? g.location?.origin;
     if (!url) throw new TypeError("sidewire: connect() needs a url");
     this.wsUrl = dashboardUrl(url);
-    const Ws = options.WebSocket ?? (g.WebSocket as unknown as WebSocketConstructor | undefined);
+    const Ws: WebSocketConstructor | undefined = options.WebSocket ?? g.WebSocket;
     if (!Ws) throw new TypeError("sidewire: no WebSocket here; pass connect({ WebSocket }) (e.g. the `ws` package)");
     this.Ws = Ws;
     this.lastSeq = options.afterSeq ?? null;
@@ -305,7 +306,7 @@ export class DashboardClient implements AsyncIterable<EventMessage> {
     const url = this.wsUrl + (qs ? `?${qs}` : "");
     let ws: WebSocketLike;
     try {
-      ws = new this.Ws(url);
+      ws = new this.Ws(url) as WebSocketLike;
     } catch (e) {
       this.emit("error", new SidewireError("connect_failed", `sidewire: ${String(e)}`));
       return this.retry("connect failed");

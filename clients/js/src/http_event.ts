@@ -81,8 +81,9 @@ interface ExpressRequest {
   originalUrl?: string;
   url: string;
   baseUrl?: string;
-  route?: { path?: unknown };
-  app?: { router?: ExpressRouter; _router?: ExpressRouter };
+  // Read loosely (cast where used), so Express's own types fit in.
+  route?: unknown;
+  app?: unknown;
 }
 interface ExpressResponse {
   statusCode: number;
@@ -123,14 +124,15 @@ function mountedTemplates(stack: ExpressLayer[] | undefined, route: object, pref
 }
 
 function expressRoute(req: ExpressRequest, cache: WeakMap<object, string | string[]>): string | undefined {
-  const route = req.route;
+  const route = req.route as { path?: unknown } | undefined;
   if (!route || typeof route !== "object") return undefined;
   const path = Array.isArray(route.path) ? route.path.join("|") : typeof route.path === "string" ? route.path : "";
   const base = req.baseUrl ?? "";
   let known = cache.get(route);
   if (known === undefined) {
     const out: string[] = [];
-    const router = req.app?.router ?? req.app?._router;
+    const app = req.app as { router?: ExpressRouter; _router?: ExpressRouter } | undefined;
+    const router = app?.router ?? app?._router;
     mountedTemplates(router?.stack, route, "", out);
     // None found (Express 4 keeps no templates of mounts): the request's baseUrl.
     known = out.length === 1 ? out[0]! : out;
