@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Ingest client throughput and emit() latency (docs/BENCHMARKS.md).
 //
-//   node bench/ingest.mjs [--events N] [--url URL] [--data-bytes B]
+//   node bench/ingest.mjs [--events N] [--url URL] [--data-bytes B] [--in-flight K]
 //
 // Without --url it starts target/release/sidewire with its defaults (SQLite,
 // persist.ack = "durable": a 202 only after the commit) on a free loopback
@@ -22,6 +22,7 @@ const arg = (name, def) => {
 };
 const N = Number(arg("events", 500_000));
 const dataBytes = Number(arg("data-bytes", 0));
+const maxInFlight = Number(arg("in-flight", 1));
 let srv = null;
 let url = arg("url", null);
 if (!url) {
@@ -32,7 +33,7 @@ const pad = dataBytes ? "x".repeat(dataBytes) : undefined;
 const data = (i) => (pad ? { file: `report-${i}.pdf`, nodesCreated: i % 50, pad } : { file: `report-${i}.pdf`, nodesCreated: i % 50, durationMs: 840 });
 const before = (await (await fetch(`${url}/api/v1/stats`)).json()).eventsTotal;
 
-const client = new Client({ url, source: "bench", maxQueue: 100_000, log: (m) => console.error(m) });
+const client = new Client({ url, source: "bench", maxQueue: 100_000, maxInFlight, log: (m) => console.error(m) });
 // CPU seconds of a process from /proc (Linux): user + system.
 const ticks = (pid) => {
   try {
@@ -60,7 +61,7 @@ const cpu = process.cpuUsage(cpu0);
 const clientUs = ((cpu.user + cpu.system) / N).toFixed(2);
 const serverUs = srv ? (((ticks(srv.proc.pid) - srvCpu0) * 1e6) / N).toFixed(2) : "?";
 console.log(
-  `ingest: ${N} events in ${secs.toFixed(2)} s = ${Math.round(N / secs)} events/s` +
+  `ingest (maxInFlight ${maxInFlight}): ${N} events in ${secs.toFixed(2)} s = ${Math.round(N / secs)} events/s` +
     ` (flushed: ${ok}; server eventsTotal +${after - before}; sent ${st.sent}, dropped ${st.dropped}, retried ${st.retried});` +
     ` CPU per event: client ${clientUs} µs, server ${serverUs} µs; load average ${loadBefore.toFixed(1)} -> ${loadavg()[0].toFixed(1)} on ${cpus().length} CPUs`,
 );

@@ -55,6 +55,13 @@ export interface ClientOptions {
   maxQueueBytes?: number;
   /** One request's timeout in ms (default 10,000). */
   timeoutMs?: number;
+  /**
+   * Batches on the wire at once (default 1: events reach the server in the
+   * order they were emitted). 2 or more hide the request latency (more
+   * throughput), but a batch may then be accepted before an earlier one, so
+   * seq order can differ from emit order across batches.
+   */
+  maxInFlight?: number;
   /** First retry delay ceiling in ms (default 200), doubling up to `backoffMaxMs` (default 30,000). */
   backoffBaseMs?: number;
   backoffMaxMs?: number;
@@ -153,7 +160,7 @@ export class Client {
   private closeDeadline = 0;
   private running = false;
   private timer: ReturnType<typeof setTimeout> | undefined;
-  private sleeping: { timer: ReturnType<typeof setTimeout>; wake: () => void } | null = null;
+  private sleeping = new Set<() => void>();
   private waiters: { target: number; resolve: (ok: boolean) => void }[] = [];
   private counts = { sent: 0, duplicates: 0, retried: 0 };
   private drops: Record<DropReason, number> = { invalid: 0, closed: 0, queue_full: 0, rejected: 0, too_large: 0, unauthorized: 0, refused: 0, shutdown: 0 };
@@ -179,6 +186,7 @@ export class Client {
       maxQueue: options.maxQueue ?? 10_000,
       maxQueueBytes: options.maxQueueBytes ?? 16 * 1024 * 1024,
       timeoutMs: options.timeoutMs ?? 10_000,
+      maxInFlight: options.maxInFlight ?? 1,
       backoffBaseMs: options.backoffBaseMs ?? 200,
       backoffMaxMs: options.backoffMaxMs ?? 30_000,
       maxRetryAfterMs: options.maxRetryAfterMs ?? 300_000,
@@ -189,8 +197,8 @@ export class Client {
       logIntervalMs: options.logIntervalMs ?? 60_000,
     };
     const o = this.opt;
-    if (!(o.flushAt >= 1 && o.maxBatch >= 1 && o.maxQueue >= 1 && o.flushIntervalMs > 0 && o.timeoutMs > 0 && o.backoffBaseMs > 0 && o.backoffMaxMs >= o.backoffBaseMs))
-      throw new RangeError("sidewire: flushAt, maxBatch, maxQueue >= 1; flushIntervalMs, timeoutMs, backoffBaseMs > 0; backoffMaxMs >= backoffBaseMs");
+    if (!(o.flushAt >= 1 && o.maxBatch >= 1 && o.maxQueue >= 1 && o.maxInFlight >= 1 && o.flushIntervalMs > 0 && o.timeoutMs > 0 && o.backoffBaseMs > 0 && o.backoffMaxMs >= o.backoffBaseMs))
+      throw new RangeError("sidewire: flushAt, maxBatch, maxQueue, maxInFlight >= 1; flushIntervalMs, timeoutMs, backoffBaseMs > 0; backoffMaxMs >= backoffBaseMs");
     const f = options.fetch ?? globalThis.fetch;
     if (typeof f !== "function") throw new TypeError("sidewire: no fetch here (Node >= 18), pass { fetch }");
     this.fetch = f;
@@ -442,21 +450,31 @@ export class Client {
     });
   }
 
+  /**
+   * The sender: up to `maxInFlight` batches on the wire (default one, which
+   * keeps events in order). After the first batch, the next one goes when
+   * `flushAt` events wait (or at once while closing or flushing); otherwise
+   * the flush timer starts it.
+   */
   private async run(): Promise<void> {
-    while (this.items.length > this.head) {
-      if (this.closed && Date.now() >= this.closeDeadline) return this.abandon();
-      const batch = this.takeBatch();
-      this.inflight = batch.length;
-      try {
-        await this.deliver(batch);
-      } catch (e) {
-        this.warn("bug", `sidewire: unexpected error while sending a batch, dropped: ${String(e)}`);
-        this.drops.refused += this.inflight;
+    const active = new Set<Promise<void>>();
+    let first = true;
+    for (;;) {
+      while (active.size < this.opt.maxInFlight && this.items.length > this.head) {
+        if (this.closed && Date.now() >= this.closeDeadline) {
+          this.abandon();
+          break;
+        }
+        if (!(first || this.closed || this.waiters.length || this.items.length - this.head >= this.opt.flushAt)) break;
+        first = false;
+        const batch = this.takeBatch();
+        this.inflight += batch.length;
+        const p: Promise<void> = this.deliver(batch).finally(() => active.delete(p));
+        active.add(p);
       }
-      this.inflight = 0;
+      if (!active.size) return;
+      await Promise.race(active);
       this.settle();
-      // Batches go one after the other; let emits in between fill the next one.
-      if (this.items.length - this.head < this.opt.flushAt && !this.closed && !this.waiters.length) return;
     }
   }
 
@@ -491,9 +509,19 @@ export class Client {
     this.settle();
   }
 
-  /** One batch until each of its events is delivered or dropped for good. */
+  /** One batch until each of its events is delivered or dropped for good; never rejects. */
   private async deliver(batch: Item[]): Promise<void> {
     const pending: Item[][] = [batch];
+    try {
+      await this.deliverParts(pending);
+    } catch (e) {
+      // A bug here must not strand the queue: what is left of this batch is dropped and said.
+      this.warn("bug", `sidewire: unexpected error while sending a batch, dropped: ${String(e)}`);
+      this.finish(pending.reduce((a, p) => a + p.length, 0), "refused");
+    }
+  }
+
+  private async deliverParts(pending: Item[][]): Promise<void> {
     let failures = 0;
     while (pending.length) {
       const part = pending[0]!;
@@ -584,18 +612,18 @@ export class Client {
     return new Promise((resolve) => {
       const wake = () => {
         clearTimeout(timer);
-        this.sleeping = null;
+        this.sleeping.delete(wake);
         resolve();
       };
       const timer = setTimeout(wake, ms);
       // A retry alone does not keep the process alive (flush() and close() do, up to their timeout).
       (timer as { unref?: () => void }).unref?.();
-      this.sleeping = { timer, wake };
+      this.sleeping.add(wake);
     });
   }
 
   private wakeUp(): void {
-    this.sleeping?.wake();
+    for (const wake of [...this.sleeping]) wake();
   }
 
   private warn(kind: string, message: string): void {

@@ -207,3 +207,32 @@ test("bad options are refused at construction", () => {
   assert.throws(() => new Client({ token: "a\nb" }), TypeError);
   assert.throws(() => new Client({ maxBatch: 0 }), RangeError);
 });
+
+test("maxInFlight 2: two batches on the wire at once, every event delivered once", async () => {
+  let open = 0;
+  let peak = 0;
+  const seen = [];
+  const srv = createServer((req, res) => {
+    open++;
+    peak = Math.max(peak, open);
+    let body = "";
+    req.on("data", (d) => (body += d));
+    req.on("end", () =>
+      setTimeout(() => {
+        const lines = body.split("\n").map((l) => JSON.parse(l));
+        seen.push(...lines.map((l) => l.data.i));
+        open--;
+        res.writeHead(202, { "Content-Type": "application/json" }).end(JSON.stringify({ accepted: lines.length, duplicates: 0, seqs: [] }));
+      }, 30),
+    );
+  });
+  await new Promise((r) => srv.listen(0, "127.0.0.1", r));
+  const c = new Client({ url: `http://127.0.0.1:${srv.address().port}`, maxInFlight: 2, maxBatch: 100, flushAt: 100, ...quiet });
+  for (let i = 0; i < 1000; i++) c.emit("x", { i });
+  assert.equal(await c.flush(10_000), true);
+  assert.equal(peak, 2);
+  assert.deepEqual([...seen].sort((a, b) => a - b), Array.from({ length: 1000 }, (_, i) => i));
+  assert.equal(c.stats.sent, 1000);
+  await c.close();
+  await new Promise((r) => srv.close(r));
+});
