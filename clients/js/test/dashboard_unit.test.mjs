@@ -315,3 +315,35 @@ test("async iteration yields events in order and ends at close()", async () => {
   c.close();
   assert.equal((await pending).done, true);
 });
+
+test("the page becoming visible or the browser coming online reconnects at once", () => {
+  mock.method(Math, "random", () => 1);
+  const listeners = {};
+  const doc = { visibilityState: "hidden", addEventListener: (t, f) => (listeners[t] = f), removeEventListener: (t) => delete listeners[t] };
+  globalThis.document = doc;
+  globalThis.addEventListener = (t, f) => (listeners[t] = f);
+  globalThis.removeEventListener = (t) => delete listeners[t];
+  try {
+    const c = connect(opts());
+    last().drop(); // reconnecting in 1000 ms
+    mock.timers.tick(0);
+    assert.equal(FakeWs.all.length, 1);
+    listeners.visibilitychange(); // still hidden: nothing
+    assert.equal(FakeWs.all.length, 1);
+    doc.visibilityState = "visible";
+    listeners.visibilitychange();
+    assert.equal(FakeWs.all.length, 2, "visible: at once");
+    last().drop();
+    listeners.online();
+    assert.equal(FakeWs.all.length, 3, "online: at once");
+    last().ack(0);
+    listeners.online(); // open: nothing to do
+    assert.equal(FakeWs.all.length, 3);
+    c.close();
+    assert.deepEqual(Object.keys(listeners), [], "listeners removed at close()");
+  } finally {
+    delete globalThis.document;
+    delete globalThis.addEventListener;
+    delete globalThis.removeEventListener;
+  }
+});
