@@ -43,7 +43,6 @@ import { connect as connect_ } from '../src/dashboard.ts';
     conn: 'connecting',   // connecting | live | reconnecting | unauthorized | forbidden
     retryAt: 0,
     retryReason: '',
-    statsIntervalSecs: 5,
     stats: null,
     statsAt: 0,
     history: [],          // [{e, m}] per stats_update
@@ -232,7 +231,6 @@ import { connect as connect_ } from '../src/dashboard.ts';
       }
     });
     client.on('ack', (d) => {
-      if (d.statsIntervalSecs > 0) state.statsIntervalSecs = d.statsIntervalSecs;
       ui.version.textContent = d.serverVersion ? `v${d.serverVersion}` : '';
       ui.version.title = d.connectionId ? `connection ${d.connectionId}` : '';
       if (first) loadRecent(); // everything up to the ack's lastSeq; live events cover the rest
