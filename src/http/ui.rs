@@ -1,5 +1,7 @@
 //! `GET /`: the built-in live dashboard page. Its HTML, CSS and JS are
-//! embedded in the binary (no CDN, no build step).
+//! embedded in the binary (no CDN). `assets/dashboard/app.js` is a committed
+//! build output of `clients/js` (`npm run build`: the page code bundled with
+//! the dashboard client); cargo needs no Node.
 
 use super::{bytes_response, Router};
 use http::Method;
