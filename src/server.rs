@@ -32,10 +32,24 @@ use warp::reply::Response;
 pub enum StartError {
     #[error("invalid config: {0}")]
     Config(String),
+    // Not `#[from]`: that would also make the inner error the source, and
+    // a report of the chain would say it twice.
     #[error("persist plugin: {0}")]
-    Persist(#[from] PersistError),
+    Persist(PersistError),
     #[error("cannot listen: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+}
+
+impl From<PersistError> for StartError {
+    fn from(e: PersistError) -> Self {
+        StartError::Persist(e)
+    }
+}
+
+impl From<std::io::Error> for StartError {
+    fn from(e: std::io::Error) -> Self {
+        StartError::Io(e)
+    }
 }
 
 /// Builds a server; lets a library user plug in their own persist callback.
@@ -188,7 +202,9 @@ fn cluster_options(config: &Config, port: u16) -> ClusterOptions {
     };
     let bus = match b.backend {
         BroadcastBackend::Local => BusKind::None,
-        BroadcastBackend::Redis => BusKind::Redis { url: b.redis_url.expose().to_string() },
+        BroadcastBackend::Redis => BusKind::Redis {
+            target: crate::tls::redis::RedisTarget::new(b.redis_url.expose(), &b.redis_ca_file, b.redis_tls_insecure),
+        },
         BroadcastBackend::Postgres => BusKind::Postgres { channel: crate::persist::notify_channel(&b.prefix) },
     };
     ClusterOptions { replica_name, bus, prefix: b.prefix.clone() }

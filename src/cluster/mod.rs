@@ -44,8 +44,9 @@ use tokio::sync::mpsc;
 pub enum BusKind {
     /// No bus: this replica's own commits, and the store's head check.
     None,
+    /// Pub/sub on this server (URL, CA file, verification).
     Redis {
-        url: String,
+        target: crate::tls::redis::RedisTarget,
     },
     /// LISTEN/NOTIFY on this channel (the store notifies in each commit).
     Postgres {
@@ -131,9 +132,9 @@ impl Cluster {
                 metrics.broadcast_bus_up.with_label_values(&["local"]).set(1);
                 None
             }
-            BusKind::Redis { url } => {
+            BusKind::Redis { target } => {
                 let (ptx, handles) = redis_bus::start(
-                    url.clone(),
+                    target.clone(),
                     options.prefix.clone(),
                     options.replica_name.clone(),
                     tx.clone(),
@@ -145,7 +146,7 @@ impl Cluster {
             }
             BusKind::Postgres { channel } => {
                 tasks.push(pg_bus::start(
-                    store.connect_config().clone(),
+                    store.clone(),
                     channel.clone(),
                     tx.clone(),
                     bus_up.clone(),

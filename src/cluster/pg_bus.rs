@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, NoTls};
+use crate::persist::postgres::PostgresPlugin;
+use tokio_postgres::AsyncMessage;
 
 /// Liveness probe on the LISTEN connection.
 const PROBE_EVERY: Duration = Duration::from_secs(2);
@@ -27,7 +28,7 @@ fn listen_sql(channel: &str) -> String {
 }
 
 pub(crate) fn start(
-    config: tokio_postgres::Config,
+    store: Arc<PostgresPlugin>,
     channel: String,
     sequencer: mpsc::Sender<Input>,
     bus_up: Arc<AtomicBool>,
@@ -41,9 +42,9 @@ pub(crate) fn start(
             metrics.broadcast_bus_up.with_label_values(&["postgres"]).set(i64::from(up));
         };
         loop {
-            let error = match tokio::time::timeout(PROBE_TIMEOUT, config.connect(NoTls)).await {
+            let error = match tokio::time::timeout(PROBE_TIMEOUT, store.connect_config().connect(store.tls())).await {
                 Err(_) => "no answer from PostgreSQL".to_string(),
-                Ok(Err(e)) => e.to_string(),
+                Ok(Err(e)) => store.describe(&e),
                 Ok(Ok((client, mut connection))) => {
                     // The connection yields the notifications; drive it here.
                     let (ntx, mut nrx) = mpsc::unbounded_channel();

@@ -18,6 +18,7 @@ use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::persist::Batch;
 use crate::stats::DurableStats;
+use crate::tls::redis::RedisTarget;
 use futures::StreamExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -86,7 +87,7 @@ pub fn decode(me: &str, payload: &[u8]) -> Option<Message> {
 
 /// Starts the publisher and the subscriber; answers the publisher's queue.
 pub(crate) fn start(
-    url: String,
+    target: RedisTarget,
     prefix: String,
     me: String,
     sequencer: mpsc::Sender<Input>,
@@ -95,23 +96,25 @@ pub(crate) fn start(
 ) -> (mpsc::Sender<Batch>, Vec<tokio::task::JoinHandle<()>>) {
     let channel = format!("{prefix}:events");
     let (tx, rx) = mpsc::channel(PUBLISH_QUEUE);
-    let publisher = tokio::spawn(publish_loop(url.clone(), channel.clone(), me.clone(), rx));
-    let subscriber = tokio::spawn(subscribe_loop(url, channel, me, sequencer, bus_up, metrics));
+    target.warn_if_insecure();
+    let publisher = tokio::spawn(publish_loop(target.clone(), channel.clone(), me.clone(), rx));
+    let subscriber = tokio::spawn(subscribe_loop(target, channel, me, sequencer, bus_up, metrics));
     (tx, vec![publisher, subscriber])
 }
 
-fn client(url: &str) -> Result<redis::Client, String> {
-    redis::Client::open(url).map_err(|e| format!("broadcast.redis_url: {e}"))
-}
-
-async fn timed<T, E: std::fmt::Display>(f: impl std::future::Future<Output = Result<T, E>>) -> Result<T, String> {
+/// A call with the I/O deadline; errors in words (a TLS failure says what
+/// failed, see [`RedisTarget::describe`]).
+async fn timed<T>(
+    target: &RedisTarget,
+    f: impl std::future::Future<Output = Result<T, redis::RedisError>>,
+) -> Result<T, String> {
     match tokio::time::timeout(IO_TIMEOUT, f).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
+        Ok(r) => r.map_err(|e| target.describe(&e)),
         Err(_) => Err(format!("no answer from Redis within {} s", IO_TIMEOUT.as_secs())),
     }
 }
 
-async fn publish_loop(url: String, channel: String, me: String, mut rx: mpsc::Receiver<Batch>) {
+async fn publish_loop(target: RedisTarget, channel: String, me: String, mut rx: mpsc::Receiver<Batch>) {
     let tick = serde_json::to_vec(&Header { o: me.clone(), s: None }).expect("header");
     let mut conn: Option<redis::aio::MultiplexedConnection> = None;
     let mut backoff = BACKOFF_MIN;
@@ -133,8 +136,8 @@ async fn publish_loop(url: String, channel: String, me: String, mut rx: mpsc::Re
             _ = ticker.tick() => payloads.push(tick.clone()),
         }
         if conn.is_none() {
-            let connected = match client(&url) {
-                Ok(c) => timed(c.get_multiplexed_async_connection()).await,
+            let connected = match target.client() {
+                Ok(c) => timed(&target, c.get_multiplexed_async_connection()).await,
                 Err(e) => Err(e),
             };
             match connected {
@@ -156,7 +159,7 @@ async fn publish_loop(url: String, channel: String, me: String, mut rx: mpsc::Re
         for p in &payloads {
             pipe.cmd("PUBLISH").arg(&channel).arg(p.as_slice()).ignore();
         }
-        if let Err(e) = timed(pipe.query_async::<()>(c)).await {
+        if let Err(e) = timed(&target, pipe.query_async::<()>(c)).await {
             tracing::debug!(error = %e, "redis publish failed; reconnecting");
             conn = None;
         }
@@ -164,7 +167,7 @@ async fn publish_loop(url: String, channel: String, me: String, mut rx: mpsc::Re
 }
 
 async fn subscribe_loop(
-    url: String,
+    target: RedisTarget,
     channel: String,
     me: String,
     sequencer: mpsc::Sender<Input>,
@@ -179,9 +182,9 @@ async fn subscribe_loop(
     };
     loop {
         let session = async {
-            let c = client(&url)?;
-            let mut pubsub = timed(c.get_async_pubsub()).await?;
-            timed(pubsub.subscribe(&channel)).await?;
+            let c = target.client()?;
+            let mut pubsub = timed(&target, c.get_async_pubsub()).await?;
+            timed(&target, pubsub.subscribe(&channel)).await?;
             Ok::<_, String>(pubsub)
         };
         let error = match session.await {
@@ -217,7 +220,8 @@ async fn subscribe_loop(
         set_up(false);
         let _ = sequencer.send(Input::BusUp(false)).await;
         if !logged_down {
-            tracing::warn!(error = %error, "redis bus down; dashboards get events from the store until it is back");
+            tracing::warn!(redis = %target, error = %error,
+                "redis bus down; dashboards get events from the store until it is back");
             logged_down = true;
         }
         tokio::time::sleep(backoff).await;

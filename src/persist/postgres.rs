@@ -48,7 +48,8 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_postgres::{NoTls, Row};
+use crate::tls::postgres::{MakeRustls, PgTarget};
+use tokio_postgres::Row;
 
 const NAME: &str = "postgres";
 
@@ -115,6 +116,10 @@ pub struct PostgresOptions {
 pub struct PostgresPlugin {
     pool: Pool,
     config: tokio_postgres::Config,
+    /// The URL's TLS settings (libpq's `sslmode`, `sslrootcert`, …) and the
+    /// connector built from them, shared with the LISTEN connection.
+    target: PgTarget,
+    tls: MakeRustls,
     notify_channel: Option<String>,
     /// See [`PersistCallback::retention_floor`].
     floor: AtomicU64,
@@ -149,7 +154,9 @@ fn db_err(e: tokio_postgres::Error) -> PersistError {
                 None => String::new(),
             }
         )),
-        None => err(e),
+        // tokio-postgres' own Display is only the first link ("error
+        // communicating with the server"): say the cause too.
+        None => err(crate::tls::postgres::chain(&e)),
     }
 }
 
@@ -172,17 +179,17 @@ impl PostgresPlugin {
     /// [`recover`]: PersistCallback::recover
     pub fn new(options: PostgresOptions) -> Result<PostgresPlugin, PersistError> {
         let redacted = crate::config::redact_url(&options.url);
-        let mut config: tokio_postgres::Config = options
-            .url
-            .parse()
-            .map_err(|e| PersistError::Unavailable { plugin: NAME, message: format!("persist.postgres_url: {e}") })?;
+        let invalid = |e: String| PersistError::Unavailable { plugin: NAME, message: format!("persist.postgres_url: {e}") };
+        let target = crate::tls::postgres::parse(&options.url).map_err(invalid)?;
+        let tls = target.tls.connector().map_err(invalid)?;
+        let mut config = target.config.clone();
         config.connect_timeout(CALL_TIMEOUT);
         config.keepalives_idle(Duration::from_secs(10));
         if config.get_application_name().is_none() {
             config.application_name("sidewire");
         }
         let manager =
-            Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+            Manager::from_config(config.clone(), tls.clone(), ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(1))
             .runtime(Runtime::Tokio1)
@@ -194,6 +201,8 @@ impl PostgresPlugin {
         Ok(PostgresPlugin {
             pool,
             config,
+            target,
+            tls,
             notify_channel: options.notify_channel,
             floor: AtomicU64::new(0),
             failed_at: Mutex::new(None),
@@ -213,9 +222,21 @@ impl PostgresPlugin {
         &self.config
     }
 
+    /// The TLS connector for such a connection.
+    pub fn tls(&self) -> MakeRustls {
+        self.tls.clone()
+    }
+
+    /// A connection error in words: a TLS failure with host, sslmode and
+    /// what failed; anything else with its causes.
+    pub fn describe(&self, e: &tokio_postgres::Error) -> String {
+        self.target.describe(e)
+    }
+
     /// A pooled connection, or the reason there is none.
     async fn client(&self) -> Result<deadpool_postgres::Object, PersistError> {
         self.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(e) if e.as_db_error().is_none() => err(self.describe(&e)),
             deadpool_postgres::PoolError::Backend(e) => db_err(e),
             deadpool_postgres::PoolError::Timeout(_) => {
                 err(format!("no connection to {} within {} s", self.redacted, CALL_TIMEOUT.as_secs()))
