@@ -4,10 +4,9 @@
 //!
 //! - Trust: a PEM file of CA certificates, or the system roots
 //!   ([`system_roots`], read once through rustls-native-certs).
-//! - Verification levels: the full check (chain and host name), the chain
-//!   only (libpq's `verify-ca`, [`ChainOnly`]) and none (`require`,
-//!   `rediss://…#insecure`, [`NoVerification`]); a handshake's own
-//!   signatures are always checked.
+//! - Verification levels ([`Verifier`]): the chain and the host name, or
+//!   the chain only (libpq's `verify-ca`); or none (`require`,
+//!   [`NoVerification`]); a handshake's own signatures are always checked.
 //! - [`explain`]: what failed in a handshake, in words an operator can act
 //!   on (unknown CA, host name mismatch, refused by the server, …), found in
 //!   the error chain of either client library.
@@ -93,17 +92,27 @@ pub fn read_key(path: &Path, what: &str) -> Result<PrivateKeyDer<'static>, Strin
     })
 }
 
-/// Checks the chain against the roots but not the host name (libpq's
-/// `verify-ca`: the server is one the CA vouches for, whichever name it has).
+/// Checks the server certificate against trusted roots: the chain always,
+/// the host name when `check_name` (libpq's `verify-full`; without it,
+/// `verify-ca`: the server is one the CA vouches for, whichever its name).
+///
+/// A self-signed server certificate that is itself in the root file (made
+/// with `openssl req -x509`, which marks it as a CA) is accepted as pinned,
+/// as libpq accepts it; webpki alone refuses a CA as end entity.
 #[derive(Debug)]
-pub struct ChainOnly(pub Arc<WebPkiServerVerifier>);
+pub struct Verifier {
+    webpki: Arc<WebPkiServerVerifier>,
+    /// The certificates of the root file (none for the system roots).
+    pinned: Vec<CertificateDer<'static>>,
+    check_name: bool,
+}
 
-impl ChainOnly {
-    pub fn new(roots: Arc<RootCertStore>) -> Result<ChainOnly, String> {
-        WebPkiServerVerifier::builder_with_provider(roots, provider())
+impl Verifier {
+    pub fn new(roots: Arc<RootCertStore>, pinned: Vec<CertificateDer<'static>>, check_name: bool) -> Result<Verifier, String> {
+        let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider())
             .build()
-            .map(ChainOnly)
-            .map_err(|e| format!("no usable CA certificate: {e}"))
+            .map_err(|e| format!("no usable CA certificate: {e}"))?;
+        Ok(Verifier { webpki, pinned, check_name })
     }
 }
 
@@ -114,7 +123,12 @@ fn is_name_mismatch(e: &TlsError) -> bool {
     )
 }
 
-impl ServerCertVerifier for ChainOnly {
+/// webpki's `CaUsedAsEndEntity` (reached only through `Other`).
+fn is_ca_as_end_entity(e: &TlsError) -> bool {
+    matches!(e, TlsError::InvalidCertificate(CertificateError::Other(o)) if format!("{o:?}").contains("CaUsedAsEndEntity"))
+}
+
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -123,10 +137,17 @@ impl ServerCertVerifier for ChainOnly {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, TlsError> {
-        // webpki checks the chain (and dates) before the name: a name error
-        // means everything else passed.
-        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
-            Err(e) if is_name_mismatch(&e) => Ok(ServerCertVerified::assertion()),
+        match self.webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+            // webpki checks the chain (and dates) before the name: a name
+            // error means everything else passed.
+            Err(e) if !self.check_name && is_name_mismatch(&e) => Ok(ServerCertVerified::assertion()),
+            Err(e) if is_ca_as_end_entity(&e) && self.pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) => {
+                if self.check_name {
+                    let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+                    rustls::client::verify_server_name(&parsed, server_name)?;
+                }
+                Ok(ServerCertVerified::assertion())
+            }
             other => other,
         }
     }
@@ -137,7 +158,7 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        self.webpki.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -146,11 +167,11 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        self.webpki.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.webpki.supported_verify_schemes()
     }
 }
 
@@ -230,7 +251,16 @@ fn explain_rustls(e: &TlsError, trust: Trust<'_>) -> String {
             CertificateError::NotValidForNameContext { expected, presented } => format!(
                 "hostname mismatch: the server's certificate is not valid for {} (it names {})",
                 expected.to_str(),
-                if presented.is_empty() { "no host".into() } else { presented.join(", ") }
+                if presented.is_empty() {
+                    "no host".into()
+                } else {
+                    // `DnsName("db.example")` -> `db.example`
+                    presented
+                        .iter()
+                        .map(|p| p.split('"').nth(1).unwrap_or(p))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
             ),
             CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
                 "the server's certificate has expired".into()
@@ -241,6 +271,11 @@ fn explain_rustls(e: &TlsError, trust: Trust<'_>) -> String {
             CertificateError::BadSignature => "the server's certificate has a bad signature".into(),
             CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
                 "the server's certificate is not for TLS servers (extended key usage)".into()
+            }
+            CertificateError::Other(o) if format!("{o:?}").contains("CaUsedAsEndEntity") => {
+                "the server's certificate is a CA certificate (self-signed with CA:TRUE?): put exactly that \
+                 certificate in the root file, or have the server use one signed by a CA"
+                    .into()
             }
             other => format!("the server's certificate was rejected: {other:?}"),
         },
@@ -278,6 +313,7 @@ mod tests {
         ));
         let text = explain(&arc, "x").unwrap();
         assert!(text.starts_with("hostname mismatch") && text.contains("127.0.0.1"), "{text}");
+        assert!(text.ends_with("(it names localhost)"), "{text}");
         assert!(explain(&std::io::Error::other("plain"), "x").is_none());
     }
 }

@@ -19,9 +19,9 @@
 //! without TLS after a failed handshake (libpq does); use `disable` for a
 //! server whose TLS is broken.
 
-use super::{explain, provider, read_certs, read_key, read_roots, system_roots, ChainOnly, NoVerification};
+use super::{explain, provider, read_certs, read_key, system_roots, NoVerification, Verifier};
 use futures::future::BoxFuture;
-use rustls::pki_types::ServerName;
+use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
 use std::fmt;
 use std::path::PathBuf;
@@ -289,21 +289,31 @@ impl PgTls {
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions)
             .map_err(|e| format!("TLS versions: {e}"))?;
-        let roots = |r: &Roots| -> Result<Arc<RootCertStore>, String> {
+        // The store, and the file's certificates (pinned, see [`Verifier`]).
+        let roots = |r: &Roots| -> Result<(Arc<RootCertStore>, Vec<CertificateDer<'static>>), String> {
             match r {
-                Roots::File(p) => read_roots(p, "sslrootcert").map(Arc::new),
-                Roots::System => Ok(system_roots()),
+                Roots::File(p) => {
+                    let certs = read_certs(p, "sslrootcert")?;
+                    let mut store = RootCertStore::empty();
+                    for c in &certs {
+                        store.add(c.clone()).map_err(|e| {
+                            format!("sslrootcert: {}: not a usable CA certificate: {e}", p.display())
+                        })?;
+                    }
+                    Ok((Arc::new(store), certs))
+                }
+                Roots::System => Ok((system_roots(), Vec::new())),
             }
         };
+        let verifier = |r: &Roots, check_name: bool| -> Result<Arc<Verifier>, String> {
+            let (store, pinned) = roots(r)?;
+            Verifier::new(store, pinned, check_name).map(Arc::new).map_err(|e| format!("sslrootcert: {e}"))
+        };
+        let builder = builder.dangerous();
         let builder = match &self.verify {
-            Verify::Nothing => builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerification(provider))),
-            Verify::Chain(r) => builder.dangerous().with_custom_certificate_verifier(Arc::new(ChainOnly::new(roots(r)?)?)),
-            Verify::ChainAndName(r) => {
-                let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(roots(r)?, provider)
-                    .build()
-                    .map_err(|e| format!("sslrootcert: no usable CA certificate: {e}"))?;
-                builder.with_webpki_verifier(verifier)
-            }
+            Verify::Nothing => builder.with_custom_certificate_verifier(Arc::new(NoVerification(provider))),
+            Verify::Chain(r) => builder.with_custom_certificate_verifier(verifier(r, false)?),
+            Verify::ChainAndName(r) => builder.with_custom_certificate_verifier(verifier(r, true)?),
         };
         let mut config = match &self.client_cert {
             None => builder.with_no_client_auth(),
