@@ -110,7 +110,7 @@ async fn timed<T>(
 ) -> Result<T, String> {
     match tokio::time::timeout(IO_TIMEOUT, f).await {
         Ok(r) => r.map_err(|e| target.describe(&e)),
-        Err(_) => Err(format!("no answer from Redis within {} s", IO_TIMEOUT.as_secs())),
+        Err(_) => Err(target.no_answer(IO_TIMEOUT)),
     }
 }
 

@@ -229,6 +229,13 @@ pub fn explain(error: &(dyn std::error::Error + 'static), trust: Trust<'_>) -> O
         if let Some(t) = e.downcast_ref::<TlsError>() {
             return Some(explain_rustls(t, trust));
         }
+        // The Redis client keeps its cause as `Arc<dyn Error>`, whose
+        // `source()` skips the io::Error's own payload: open it here.
+        if let Some(inner) = e.downcast_ref::<Arc<dyn std::error::Error + Send + Sync>>() {
+            if let Some(found) = explain(&**inner, trust) {
+                return Some(found);
+            }
+        }
         let io = e.downcast_ref::<std::io::Error>().or_else(|| e.downcast_ref::<Arc<std::io::Error>>().map(|a| &**a));
         if let Some(inner) = io.and_then(|io| io.get_ref()) {
             if let Some(found) = explain(inner, trust) {
@@ -315,5 +322,12 @@ mod tests {
         assert!(text.starts_with("hostname mismatch") && text.contains("127.0.0.1"), "{text}");
         assert!(text.ends_with("(it names localhost)"), "{text}");
         assert!(explain(&std::io::Error::other("plain"), "x").is_none());
+        // The Redis client's error keeps its io::Error as Arc<dyn Error>.
+        let io = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            TlsError::InvalidCertificate(CertificateError::UnknownIssuer),
+        );
+        let redis_error = redis::RedisError::from(io);
+        assert!(explain(&redis_error, "x").unwrap().starts_with("unknown CA"));
     }
 }

@@ -113,11 +113,17 @@ impl RedisTarget {
         };
         match explain(e, &trust) {
             Some(what) => format!("TLS with {self} failed: {what}"),
-            None if !self.is_tls() && e.to_string().contains("connection reset") => {
+            None if !self.is_tls() && e.to_string().to_ascii_lowercase().contains("connection reset") => {
                 format!("{e} (does {self} expect TLS? then use rediss://)")
             }
             None => e.to_string(),
         }
+    }
+
+    /// A call that got no answer within `deadline`.
+    pub fn no_answer(&self, deadline: std::time::Duration) -> String {
+        let hint = if self.is_tls() { " (rediss://: is it a TLS port?)" } else { "" };
+        format!("no answer from Redis within {} s{hint}", deadline.as_secs())
     }
 
     /// Offline checks for `check-config`: (key, message).
