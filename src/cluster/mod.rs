@@ -45,13 +45,9 @@ pub enum BusKind {
     /// No bus: this replica's own commits, and the store's head check.
     None,
     /// Pub/sub on this server (URL, CA file, verification).
-    Redis {
-        target: crate::tls::redis::RedisTarget,
-    },
+    Redis { target: crate::tls::redis::RedisTarget },
     /// LISTEN/NOTIFY on this channel (the store notifies in each commit).
-    Postgres {
-        channel: String,
-    },
+    Postgres { channel: String },
 }
 
 impl BusKind {
@@ -145,13 +141,7 @@ impl Cluster {
                 Some(ptx)
             }
             BusKind::Postgres { channel } => {
-                tasks.push(pg_bus::start(
-                    store.clone(),
-                    channel.clone(),
-                    tx.clone(),
-                    bus_up.clone(),
-                    metrics.clone(),
-                ));
+                tasks.push(pg_bus::start(store.clone(), channel.clone(), tx.clone(), bus_up.clone(), metrics.clone()));
                 None
             }
         };

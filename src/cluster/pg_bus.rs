@@ -8,12 +8,12 @@
 
 use super::Input;
 use crate::metrics::Metrics;
+use crate::persist::postgres::PostgresPlugin;
 use futures::StreamExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use crate::persist::postgres::PostgresPlugin;
 use tokio_postgres::AsyncMessage;
 
 /// Liveness probe on the LISTEN connection.

@@ -166,11 +166,8 @@ impl Config {
             if b.redis_url.is_empty() {
                 bad("broadcast.redis_url", "required by backend \"redis\"".into());
             } else {
-                let target = crate::tls::redis::RedisTarget::new(
-                    b.redis_url.expose(),
-                    &b.redis_ca_file,
-                    b.redis_tls_insecure,
-                );
+                let target =
+                    crate::tls::redis::RedisTarget::new(b.redis_url.expose(), &b.redis_ca_file, b.redis_tls_insecure);
                 for (key, message) in target.check() {
                     bad(key, message);
                 }

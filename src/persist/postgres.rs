@@ -39,6 +39,7 @@ use super::{Batch, Committed, EventQuery, EventStream, NewBatch, PersistCallback
 use crate::event::Event;
 use crate::retention::{Retention, RetentionStep, StoreUsage};
 use crate::stats::DurableStats;
+use crate::tls::postgres::{MakeRustls, PgTarget};
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -48,7 +49,6 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use crate::tls::postgres::{MakeRustls, PgTarget};
 use tokio_postgres::Row;
 
 const NAME: &str = "postgres";
@@ -179,7 +179,8 @@ impl PostgresPlugin {
     /// [`recover`]: PersistCallback::recover
     pub fn new(options: PostgresOptions) -> Result<PostgresPlugin, PersistError> {
         let redacted = crate::config::redact_url(&options.url);
-        let invalid = |e: String| PersistError::Unavailable { plugin: NAME, message: format!("persist.postgres_url: {e}") };
+        let invalid =
+            |e: String| PersistError::Unavailable { plugin: NAME, message: format!("persist.postgres_url: {e}") };
         let target = crate::tls::postgres::parse(&options.url).map_err(invalid)?;
         let tls = target.tls.connector().map_err(invalid)?;
         let mut config = target.config.clone();
@@ -188,8 +189,11 @@ impl PostgresPlugin {
         if config.get_application_name().is_none() {
             config.application_name("sidewire");
         }
-        let manager =
-            Manager::from_config(config.clone(), tls.clone(), ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager = Manager::from_config(
+            config.clone(),
+            tls.clone(),
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(1))
             .runtime(Runtime::Tokio1)

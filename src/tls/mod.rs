@@ -108,7 +108,11 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    pub fn new(roots: Arc<RootCertStore>, pinned: Vec<CertificateDer<'static>>, check_name: bool) -> Result<Verifier, String> {
+    pub fn new(
+        roots: Arc<RootCertStore>,
+        pinned: Vec<CertificateDer<'static>>,
+        check_name: bool,
+    ) -> Result<Verifier, String> {
         let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider())
             .build()
             .map_err(|e| format!("no usable CA certificate: {e}"))?;
@@ -119,7 +123,9 @@ impl Verifier {
 fn is_name_mismatch(e: &TlsError) -> bool {
     matches!(
         e,
-        TlsError::InvalidCertificate(CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. })
+        TlsError::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
+        )
     )
 }
 
@@ -254,7 +260,9 @@ fn explain_rustls(e: &TlsError, trust: Trust<'_>) -> String {
             CertificateError::UnknownIssuer => {
                 format!("unknown CA: the server's certificate is not signed by a CA in {trust}")
             }
-            CertificateError::NotValidForName => "hostname mismatch: the server's certificate is not valid for this host name".into(),
+            CertificateError::NotValidForName => {
+                "hostname mismatch: the server's certificate is not valid for this host name".into()
+            }
             CertificateError::NotValidForNameContext { expected, presented } => format!(
                 "hostname mismatch: the server's certificate is not valid for {} (it names {})",
                 expected.to_str(),
@@ -262,11 +270,7 @@ fn explain_rustls(e: &TlsError, trust: Trust<'_>) -> String {
                     "no host".into()
                 } else {
                     // `DnsName("db.example")` -> `db.example`
-                    presented
-                        .iter()
-                        .map(|p| p.split('"').nth(1).unwrap_or(p))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    presented.iter().map(|p| p.split('"').nth(1).unwrap_or(p)).collect::<Vec<_>>().join(", ")
                 }
             ),
             CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
@@ -293,7 +297,9 @@ fn explain_rustls(e: &TlsError, trust: Trust<'_>) -> String {
             "refused by the server: it did not accept the client certificate".into()
         }
         TlsError::AlertReceived(a) => format!("refused by the server (TLS alert {a:?})"),
-        TlsError::InvalidMessage(_) | TlsError::InappropriateMessage { .. } | TlsError::InappropriateHandshakeMessage { .. } => {
+        TlsError::InvalidMessage(_)
+        | TlsError::InappropriateMessage { .. }
+        | TlsError::InappropriateHandshakeMessage { .. } => {
             "the server did not answer in TLS (is this a TLS port?)".into()
         }
         TlsError::PeerIncompatible(p) => format!("no TLS version or cipher in common with the server ({p:?})"),

@@ -124,15 +124,8 @@ pub struct PgTarget {
 }
 
 /// The URL parameters handled here rather than by tokio-postgres.
-const TLS_KEYS: &[&str] = &[
-    "sslmode",
-    "sslrootcert",
-    "sslcert",
-    "sslkey",
-    "sslsni",
-    "ssl_min_protocol_version",
-    "ssl_max_protocol_version",
-];
+const TLS_KEYS: &[&str] =
+    &["sslmode", "sslrootcert", "sslcert", "sslkey", "sslsni", "ssl_min_protocol_version", "ssl_max_protocol_version"];
 
 /// libpq TLS parameters with no equivalent here: refused rather than
 /// silently ignored (each would weaken or change what is checked).
@@ -296,9 +289,9 @@ impl PgTls {
                     let certs = read_certs(p, "sslrootcert")?;
                     let mut store = RootCertStore::empty();
                     for c in &certs {
-                        store.add(c.clone()).map_err(|e| {
-                            format!("sslrootcert: {}: not a usable CA certificate: {e}", p.display())
-                        })?;
+                        store
+                            .add(c.clone())
+                            .map_err(|e| format!("sslrootcert: {}: not a usable CA certificate: {e}", p.display()))?;
                     }
                     Ok((Arc::new(store), certs))
                 }
@@ -324,9 +317,7 @@ impl PgTls {
         config.enable_sni = self.sni;
         // What libpq 17 sends; required by servers that accept direct TLS.
         config.alpn_protocols = vec![b"postgresql".to_vec()];
-        Ok(MakeRustls {
-            inner: Arc::new(Connector { config: Arc::new(config), mode: self.mode, trust: self.trust() }),
-        })
+        Ok(MakeRustls { inner: Arc::new(Connector { config: Arc::new(config), mode: self.mode, trust: self.trust() }) })
     }
 }
 
@@ -612,14 +603,17 @@ mod tests {
 
     #[test]
     fn tls_parameters_are_taken_out_of_both_url_forms() {
-        let t = parse("postgres://u:p%40ss@db.example:5432/app?sslmode=verify-full&application_name=x&sslrootcert=%2Fca.pem")
-            .unwrap();
+        let t = parse(
+            "postgres://u:p%40ss@db.example:5432/app?sslmode=verify-full&application_name=x&sslrootcert=%2Fca.pem",
+        )
+        .unwrap();
         assert_eq!(t.tls.mode, SslMode::VerifyFull);
         assert_eq!(t.tls.verify, Verify::ChainAndName(Roots::File("/ca.pem".into())));
         assert_eq!(t.config.get_application_name(), Some("x"));
         assert_eq!(t.config.get_password(), Some(&b"p@ss"[..]));
         assert_eq!(t.config.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
-        let kv = parse("host=db user=u password='a b\\'c' sslmode=verify-ca sslrootcert='/my ca.pem' dbname=app").unwrap();
+        let kv =
+            parse("host=db user=u password='a b\\'c' sslmode=verify-ca sslrootcert='/my ca.pem' dbname=app").unwrap();
         assert_eq!(kv.tls.verify, Verify::Chain(Roots::File("/my ca.pem".into())));
         assert_eq!((kv.config.get_password(), kv.config.get_dbname()), (Some(&b"a b'c"[..]), Some("app")));
         assert_eq!(kv.context(), "db (sslmode=verify-ca)");
@@ -652,7 +646,11 @@ mod tests {
 
     #[test]
     fn errors_never_carry_the_password() {
-        for url in ["postgres://u:hunter2@h/d?sslmode=bogus", "postgres://u:hunter2@h/d?nonsense=1", "user=u password=hunter2 sslmode=x"] {
+        for url in [
+            "postgres://u:hunter2@h/d?sslmode=bogus",
+            "postgres://u:hunter2@h/d?nonsense=1",
+            "user=u password=hunter2 sslmode=x",
+        ] {
             let e = parse(url).unwrap_err();
             assert!(!e.contains("hunter2"), "{e}");
         }
@@ -669,7 +667,8 @@ mod tests {
     #[test]
     fn channel_binding_hash_follows_the_signature_algorithm() {
         // SEQUENCE { SEQUENCE {} (tbs), SEQUENCE { OID sha384WithRSAEncryption } }
-        let cert = [0x30, 0x0f, 0x30, 0x00, 0x30, 0x0b, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c];
+        let cert =
+            [0x30, 0x0f, 0x30, 0x00, 0x30, 0x0b, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c];
         assert_eq!(signature_hash(&cert), Some(384));
         assert_eq!(signature_hash(&cert[..5]), None);
     }

@@ -130,7 +130,11 @@ impl RedisTarget {
     pub fn check(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
         if let Err(e) = self.client() {
-            let key = if e.starts_with("broadcast.redis_ca_file") { "broadcast.redis_ca_file" } else { "broadcast.redis_url" };
+            let key = if e.starts_with("broadcast.redis_ca_file") {
+                "broadcast.redis_ca_file"
+            } else {
+                "broadcast.redis_url"
+            };
             out.push((key, e.split_once(": ").map_or(e.clone(), |(_, m)| m.to_string())));
             return out;
         }

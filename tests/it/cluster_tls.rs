@@ -84,8 +84,22 @@ fn make_certs(test: &str, dir: &Path) -> Option<Certs> {
     )
     .unwrap();
     run(&[
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out",
-        "server.crt", "-days", "2", "-sha256", "-extfile", "server.ext",
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-sha256",
+        "-extfile",
+        "server.ext",
     ]);
     Some(Certs {
         ca: dir.join("ca.pem"),
@@ -177,7 +191,8 @@ impl Replica {
         let dir = dir.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = dir.join("sidewire.toml");
-        std::fs::write(&cfg, format!("[server]\nlisten = \"127.0.0.1:0\"\nreplica_name = \"{name}\"\n{config}")).unwrap();
+        std::fs::write(&cfg, format!("[server]\nlisten = \"127.0.0.1:0\"\nreplica_name = \"{name}\"\n{config}"))
+            .unwrap();
         let log = std::fs::File::create(dir.join("server.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_sidewire"))
             .args(["serve", "--config"])
@@ -390,10 +405,16 @@ async fn check_config_checks_tls_settings_offline() {
     let out = Command::new(env!("CARGO_BIN_EXE_sidewire")).arg("check-config").arg(&cfg).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("persist.postgres_url") && err.contains("sslrootcert: cannot read /nonexistent/root.crt"), "{err}");
+    assert!(
+        err.contains("persist.postgres_url") && err.contains("sslrootcert: cannot read /nonexistent/root.crt"),
+        "{err}"
+    );
     assert!(err.contains("broadcast.redis_ca_file") && err.contains("/nonexistent/ca.pem"), "{err}");
-    std::fs::write(&cfg, "[persist]\nplugin = \"postgres\"\npostgres_url = \"postgres://u:pw@db/app?sslmode=verify_full\"\n")
-        .unwrap();
+    std::fs::write(
+        &cfg,
+        "[persist]\nplugin = \"postgres\"\npostgres_url = \"postgres://u:pw@db/app?sslmode=verify_full\"\n",
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_sidewire")).arg("check-config").arg(&cfg).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("sslmode=verify_full: unknown mode"), "{err}");
@@ -459,7 +480,10 @@ async fn two_replicas_over_rediss_deliver_fall_back_and_recover() {
         .await;
     }
     let seqs = ingest(&c, &a.base, "back", 4).await;
-    assert_eq!(events_until(&mut ws, seqs[3], Duration::from_secs(5)).await, ((last + 1)..=seqs[3]).collect::<Vec<_>>());
+    assert_eq!(
+        events_until(&mut ws, seqs[3], Duration::from_secs(5)).await,
+        ((last + 1)..=seqs[3]).collect::<Vec<_>>()
+    );
     eventually(Duration::from_secs(5), "b to receive over the bus again", || {
         let (c, base) = (c.clone(), b.base.clone());
         async move { metric(&c, &base, "sidewire_broadcast_received_total ").await.filter(|n| *n > received) }
@@ -482,7 +506,8 @@ async fn a_rediss_connection_with_the_wrong_ca_says_so_without_the_password() {
     let Some(certs) = make_certs(test, dir.path()) else { return };
     let Some(db) = Db::create(test).await else { return };
     let redis = TlsRedis::start(bin, dir.path(), &certs).await;
-    let config = replica_config(&db, &redis.url(), &certs.other_ca, &prefix("ca"), "[telemetry]\nlog_level = \"debug\"\n");
+    let config =
+        replica_config(&db, &redis.url(), &certs.other_ca, &prefix("ca"), "[telemetry]\nlog_level = \"debug\"\n");
     let a = Replica::start(dir.path(), "a", &config);
     let log = eventually(Duration::from_secs(10), "the bus failure to be logged", || {
         let log = a.log();
