@@ -333,7 +333,7 @@ mod tests {
             std::io::ErrorKind::InvalidData,
             TlsError::InvalidCertificate(CertificateError::UnknownIssuer),
         );
-        let redis_error = redis::RedisError::from(io);
+        let redis_error = ::redis::RedisError::from(io);
         assert!(explain(&redis_error, "x").unwrap().starts_with("unknown CA"));
     }
 }
