@@ -6,8 +6,20 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// The domain layer: may import neither the web layer nor warp/hyper.
-const DOMAIN: &[&str] =
-    &["activity", "cluster", "config", "error", "event", "hub", "persist", "pipeline", "retention", "schemas", "stats"];
+const DOMAIN: &[&str] = &[
+    "activity",
+    "cluster",
+    "config",
+    "error",
+    "event",
+    "hub",
+    "persist",
+    "pipeline",
+    "retention",
+    "schemas",
+    "stats",
+    "tls",
+];
 /// The web layer (and the edge around it: wiring, front door, telemetry,
 /// reload).
 const WEB: &[&str] = &["api_docs", "app", "auth", "conn", "http", "reload", "server", "telemetry", "ws"];

@@ -23,6 +23,7 @@
 //! - [`cluster`]: several replicas: global seq order, the bus, the heartbeat.
 //! - [`retention`]: the retention policy (how much history the store keeps).
 //! - [`schemas`]: the documented request, response and message shapes.
+//! - [`tls`]: TLS to PostgreSQL and Redis (libpq's `sslmode`, `rediss://`).
 //!
 //! Shared by both layers:
 //!
@@ -84,6 +85,7 @@ pub mod schemas;
 pub mod server;
 pub mod stats;
 pub mod telemetry;
+pub mod tls;
 pub mod transfer;
 pub mod ws;
 

@@ -33,10 +33,24 @@ use warp::reply::Response;
 pub enum StartError {
     #[error("invalid config: {0}")]
     Config(String),
+    // Not `#[from]`: that would also make the inner error the source, and
+    // a report of the chain would say it twice.
     #[error("persist plugin: {0}")]
-    Persist(#[from] PersistError),
+    Persist(PersistError),
     #[error("cannot listen: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+}
+
+impl From<PersistError> for StartError {
+    fn from(e: PersistError) -> Self {
+        StartError::Persist(e)
+    }
+}
+
+impl From<std::io::Error> for StartError {
+    fn from(e: std::io::Error) -> Self {
+        StartError::Io(e)
+    }
 }
 
 /// Builds a server; lets a library user plug in their own persist callback.

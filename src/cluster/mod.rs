@@ -31,7 +31,7 @@ pub mod redis_bus;
 pub mod sequencer;
 pub mod supervisor;
 
-use crate::config::{BroadcastBackend, Config, SecretUrl};
+use crate::config::{BroadcastBackend, Config};
 use crate::hub::Delivery;
 use crate::metrics::Metrics;
 use crate::persist::shared::SharedStore;
@@ -46,10 +46,8 @@ use tokio::sync::mpsc;
 pub enum BusKind {
     /// No bus: this replica's own commits, and the store's head check.
     None,
-    Redis {
-        /// Exposed only where the connection is made.
-        url: SecretUrl,
-    },
+    /// Pub/sub on this server (URL, CA file, verification).
+    Redis { target: crate::tls::redis::RedisTarget },
     /// LISTEN/NOTIFY on this channel (the store notifies in each commit).
     Postgres { channel: String },
 }
@@ -86,7 +84,13 @@ impl ClusterOptions {
         };
         let bus = match b.backend {
             BroadcastBackend::Local => BusKind::None,
-            BroadcastBackend::Redis => BusKind::Redis { url: b.redis_url.clone() },
+            BroadcastBackend::Redis => BusKind::Redis {
+                target: crate::tls::redis::RedisTarget::new(
+                    b.redis_url.expose(),
+                    &b.redis_ca_file,
+                    b.redis_tls_insecure,
+                ),
+            },
             BroadcastBackend::Postgres => BusKind::Postgres { channel: crate::persist::notify_channel(&b.prefix) },
         };
         ClusterOptions { replica_name, bus, prefix: b.prefix.clone() }
@@ -150,9 +154,9 @@ impl Cluster {
                 metrics.broadcast_bus_up.with_label_values(&["local"]).set(1);
                 None
             }
-            BusKind::Redis { url } => {
+            BusKind::Redis { target } => {
                 let (ptx, handles) = redis_bus::start(
-                    url.clone(),
+                    target.clone(),
                     options.prefix.clone(),
                     options.replica_name.clone(),
                     tx.clone(),

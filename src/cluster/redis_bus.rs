@@ -15,11 +15,11 @@
 
 use super::supervisor::{supervise, BusLink, BACKOFF_MAX, BACKOFF_MIN};
 use super::Input;
-use crate::config::SecretUrl;
 use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::persist::Batch;
 use crate::stats::DurableStats;
+use crate::tls::redis::RedisTarget;
 use async_trait::async_trait;
 use futures::StreamExt;
 use std::sync::atomic::AtomicBool;
@@ -86,7 +86,7 @@ pub fn decode(me: &str, payload: &[u8]) -> Option<Message> {
 
 /// Starts the publisher and the subscriber; answers the publisher's queue.
 pub(crate) fn start(
-    url: SecretUrl,
+    target: RedisTarget,
     prefix: String,
     me: String,
     sequencer: mpsc::Sender<Input>,
@@ -95,25 +95,26 @@ pub(crate) fn start(
 ) -> (mpsc::Sender<Batch>, Vec<tokio::task::JoinHandle<()>>) {
     let channel = format!("{prefix}:events");
     let (tx, rx) = mpsc::channel(PUBLISH_QUEUE);
-    let publisher = tokio::spawn(publish_loop(url.clone(), channel.clone(), me.clone(), rx));
-    let subscriber = Subscriber { url, channel, me, sequencer: sequencer.clone() };
+    target.warn_if_insecure();
+    let publisher = tokio::spawn(publish_loop(target.clone(), channel.clone(), me.clone(), rx));
+    let subscriber = Subscriber { target, channel, me, sequencer: sequencer.clone() };
     let subscriber = tokio::spawn(supervise(subscriber, sequencer, bus_up, metrics));
     (tx, vec![publisher, subscriber])
 }
 
-/// The one place the Redis URL is exposed: the connection is made here.
-fn client(url: &SecretUrl) -> Result<redis::Client, String> {
-    redis::Client::open(url.expose()).map_err(|e| format!("broadcast.redis_url: {e}"))
-}
-
-async fn timed<T, E: std::fmt::Display>(f: impl std::future::Future<Output = Result<T, E>>) -> Result<T, String> {
+/// A call with the I/O deadline; errors in words (a TLS failure says what
+/// failed, see [`RedisTarget::describe`]).
+async fn timed<T>(
+    target: &RedisTarget,
+    f: impl std::future::Future<Output = Result<T, redis::RedisError>>,
+) -> Result<T, String> {
     match tokio::time::timeout(IO_TIMEOUT, f).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(_) => Err(format!("no answer from Redis within {} s", IO_TIMEOUT.as_secs())),
+        Ok(r) => r.map_err(|e| target.describe(&e)),
+        Err(_) => Err(target.no_answer(IO_TIMEOUT)),
     }
 }
 
-async fn publish_loop(url: SecretUrl, channel: String, me: String, mut rx: mpsc::Receiver<Batch>) {
+async fn publish_loop(target: RedisTarget, channel: String, me: String, mut rx: mpsc::Receiver<Batch>) {
     let tick = serde_json::to_vec(&Header { o: me.clone(), s: None }).expect("header");
     let mut conn: Option<redis::aio::MultiplexedConnection> = None;
     let mut backoff = BACKOFF_MIN;
@@ -135,8 +136,9 @@ async fn publish_loop(url: SecretUrl, channel: String, me: String, mut rx: mpsc:
             _ = ticker.tick() => payloads.push(tick.clone()),
         }
         if conn.is_none() {
-            let connected = match client(&url) {
-                Ok(c) => timed(c.get_multiplexed_async_connection()).await,
+            // The connection is made here (the URL is exposed only inside).
+            let connected = match target.client() {
+                Ok(c) => timed(&target, c.get_multiplexed_async_connection()).await,
                 Err(e) => Err(e),
             };
             match connected {
@@ -158,7 +160,7 @@ async fn publish_loop(url: SecretUrl, channel: String, me: String, mut rx: mpsc:
         for p in &payloads {
             pipe.cmd("PUBLISH").arg(&channel).arg(p.as_slice()).ignore();
         }
-        if let Err(e) = timed(pipe.query_async::<()>(c)).await {
+        if let Err(e) = timed(&target, pipe.query_async::<()>(c)).await {
             tracing::debug!(error = %e, "redis publish failed; reconnecting");
             conn = None;
         }
@@ -167,7 +169,7 @@ async fn publish_loop(url: SecretUrl, channel: String, me: String, mut rx: mpsc:
 
 /// The subscriber side: one pub/sub connection on the channel.
 struct Subscriber {
-    url: SecretUrl,
+    target: RedisTarget,
     channel: String,
     me: String,
     sequencer: mpsc::Sender<Input>,
@@ -182,9 +184,9 @@ impl BusLink for Subscriber {
     }
 
     async fn connect(&mut self) -> Result<Self::Session, String> {
-        let c = client(&self.url)?;
-        let mut pubsub = timed(c.get_async_pubsub()).await?;
-        timed(pubsub.subscribe(&self.channel)).await?;
+        let c = self.target.client()?;
+        let mut pubsub = timed(&self.target, c.get_async_pubsub()).await?;
+        timed(&self.target, pubsub.subscribe(&self.channel)).await?;
         Ok(pubsub)
     }
 

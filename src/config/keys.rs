@@ -99,7 +99,13 @@ keys! {
     }
     activity: ActivityConfig { buffer_size: Restart }
     telemetry: TelemetryConfig { log_level: Live, log_format: Restart, otlp_endpoint: Restart }
-    broadcast: BroadcastConfig { backend: Restart, redis_url: Restart, prefix: Restart }
+    broadcast: BroadcastConfig {
+        backend: Restart,
+        redis_url: Restart,
+        redis_ca_file: Restart,
+        redis_tls_insecure: Restart,
+        prefix: Restart,
+    }
     metrics: MetricsConfig { listen: Restart }
 }
 

@@ -378,8 +378,15 @@ pub struct BroadcastConfig {
     /// `local` (one process), `redis` or `postgres` (both need
     /// `persist.plugin = "postgres"`: replicas share one store).
     pub backend: BroadcastBackend,
-    /// Redis server for `backend = "redis"` (never logged with its password).
+    /// Redis server for `backend = "redis"` (never logged with its password);
+    /// `rediss://` for TLS.
     pub redis_url: SecretUrl,
+    /// PEM file of the CA that signed the Redis server's certificate
+    /// (`rediss://`); empty: the system roots.
+    pub redis_ca_file: PathBuf,
+    /// `rediss://` without verifying the server's certificate (unsafe;
+    /// warned at start).
+    pub redis_tls_insecure: bool,
     /// Prefix of Redis keys and channels; replicas sharing store and prefix
     /// form one cluster.
     pub prefix: String,
@@ -387,7 +394,13 @@ pub struct BroadcastConfig {
 
 impl Default for BroadcastConfig {
     fn default() -> Self {
-        Self { backend: BroadcastBackend::Local, redis_url: SecretUrl::default(), prefix: "sidewire".into() }
+        Self {
+            backend: BroadcastBackend::Local,
+            redis_url: SecretUrl::default(),
+            redis_ca_file: PathBuf::new(),
+            redis_tls_insecure: false,
+            prefix: "sidewire".into(),
+        }
     }
 }
 

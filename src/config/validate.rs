@@ -66,8 +66,9 @@ impl Config {
             PluginKind::Postgres => {
                 if p.postgres_url.is_empty() {
                     bad("persist.postgres_url", "required by plugin \"postgres\"".into());
-                } else if let Err(e) = p.postgres_url.expose().parse::<tokio_postgres::Config>() {
-                    bad("persist.postgres_url", format!("not a PostgreSQL URL: {e}"));
+                } else if let Err(e) = crate::tls::postgres::check(p.postgres_url.expose()) {
+                    // libpq's URL conventions, TLS files included (read here).
+                    bad("persist.postgres_url", e);
                 }
                 if p.ack == AckMode::Queued {
                     bad(
@@ -164,8 +165,12 @@ impl Config {
         if b.backend == BroadcastBackend::Redis {
             if b.redis_url.is_empty() {
                 bad("broadcast.redis_url", "required by backend \"redis\"".into());
-            } else if let Err(e) = redis::Client::open(b.redis_url.expose()) {
-                bad("broadcast.redis_url", format!("not a Redis URL: {e}"));
+            } else {
+                let target =
+                    crate::tls::redis::RedisTarget::new(b.redis_url.expose(), &b.redis_ca_file, b.redis_tls_insecure);
+                for (key, message) in target.check() {
+                    bad(key, message);
+                }
             }
         }
         if b.prefix.is_empty() {

@@ -14,6 +14,7 @@ mod common;
 mod bench_smoke;
 mod browser;
 mod cluster;
+mod cluster_tls;
 mod deploy_kit;
 mod disk_full;
 mod front_door;

@@ -31,6 +31,7 @@ use crate::config::SecretUrl;
 use crate::event::Event;
 use crate::retention::Retention;
 use crate::stats::DurableStats;
+use crate::tls::postgres::{MakeRustls, PgTarget};
 use async_trait::async_trait;
 use chrono::{TimeZone, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -39,7 +40,7 @@ use std::future::Future;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
 
 const NAME: &str = "postgres";
 
@@ -73,6 +74,10 @@ pub struct PostgresOptions {
 pub struct PostgresPlugin {
     pool: Pool,
     config: tokio_postgres::Config,
+    /// The URL's TLS settings (libpq's `sslmode`, `sslrootcert`, …) and the
+    /// connector built from them, shared with the LISTEN connection.
+    target: PgTarget,
+    tls: MakeRustls,
     notify_channel: Option<String>,
     replica: String,
     /// See [`Retain::retention_floor`].
@@ -108,7 +113,9 @@ pub(super) fn db_err(e: tokio_postgres::Error) -> PersistError {
                 None => String::new(),
             }
         )),
-        None => err(e),
+        // tokio-postgres' own Display is only the first link ("error
+        // communicating with the server"): say the cause too.
+        None => err(crate::tls::postgres::chain(&e)),
     }
 }
 
@@ -134,18 +141,22 @@ impl PostgresPlugin {
     /// [`recover`]: PersistCallback::recover
     pub fn new(options: PostgresOptions) -> Result<PostgresPlugin, PersistError> {
         let redacted = options.url.to_string();
-        let mut config: tokio_postgres::Config = options
-            .url
-            .expose()
-            .parse()
-            .map_err(|e| PersistError::Unavailable { plugin: NAME, message: format!("persist.postgres_url: {e}") })?;
+        let invalid =
+            |e: String| PersistError::Unavailable { plugin: NAME, message: format!("persist.postgres_url: {e}") };
+        // The one place the URL is exposed: the connection settings.
+        let target = crate::tls::postgres::parse(options.url.expose()).map_err(invalid)?;
+        let tls = target.tls.connector().map_err(invalid)?;
+        let mut config = target.config.clone();
         config.connect_timeout(CALL_TIMEOUT);
         config.keepalives_idle(Duration::from_secs(10));
         if config.get_application_name().is_none() {
             config.application_name("sidewire");
         }
-        let manager =
-            Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager = Manager::from_config(
+            config.clone(),
+            tls.clone(),
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(1))
             .runtime(Runtime::Tokio1)
@@ -157,6 +168,8 @@ impl PostgresPlugin {
         Ok(PostgresPlugin {
             pool,
             config,
+            target,
+            tls,
             notify_channel: options.notify_channel,
             replica: options.replica,
             floor: AtomicU64::new(0),
@@ -171,9 +184,16 @@ impl PostgresPlugin {
         &self.redacted
     }
 
+    /// A connection error in words: a TLS failure with host, sslmode and
+    /// what failed; anything else with its causes.
+    pub fn describe(&self, e: &tokio_postgres::Error) -> String {
+        self.target.describe(e)
+    }
+
     /// A pooled connection, or the reason there is none.
     pub(super) async fn client(&self) -> Result<deadpool_postgres::Object, PersistError> {
         self.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(e) if e.as_db_error().is_none() => err(self.describe(&e)),
             deadpool_postgres::PoolError::Backend(e) => db_err(e),
             deadpool_postgres::PoolError::Timeout(_) => {
                 err(format!("no connection to {} within {} s", self.redacted, CALL_TIMEOUT.as_secs()))

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 /// Liveness probe on the LISTEN connection.
 const PROBE_EVERY: Duration = Duration::from_secs(2);
@@ -40,11 +40,12 @@ impl Drop for Listener {
 
 impl PostgresPlugin {
     pub(super) async fn open_listener(&self, channel: &str) -> Result<Listener, PersistError> {
-        let (client, mut connection) = match tokio::time::timeout(PROBE_TIMEOUT, self.config.connect(NoTls)).await {
-            Err(_) => return Err(err("no answer from PostgreSQL")),
-            Ok(Err(e)) => return Err(err(e)),
-            Ok(Ok(pair)) => pair,
-        };
+        let (client, mut connection) =
+            match tokio::time::timeout(PROBE_TIMEOUT, self.config.connect(self.tls.clone())).await {
+                Err(_) => return Err(err("no answer from PostgreSQL")),
+                Ok(Err(e)) => return Err(err(self.describe(&e))),
+                Ok(Ok(pair)) => pair,
+            };
         // The connection yields the notifications; drive it on its own task.
         let (ntx, notified) = mpsc::unbounded_channel();
         let driver = tokio::spawn(async move {
