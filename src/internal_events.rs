@@ -42,9 +42,9 @@ impl BusConnected {
     pub fn emit(&self, metrics: &Metrics) {
         metrics.broadcast_bus_up.with_label_values(&[self.backend]).set(1);
         if self.again {
-            tracing::info!(backend = self.backend, "broadcast bus connected again; fan-out is back on it");
+            tracing::info!("{} bus connected again; fan-out is back on it", self.backend);
         } else {
-            tracing::info!(backend = self.backend, "broadcast bus connected");
+            tracing::info!("{} bus connected", self.backend);
         }
     }
 }
@@ -61,11 +61,11 @@ impl BusLost<'_> {
     pub fn emit(&self, metrics: &Metrics) {
         metrics.broadcast_bus_up.with_label_values(&[self.backend]).set(0);
         if self.told {
-            tracing::debug!(backend = self.backend, error = %self.error, "broadcast bus still down");
+            tracing::debug!(error = %self.error, "{} bus still down", self.backend);
         } else {
             metrics.broadcast_bus_disconnects_total.with_label_values(&[self.backend]).inc();
-            tracing::warn!(backend = self.backend, error = %self.error,
-                "broadcast bus down; dashboards get events from the store's head check until it is back");
+            tracing::warn!(error = %self.error,
+                "{} bus down; dashboards get events from the store's head check until it is back", self.backend);
         }
     }
 }

@@ -251,7 +251,8 @@ impl PgTarget {
                 self.context()
             ),
             Some(why) => format!("TLS with {} failed: {why}", self.context()),
-            None => text,
+            // Not about TLS: still say which server.
+            None => format!("{text} (server {})", self.context()),
         }
     }
 }

@@ -162,7 +162,7 @@ async fn no_secret_in_the_debug_log_of_failing_connections() {
             db.url(5432).replace("not-the-password", "pg-s3cret-pw")
         );
         let out = run_and_read(dir.path(), &toml, 5).await;
-        assert!(out.contains("broadcast bus down"), "the bus failure is logged:\n{out}");
+        assert!(out.contains("redis bus down"), "the bus failure is logged:\n{out}");
         assert_clean("the log of a failing Redis", &out);
     }
 }
