@@ -11,9 +11,9 @@ const DOMAIN: &[&str] =
 /// The web layer (and the edge around it: wiring, front door, telemetry,
 /// reload).
 const WEB: &[&str] = &["api_docs", "app", "auth", "conn", "http", "reload", "server", "telemetry", "ws"];
-/// Cross-cutting: counting and logging, used by both layers; import only
-/// each other.
-const SHARED: &[&str] = &["internal_events", "log_throttle", "metrics"];
+/// Cross-cutting: counting, logging and the build's version, used by both
+/// layers; import only each other.
+const SHARED: &[&str] = &["internal_events", "log_throttle", "metrics", "version"];
 /// Commands of the binary besides serving (`demo`, `export`/`import`): may
 /// use the domain, not the web layer.
 const TOOLS: &[&str] = &["demo", "transfer"];

@@ -28,6 +28,7 @@
 //! - [`metrics`]: Prometheus metrics and their label enums.
 //! - [`internal_events`]: occurrences that are logged and counted in one `emit`.
 //! - [`log_throttle`]: rate-limited logging of warnings that repeat.
+//! - [`version`]: this build's version.
 //!
 //! Web and edge:
 //!
@@ -84,15 +85,14 @@ pub mod server;
 pub mod stats;
 pub mod telemetry;
 pub mod transfer;
+pub mod version;
 pub mod ws;
 
 #[cfg(test)]
 mod layering;
 
 pub use server::{ServerBuilder, StartError};
-
-/// This build's version, as reported in `connection_ack` and `sidewire_build_info`.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use version::VERSION;
 
 /// Serves `config` on `listener` until `shutdown` completes, then drains.
 pub async fn run(

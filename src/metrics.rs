@@ -369,7 +369,7 @@ impl Metrics {
             registry: r,
             seen_types: Mutex::new(HashSet::new()),
         };
-        m.build_info.with_label_values(&[crate::VERSION]).set(1);
+        m.build_info.with_label_values(&[crate::version::VERSION]).set(1);
         // One process until a cluster says otherwise (see crate::cluster).
         m.cluster_replicas.set(1);
         m.broadcast_bus_up.with_label_values(&["local"]).set(1);
@@ -450,7 +450,7 @@ mod tests {
         assert!(text.contains("sidewire_persist_failures_total{plugin=\"sqlite\"} 0"));
         assert!(text.contains("sidewire_persist_retention_deleted_total{plugin=\"sqlite\"} 0"));
         assert!(text.contains("sidewire_config_reloads_total{result=\"failure\"} 0"));
-        assert!(text.contains(&format!("sidewire_build_info{{version=\"{}\"}} 1", crate::VERSION)));
+        assert!(text.contains(&format!("sidewire_build_info{{version=\"{}\"}} 1", crate::version::VERSION)));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use super::State;
 use crate::hub::Frame;
 use crate::internal_events::{WsDisconnected, WsInvalidMessage};
 use crate::metrics::WsMessageType;
+use crate::version::VERSION;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::collections::HashSet;
@@ -52,7 +53,7 @@ async fn connection(
     let ack = Out::message(
         WsMessageType::ConnectionAck,
         json!({"connectionId": id, "statsIntervalSecs": live.config.stats.interval_secs,
-               "lastSeq": state.stats.last_seq(), "serverVersion": crate::VERSION}),
+               "lastSeq": state.stats.last_seq(), "serverVersion": VERSION}),
     );
     let mut stats_rx = state.sockets.stats_tx.subscribe();
     stats_rx.mark_unchanged();
