@@ -49,7 +49,8 @@
 //!
 //! - [`transfer`]: `sidewire export` / `sidewire import` (NDJSON, streaming).
 //! - [`demo`]: synthetic backend traffic (`sidewire demo`).
-//! - `layering` (tests only): the layers above and no import cycles.
+//! - `layering` (tests only): the layers above, no import cycles between
+//!   modules nor between the files of a folder, nothing importing `lib.rs`.
 //!
 //! # Embedding
 //!
