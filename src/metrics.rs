@@ -78,6 +78,9 @@ label_enum! {
         RequestHead => "request_head",
         /// A request's body did not arrive in time (408).
         RequestBody => "request_body",
+        /// The client took nothing of a response for
+        /// `server.write_timeout_secs` (closed with a reset).
+        ResponseWrite => "response_write",
     }
 }
 
@@ -340,7 +343,8 @@ impl Metrics {
             http_timeouts_total: counter_vec(
                 &r,
                 "sidewire_http_timeouts_total",
-                "Connections ended by a deadline: idle (no request began), request_head or request_body (408).",
+                "Connections ended by a deadline: idle (no request began), request_head or request_body (408), \
+                 response_write (the client took nothing of a response for server.write_timeout_secs).",
                 &["phase"],
             ),
             http_accept_errors_total: counter(

@@ -383,9 +383,10 @@ impl FrontDoor {
         let routes = crate::http::routes(app.http_state(), &crate::ws::PATHS);
         let mut http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
         // Deadlines are enforced by `GuardedIo` (idle before and between
-        // requests, a late head) and the handlers (a late body); hyper's own
-        // header timeout (30 s by default) would cut a head short of
-        // `request_timeout_secs` and without the contract's 408 body.
+        // requests, a late head, a response the client does not take) and
+        // the handlers (a late body); hyper's own header timeout (30 s by
+        // default) would cut a head short of `request_timeout_secs` and
+        // without the contract's 408 body.
         http.http1().keep_alive(true).timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(None);
         let gate = Gate::new(&app.metrics);
         let auto_max = limit::auto_max_connections(limit::nofile_soft_limit());
@@ -404,6 +405,7 @@ impl FrontDoor {
             open_file_limit = %limit::nofile_soft_limit().map_or_else(|| "unknown".to_string(), |n| n.to_string()),
             idle_timeout_secs = s.idle.as_secs(),
             request_timeout_secs = s.request.as_secs(),
+            write_timeout_secs = s.write.as_secs(),
             "sidewire listening"
         );
     }
