@@ -30,6 +30,7 @@
 //! - [`metrics`]: Prometheus metrics and their label enums.
 //! - [`internal_events`]: occurrences that are logged and counted in one `emit`.
 //! - [`log_throttle`]: rate-limited logging of warnings that repeat.
+//! - [`version`]: this build's version.
 //!
 //! Web and edge:
 //!
@@ -50,7 +51,8 @@
 //!
 //! - [`transfer`]: `sidewire export` / `sidewire import` (NDJSON, streaming).
 //! - [`demo`]: synthetic backend traffic (`sidewire demo`).
-//! - `layering` (tests only): the layers above and no import cycles.
+//! - `layering` (tests only): the layers above, no import cycles between
+//!   modules nor between the files of a folder, nothing importing `lib.rs`.
 //!
 //! # Embedding
 //!
@@ -87,15 +89,14 @@ pub mod stats;
 pub mod telemetry;
 pub mod tls;
 pub mod transfer;
+pub mod version;
 pub mod ws;
 
 #[cfg(test)]
 mod layering;
 
 pub use server::{ServerBuilder, StartError};
-
-/// This build's version, as reported in `connection_ack` and `sidewire_build_info`.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use version::VERSION;
 
 /// Serves `config` on `listener` until `shutdown` completes, then drains.
 pub async fn run(

@@ -78,6 +78,9 @@ label_enum! {
         RequestHead => "request_head",
         /// A request's body did not arrive in time (408).
         RequestBody => "request_body",
+        /// The client took nothing of a response for
+        /// `server.write_timeout_secs` (closed with a reset).
+        ResponseWrite => "response_write",
     }
 }
 
@@ -345,7 +348,8 @@ impl Metrics {
             http_timeouts_total: counter_vec(
                 &r,
                 "sidewire_http_timeouts_total",
-                "Connections ended by a deadline: idle (no request began), request_head or request_body (408).",
+                "Connections ended by a deadline: idle (no request began), request_head or request_body (408), \
+                 response_write (the client took nothing of a response for server.write_timeout_secs).",
                 &["phase"],
             ),
             http_accept_errors_total: counter(
@@ -385,7 +389,7 @@ impl Metrics {
             registry: r,
             seen_types: Mutex::new(HashSet::new()),
         };
-        m.build_info.with_label_values(&[crate::VERSION]).set(1);
+        m.build_info.with_label_values(&[crate::version::VERSION]).set(1);
         // One process until a cluster says otherwise (see crate::cluster).
         m.cluster_replicas.set(1);
         m.broadcast_bus_up.with_label_values(&["local"]).set(1);
@@ -466,7 +470,7 @@ mod tests {
         assert!(text.contains("sidewire_persist_failures_total{plugin=\"sqlite\"} 0"));
         assert!(text.contains("sidewire_persist_retention_deleted_total{plugin=\"sqlite\"} 0"));
         assert!(text.contains("sidewire_config_reloads_total{result=\"failure\"} 0"));
-        assert!(text.contains(&format!("sidewire_build_info{{version=\"{}\"}} 1", crate::VERSION)));
+        assert!(text.contains(&format!("sidewire_build_info{{version=\"{}\"}} 1", crate::version::VERSION)));
     }
 
     #[test]

@@ -15,15 +15,17 @@ use crate::persist::shared::SharedStore;
 use crate::persist::{PersistCallback, PersistError};
 use crate::pipeline::{Outlet, Pipeline, Sinks};
 use crate::stats::Stats;
+use crate::version::VERSION;
 use crate::ws::WsState;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tracing::Instrument;
 use warp::reply::Response;
@@ -252,110 +254,27 @@ impl Running {
         self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// Serves `listener` until `shutdown` completes, then shuts down (see
+    /// [`ServerBuilder::run`]).
     pub async fn serve(mut self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        let app = self.app.clone();
-        let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
-        let metrics_task = self.metrics_listener.take().map(|l| {
-            if let Ok(addr) = l.local_addr() {
-                tracing::info!(%addr, "metrics listening (GET /metrics, GET /healthz)");
-            }
-            let routes = crate::http::metrics_listener_routes(app.http_state());
-            tokio::spawn(
-                warp::serve(routes)
-                    .incoming(l)
-                    .graceful(async {
-                        let _ = metrics_stopped.await;
-                    })
-                    .run(),
-            )
-        });
-        let routes = crate::http::routes(app.http_state(), &crate::ws::PATHS);
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let mut http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-        // Deadlines are enforced by `GuardedIo` (idle before and between
-        // requests, a late head) and the handlers (a late body); hyper's own
-        // header timeout (30 s by default) would cut a head short of
-        // `request_timeout_secs` and without the contract's 408 body.
-        http.http1().keep_alive(true).timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(None);
-        let http = http.http1_only();
-        let gate = Gate::new(&app.metrics);
-        let auto_max = limit::auto_max_connections(limit::nofile_soft_limit());
-        let mut config_rx = app.config.clone();
-        let mut settings = front_door_settings(&config_rx.borrow_and_update().config, auto_max);
-        app.metrics.http_max_connections.set(settings.max_connections as i64);
-        let mut accept_backoff = ACCEPT_BACKOFF_MIN;
-        let mut shutdown = std::pin::pin!(shutdown);
+        let metrics_listener = self.metrics_listener.take().map(|l| MetricsListener::spawn(l, &self.app));
+        let graceful = GracefulShutdown::new();
+        let mut door = FrontDoor::new(self.app.clone());
         if let Ok(addr) = listener.local_addr() {
-            tracing::info!(
-                %addr,
-                version = crate::VERSION,
-                max_http_connections = settings.max_connections,
-                open_file_limit = %limit::nofile_soft_limit().map_or_else(|| "unknown".to_string(), |n| n.to_string()),
-                idle_timeout_secs = settings.idle.as_secs(),
-                request_timeout_secs = settings.request.as_secs(),
-                "sidewire listening"
-            );
+            door.log_listening(addr);
         }
-        loop {
-            let (stream, peer) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(pair) => {
-                        accept_backoff = ACCEPT_BACKOFF_MIN;
-                        pair
-                    }
-                    Err(e) => {
-                        // EMFILE and friends: the connection stays queued, so
-                        // retrying at once would spin. Back off, log rarely.
-                        AcceptFailed { error: &e, open_connections: gate.open(),
-                            retry_in_ms: accept_backoff.as_millis() as u64 }.emit(&app.metrics);
-                        tokio::select! {
-                            _ = tokio::time::sleep(accept_backoff) => {}
-                            _ = &mut shutdown => break,
-                        }
-                        accept_backoff = (accept_backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                        continue;
-                    }
-                },
-                _ = &mut shutdown => break,
-            };
-            if config_rx.has_changed().unwrap_or(false) {
-                settings = front_door_settings(&config_rx.borrow_and_update().config, auto_max);
-            }
-            let Some(slot) = gate.admit(&settings) else {
-                // Closed at once: the client sees a reset or EOF and can retry
-                // elsewhere; the descriptor is free again right away.
-                drop(stream);
-                tracing::debug!(%peer, limit = settings.max_connections, "connection refused: at capacity");
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            let conn = gate.conn_state(&settings);
-            let io = GuardedIo::new(stream, conn.clone(), slot);
-            let app = app.clone();
-            let routes = routes.clone();
-            let service = hyper::service::service_fn(move |req| {
-                let (deadline, in_service) = conn.begin_request();
-                let res = handle(app.clone(), routes.clone(), peer, deadline, req);
-                async move {
-                    let res = res.await?;
-                    // The connection leaves HTTP: no deadline applies any more.
-                    if res.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                        in_service.upgraded();
-                        return Ok::<_, Infallible>(res.map(|b| TrackedBody::new(b, None)));
-                    }
-                    Ok(res.map(|b| TrackedBody::new(b, Some(in_service))))
-                }
-            });
-            let conn = http.serve_connection_with_upgrades(TokioIo::new(io), service);
-            let conn = graceful.watch(conn.into_owned());
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "http connection error");
-                }
-            });
-        }
-        tracing::info!("shutting down: closing WebSockets, finishing requests, flushing the store");
+        accept_until(&listener, &mut door, &graceful, shutdown).await;
         drop(listener);
+        self.shut_down(graceful, metrics_listener).await;
+    }
+
+    /// The shutdown steps, in order: WebSockets get 1001, in-flight requests
+    /// finish, the sockets drain, queued events are stored (each within
+    /// `server.shutdown_timeout_secs`); then the background tasks stop and
+    /// the store closes.
+    async fn shut_down(mut self, graceful: GracefulShutdown, metrics: Option<MetricsListener>) {
+        let app = self.app.clone();
+        tracing::info!("shutting down: closing WebSockets, finishing requests, flushing the store");
         let grace = Duration::from_secs(app.config.borrow().config.server.shutdown_timeout_secs);
         app.ws.sockets.shutdown();
         if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
@@ -369,9 +288,8 @@ impl Running {
             tracing::error!("queued events could not all be stored before the shutdown deadline");
         }
         self.pusher.abort();
-        let _ = metrics_stop.send(());
-        if let Some(task) = metrics_task {
-            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        if let Some(metrics) = metrics {
+            metrics.stop().await;
         }
         drop(self.retention.take());
         if let Some(cluster) = &app.cluster {
@@ -383,6 +301,153 @@ impl Running {
         self.log_flusher.abort();
         app.metrics.repeated.flush_all();
         tracing::info!("stopped");
+    }
+}
+
+/// The separate metrics listener (`metrics.listen`): warp's own server on
+/// its own accept loop, outside the front door's connection count.
+struct MetricsListener {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MetricsListener {
+    fn spawn(listener: TcpListener, app: &App) -> Self {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "metrics listening (GET /metrics, GET /healthz)");
+        }
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let routes = crate::http::metrics_listener_routes(app.http_state());
+        let server = warp::serve(routes).incoming(listener).graceful(async {
+            let _ = stopped.await;
+        });
+        Self { stop, task: tokio::spawn(server.run()) }
+    }
+
+    /// Stops accepting and waits (up to 2 s) for scrapes in flight.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.task).await;
+    }
+}
+
+/// Accepts connections until `shutdown` completes, handing each to `door`.
+/// A failed `accept` (EMFILE and friends) leaves the connection queued, so
+/// retrying at once would spin: it backs off, and logs rarely.
+async fn accept_until(
+    listener: &TcpListener,
+    door: &mut FrontDoor,
+    graceful: &GracefulShutdown,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => {
+                    backoff = ACCEPT_BACKOFF_MIN;
+                    door.serve(stream, peer, graceful);
+                }
+                Err(e) => {
+                    AcceptFailed { error: &e, open_connections: door.gate.open(), retry_in_ms: backoff.as_millis() as u64 }
+                        .emit(&door.app.metrics);
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = &mut shutdown => return,
+                    }
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                }
+            },
+            _ = &mut shutdown => return,
+        }
+    }
+}
+
+/// What every accepted connection goes through: admission at the
+/// [`Gate`], the deadlines of [`GuardedIo`] and hyper's HTTP/1 with
+/// upgrades, under settings re-read from the config whenever it changed
+/// (a reload applies to new connections).
+struct FrontDoor {
+    app: Arc<App>,
+    routes: crate::http::Routes,
+    http: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    gate: Gate,
+    config_rx: ConfigRx,
+    settings: Settings,
+    /// The automatic connection limit (from the open-file limit at start).
+    auto_max: usize,
+}
+
+impl FrontDoor {
+    fn new(app: Arc<App>) -> Self {
+        let routes = crate::http::routes(app.http_state(), &crate::ws::PATHS);
+        let mut http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+        // Deadlines are enforced by `GuardedIo` (idle before and between
+        // requests, a late head, a response the client does not take) and
+        // the handlers (a late body); hyper's own header timeout (30 s by
+        // default) would cut a head short of `request_timeout_secs` and
+        // without the contract's 408 body.
+        http.http1().keep_alive(true).timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(None);
+        let gate = Gate::new(&app.metrics);
+        let auto_max = limit::auto_max_connections(limit::nofile_soft_limit());
+        let mut config_rx = app.config.clone();
+        let settings = front_door_settings(&config_rx.borrow_and_update().config, auto_max);
+        app.metrics.http_max_connections.set(settings.max_connections as i64);
+        Self { routes, http: http.http1_only(), gate, config_rx, settings, auto_max, app }
+    }
+
+    fn log_listening(&self, addr: SocketAddr) {
+        let s = &self.settings;
+        tracing::info!(
+            %addr,
+            version = VERSION,
+            max_http_connections = s.max_connections,
+            open_file_limit = %limit::nofile_soft_limit().map_or_else(|| "unknown".to_string(), |n| n.to_string()),
+            idle_timeout_secs = s.idle.as_secs(),
+            request_timeout_secs = s.request.as_secs(),
+            write_timeout_secs = s.write.as_secs(),
+            "sidewire listening"
+        );
+    }
+
+    /// Admits `stream` (or closes it at once, at capacity) and spawns its
+    /// HTTP connection, watched by `graceful` for shutdown.
+    fn serve(&mut self, stream: TcpStream, peer: SocketAddr, graceful: &GracefulShutdown) {
+        if self.config_rx.has_changed().unwrap_or(false) {
+            self.settings = front_door_settings(&self.config_rx.borrow_and_update().config, self.auto_max);
+        }
+        let Some(slot) = self.gate.admit(&self.settings) else {
+            // Closed at once: the client sees a reset or EOF and can retry
+            // elsewhere; the descriptor is free again right away.
+            drop(stream);
+            tracing::debug!(%peer, limit = self.settings.max_connections, "connection refused: at capacity");
+            return;
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = self.gate.conn_state(&self.settings);
+        let io = GuardedIo::new(stream, conn.clone(), slot);
+        let (app, routes) = (self.app.clone(), self.routes.clone());
+        let service = hyper::service::service_fn(move |req| {
+            let (deadline, in_service) = conn.begin_request();
+            let res = handle(app.clone(), routes.clone(), peer, deadline, req);
+            async move {
+                let res = res.await?;
+                // The connection leaves HTTP: no deadline applies any more.
+                if res.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                    in_service.upgraded();
+                    return Ok::<_, Infallible>(res.map(|b| TrackedBody::new(b, None)));
+                }
+                Ok(res.map(|b| TrackedBody::new(b, Some(in_service))))
+            }
+        });
+        let conn = self.http.serve_connection_with_upgrades(TokioIo::new(io), service);
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "http connection error");
+            }
+        });
     }
 }
 

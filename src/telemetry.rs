@@ -202,7 +202,7 @@ fn tracer_provider(endpoint: &str) -> Result<SdkTracerProvider, TelemetryError> 
         .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name("sidewire")
-        .with_attribute(opentelemetry::KeyValue::new("service.version", crate::VERSION))
+        .with_attribute(opentelemetry::KeyValue::new("service.version", crate::version::VERSION))
         .build();
     Ok(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build())
 }

@@ -61,6 +61,7 @@ keys! {
         shutdown_timeout_secs: Live,
         idle_timeout_secs: Live,
         request_timeout_secs: Live,
+        write_timeout_secs: Live,
         max_http_connections: Live,
         replica_name: Restart,
     }

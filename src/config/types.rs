@@ -45,6 +45,12 @@ pub struct ServerConfig {
     /// request gets 408 `request_timeout` and is closed. Live for new
     /// connections.
     pub request_timeout_secs: u64,
+    /// A response must be taken by the client within this, else the
+    /// connection closes (WebSockets excepted): the clock runs while a write
+    /// waits for the client and restarts whenever the client takes some of
+    /// the response, so a slow reader is not cut, one that stopped is. Live
+    /// for new connections.
+    pub write_timeout_secs: u64,
     /// Open TCP connections (HTTP and WebSocket) on `listen` beyond this are
     /// closed at accept; 0: 90% of the open-file limit, which also caps any
     /// larger value. Live.
@@ -63,6 +69,7 @@ impl Default for ServerConfig {
             shutdown_timeout_secs: 8,
             idle_timeout_secs: 10,
             request_timeout_secs: 30,
+            write_timeout_secs: 30,
             max_http_connections: 0,
             replica_name: String::new(),
         }

@@ -22,6 +22,7 @@ impl Config {
         for (k, v) in [
             ("server.idle_timeout_secs", self.server.idle_timeout_secs),
             ("server.request_timeout_secs", self.server.request_timeout_secs),
+            ("server.write_timeout_secs", self.server.write_timeout_secs),
         ] {
             if v == 0 || v > 86_400 {
                 bad(k, "must be between 1 and 86400".into());
@@ -202,13 +203,26 @@ mod tests {
     fn front_door_keys_have_the_contract_defaults_and_are_checked() {
         let c = Config::default();
         assert_eq!(
-            (c.server.idle_timeout_secs, c.server.request_timeout_secs, c.server.max_http_connections),
-            (10, 30, 0)
+            (
+                c.server.idle_timeout_secs,
+                c.server.request_timeout_secs,
+                c.server.write_timeout_secs,
+                c.server.max_http_connections
+            ),
+            (10, 30, 30, 0)
         );
-        let text = "[server]\nidle_timeout_secs = 0\nrequest_timeout_secs = 0\nmax_http_connections = 5\n";
+        let text = "[server]\nidle_timeout_secs = 0\nrequest_timeout_secs = 0\nmax_http_connections = 5\n\
+                    write_timeout_secs = 0\n";
         let issues = Config::from_toml(text, &[]).unwrap_err();
         let keys: Vec<_> = issues.iter().map(|i| (i.key.as_str(), i.line)).collect();
-        assert_eq!(keys, vec![("server.idle_timeout_secs", Some(2)), ("server.request_timeout_secs", Some(3))]);
+        assert_eq!(
+            keys,
+            vec![
+                ("server.idle_timeout_secs", Some(2)),
+                ("server.request_timeout_secs", Some(3)),
+                ("server.write_timeout_secs", Some(5))
+            ]
+        );
     }
 
     #[test]

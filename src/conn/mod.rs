@@ -13,8 +13,11 @@
 //!   timeout at all); a request whose head has not arrived within
 //!   `server.request_timeout_secs` of its first byte gets 408 and is closed.
 //!   The body has the same deadline, enforced where it is read
-//!   ([`RequestDeadline`], used by ingest). Upgraded WebSockets are exempt:
-//!   their heartbeat decides.
+//!   ([`RequestDeadline`], used by ingest). A response the client takes
+//!   nothing of for `server.write_timeout_secs` ends the connection with a
+//!   reset (the clock runs only while a write waits, so a slow reader that
+//!   keeps reading is not cut). Upgraded WebSockets are exempt from all
+//!   three: their heartbeat and send queue decide.
 //! - **Open-file limit** ([`limit`]): raised from soft to hard at start.
 //!
 //! Settings are read from the live config at each accept, so a reload
@@ -49,6 +52,8 @@ pub struct Settings {
     pub idle: Duration,
     /// From a request's first byte to its last (head and body).
     pub request: Duration,
+    /// Longest wait of a response write for the client to take something.
+    pub write: Duration,
     /// Open connections beyond this are closed at accept (already resolved
     /// from `0` = automatic, and capped by the open-file limit).
     pub max_connections: usize,
@@ -65,6 +70,7 @@ impl Settings {
         let settings = Settings {
             idle: Duration::from_secs(server.idle_timeout_secs),
             request: Duration::from_secs(server.request_timeout_secs),
+            write: Duration::from_secs(server.write_timeout_secs),
             max_connections,
         };
         (settings, clamped)
@@ -82,6 +88,7 @@ pub struct Gate {
     at_capacity: IntCounter,
     idle_timeouts: IntCounter,
     head_timeouts: IntCounter,
+    write_timeouts: IntCounter,
 }
 
 impl Gate {
@@ -94,6 +101,7 @@ impl Gate {
                 .with_label_values(&[HttpRejectReason::AtCapacity.label()]),
             idle_timeouts: metrics.http_timeouts_total.with_label_values(&[TimeoutPhase::Idle.label()]),
             head_timeouts: metrics.http_timeouts_total.with_label_values(&[TimeoutPhase::RequestHead.label()]),
+            write_timeouts: metrics.http_timeouts_total.with_label_values(&[TimeoutPhase::ResponseWrite.label()]),
         }
     }
 
@@ -118,9 +126,11 @@ impl Gate {
         Arc::new(ConnState {
             idle: settings.idle,
             request: settings.request,
+            write: settings.write,
             phase: Mutex::new(PhaseState { phase: Phase::Idle, since: Instant::now(), reader: None }),
             idle_timeouts: self.idle_timeouts.clone(),
             head_timeouts: self.head_timeouts.clone(),
+            write_timeouts: self.write_timeouts.clone(),
         })
     }
 }
@@ -138,7 +148,9 @@ impl Drop for Slot {
     }
 }
 
-/// Where a connection is in its request cycle; decides which deadline runs.
+/// Where a connection is in its request cycle; decides which read deadline
+/// runs. (The write deadline runs in every phase but `Upgraded`, whenever a
+/// write waits for the client.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
     /// Waiting for the first byte of the next request (or of the first one):
@@ -148,9 +160,9 @@ pub(crate) enum Phase {
     /// request timeout runs from the first byte.
     Head,
     /// A request is being served (its body read, its response written): no
-    /// deadline at the socket; the body's is enforced where it is read.
+    /// read deadline at the socket; the body's is enforced where it is read.
     Serving,
-    /// Upgraded to a WebSocket: no deadline here ever again.
+    /// Upgraded to a WebSocket: no deadline here ever again, read or write.
     Upgraded,
 }
 
@@ -160,10 +172,12 @@ pub(crate) enum Phase {
 pub struct ConnState {
     idle: Duration,
     request: Duration,
+    write: Duration,
     /// The phase, when it began, and the reader to wake when it changes.
     phase: Mutex<PhaseState>,
     idle_timeouts: IntCounter,
     head_timeouts: IntCounter,
+    write_timeouts: IntCounter,
 }
 
 #[derive(Debug)]
@@ -216,6 +230,23 @@ impl ConnState {
 
     pub(crate) fn request_timeout(&self) -> Duration {
         self.request
+    }
+
+    pub(crate) fn idle_timeout(&self) -> Duration {
+        self.idle
+    }
+
+    /// When a write that starts waiting for the client now must have made
+    /// progress; `None` once the connection is a WebSocket (exempt for good).
+    pub(crate) fn write_deadline(&self) -> Option<Instant> {
+        match self.phase.lock().phase {
+            Phase::Upgraded => None,
+            Phase::Idle | Phase::Head | Phase::Serving => Some(Instant::now() + self.write),
+        }
+    }
+
+    pub(crate) fn write_timed_out(&self) {
+        self.write_timeouts.inc();
     }
 
     /// The request's head is complete and a handler starts: returns when the
@@ -319,7 +350,10 @@ mod tests {
     fn zero_means_automatic_and_too_many_is_lowered() {
         let (s, clamped) = Settings::from_config(&server(10, 30, 0), 900);
         assert_eq!((s.max_connections, clamped), (900, false));
-        assert_eq!((s.idle, s.request), (Duration::from_secs(10), Duration::from_secs(30)));
+        assert_eq!(
+            (s.idle, s.request, s.write),
+            (Duration::from_secs(10), Duration::from_secs(30), Duration::from_secs(30))
+        );
         assert_eq!(Settings::from_config(&server(10, 30, 50), 900), (Settings { max_connections: 50, ..s }, false));
         assert_eq!(Settings::from_config(&server(10, 30, 5000), 900).0.max_connections, 900);
         assert!(Settings::from_config(&server(10, 30, 5000), 900).1);
@@ -329,7 +363,12 @@ mod tests {
     fn the_gate_counts_slots() {
         let m = Metrics::new();
         let gate = Gate::new(&m);
-        let s = Settings { idle: Duration::from_secs(1), request: Duration::from_secs(1), max_connections: 2 };
+        let s = Settings {
+            idle: Duration::from_secs(1),
+            request: Duration::from_secs(1),
+            write: Duration::from_secs(1),
+            max_connections: 2,
+        };
         let a = gate.admit(&s).unwrap();
         let b = gate.admit(&s).unwrap();
         assert!(gate.admit(&s).is_none());
@@ -345,7 +384,12 @@ mod tests {
     fn phases_pick_the_deadline() {
         let m = Metrics::new();
         let gate = Gate::new(&m);
-        let s = Settings { idle: Duration::from_secs(10), request: Duration::from_secs(30), max_connections: 2 };
+        let s = Settings {
+            idle: Duration::from_secs(10),
+            request: Duration::from_secs(30),
+            write: Duration::from_secs(30),
+            max_connections: 2,
+        };
         let conn = gate.conn_state(&s);
         let phase = |c: &ConnState| c.deadline(None).map(|(p, _)| p);
         let (p, idle_deadline) = conn.deadline(None).unwrap();
@@ -361,9 +405,12 @@ mod tests {
         assert_eq!(conn.deadline(None), None, "no deadline at the socket while serving");
         drop(in_service);
         assert_eq!(phase(&conn), Some(Phase::Idle), "idle again once the response is out");
+        assert!(conn.write_deadline().is_some(), "responses have a write deadline");
         let (_, in_service) = conn.begin_request();
+        assert!(conn.write_deadline().unwrap() >= Instant::now() + Duration::from_secs(29));
         in_service.upgraded();
         assert_eq!(conn.deadline(None), None);
+        assert_eq!(conn.write_deadline(), None, "a WebSocket has none");
         conn.bytes_read();
         let (_, again) = conn.begin_request();
         drop(again);

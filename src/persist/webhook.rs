@@ -101,7 +101,7 @@ impl WebhookPlugin {
             return Err(err(format!("URL {shown_url} must be http:// or https://")));
         }
         let client = reqwest::Client::builder()
-            .user_agent(format!("sidewire/{}", crate::VERSION))
+            .user_agent(format!("sidewire/{}", crate::version::VERSION))
             // A 301/302 would turn the POST into a GET whose 200 looks like
             // a stored batch; a moved target is a config error instead.
             .redirect(reqwest::redirect::Policy::none())

@@ -1,17 +1,19 @@
 //! One dashboard connection: a single task that reads the client, the hub,
 //! the newest `stats_update` and the heartbeat timer, and writes through its
-//! [`Outbox`]. [`End`] says why it ended; its close frame is built in one
-//! place, [`End::close_frame`].
+//! [`Outbox`]. It ends with an [`End`], which says why (and which close
+//! frame goes out).
 
+use super::end::End;
 use super::guard::ConnectionGuard;
 use super::outbox::{Out, Outbox};
 use super::protocol::ClientMessage;
 use super::replay::replay;
-use super::upgrade::Socket;
+use super::socket::Socket;
 use super::State;
 use crate::hub::Frame;
 use crate::internal_events::{WsDisconnected, WsInvalidMessage};
-use crate::metrics::{DisconnectReason, WsMessageType};
+use crate::metrics::WsMessageType;
+use crate::version::VERSION;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::collections::HashSet;
@@ -19,49 +21,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
-
-/// Why a connection ended (the `reason` label of disconnects).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum End {
-    ClientClose,
-    SlowConsumer,
-    HeartbeatTimeout,
-    Shutdown,
-    /// The store could not answer a resume.
-    ReplayFailed,
-    /// A client frame over [`MAX_CLIENT_MESSAGE`](super::MAX_CLIENT_MESSAGE).
-    TooBig,
-    /// The socket failed (reset, broken pipe): no close frame can go out.
-    Broken,
-}
-
-impl End {
-    /// The close frame the server sends for this end, if any. `ClientClose`
-    /// gets a normal one: it is what flushes tungstenite's reply.
-    pub(super) fn close_frame(self) -> Option<(CloseCode, &'static str)> {
-        match self {
-            End::SlowConsumer => Some((CloseCode::Policy, "slow consumer")),
-            End::HeartbeatTimeout => Some((CloseCode::Policy, "heartbeat timeout")),
-            End::Shutdown => Some((CloseCode::Away, "server shutting down")),
-            End::ClientClose => Some((CloseCode::Normal, "")),
-            End::ReplayFailed => Some((CloseCode::Error, "replay failed")),
-            End::TooBig => Some((CloseCode::Size, "message too big")),
-            End::Broken => None,
-        }
-    }
-
-    fn reason(self) -> DisconnectReason {
-        match self {
-            End::ClientClose => DisconnectReason::ClientClose,
-            End::SlowConsumer => DisconnectReason::SlowConsumer,
-            End::HeartbeatTimeout => DisconnectReason::HeartbeatTimeout,
-            End::ReplayFailed | End::TooBig | End::Broken => DisconnectReason::Error,
-            End::Shutdown => DisconnectReason::Shutdown,
-        }
-    }
-}
 
 /// Runs an upgraded connection to its end. `guard` counts it as open until
 /// this returns; its end is counted before the guard uncounts it, so a scrape
@@ -93,7 +53,7 @@ async fn connection(
     let ack = Out::message(
         WsMessageType::ConnectionAck,
         json!({"connectionId": id, "statsIntervalSecs": live.config.stats.interval_secs,
-               "lastSeq": state.stats.last_seq(), "serverVersion": crate::VERSION}),
+               "lastSeq": state.stats.last_seq(), "serverVersion": VERSION}),
     );
     let mut stats_rx = state.sockets.stats_tx.subscribe();
     stats_rx.mark_unchanged();

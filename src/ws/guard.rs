@@ -7,7 +7,7 @@
 //! is dropped, whichever way the connection ends (upgrade failure, any
 //! close, a panic in the task).
 
-use super::admission::IpEntry;
+use super::per_ip::IpEntry;
 use super::State;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
@@ -17,7 +17,7 @@ use std::time::Instant;
 /// One open (admitted) dashboard connection.
 pub(super) struct ConnectionGuard {
     state: Arc<State>,
-    /// The per-IP key ([`super::ip_key`]) the connection counts against.
+    /// The per-IP key ([`super::per_ip::ip_key`]) the connection counts against.
     ip: IpAddr,
 }
 

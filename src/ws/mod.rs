@@ -22,30 +22,40 @@
 //!
 //! # Layout
 //!
+//! Each file imports only the ones listed below it (checked by
+//! `src/layering.rs`); this file holds what they share, [`State`].
+//!
+//! - `upgrade`: the HTTP side: query, handshake, 101, the spawned task.
 //! - `admission`: auth, origin and the per-IP and global limits, in the
 //!   contract's order; reserves a connection.
+//! - `connection`: the per-connection task.
 //! - `guard`: the `ConnectionGuard`, the one
 //!   place that counts open connections (here, in stats and in metrics).
-//! - `upgrade`: the HTTP side: query, handshake, 101, the spawned task.
-//! - `connection`: the per-connection task and why it ended (`End`).
-//! - `outbox`: the sending side of a connection.
+//! - `per_ip`: the per-IP table (open connections, recent connects).
 //! - `replay`: resume after a seq from the store.
-//! - `protocol`: client messages and the server's message envelope.
+//! - `outbox`: the sending side of a connection.
+//! - `end`: why a connection ended (`End`), its close frame and reason.
+//! - `socket`: the upgraded socket's type and buffer sizes.
 //! - `stats_push`: the `stats_update` pusher shared by all connections.
+//! - `protocol`: client messages and the server's message envelope.
 
 mod admission;
 mod connection;
+mod end;
 mod guard;
 mod outbox;
+mod per_ip;
 mod protocol;
 mod replay;
+mod socket;
 mod stats_push;
 mod upgrade;
 
-pub use admission::ip_key;
+pub use per_ip::ip_key;
 pub use protocol::message;
+pub use socket::{socket_config, MAX_CLIENT_MESSAGE};
 pub use stats_push::stats_pusher;
-pub use upgrade::{socket_config, upgrade, MAX_CLIENT_MESSAGE};
+pub use upgrade::upgrade;
 
 use crate::activity::Activity;
 use crate::config::ConfigRx;
@@ -87,7 +97,7 @@ impl State {
 
 /// Connection bookkeeping shared by all dashboard sockets.
 pub struct WsState {
-    per_ip: parking_lot::Mutex<admission::PerIp>,
+    per_ip: parking_lot::Mutex<per_ip::PerIp>,
     /// Open connections (admitted, not yet dropped); only the
     /// `ConnectionGuard` moves it.
     open: AtomicUsize,

@@ -1,8 +1,9 @@
 //! The sending side of a connection: its bounded queue, the newest unsent
 //! `stats_update`, and the socket's sending half.
 
-use super::connection::End;
-use super::upgrade::Socket;
+use super::end::End;
+use super::protocol::message;
+use super::socket::Socket;
 use super::State;
 use crate::hub::Frame;
 use crate::metrics::WsMessageType;
@@ -27,7 +28,7 @@ pub(super) enum Out {
 impl Out {
     /// A `{"type","data","timestamp"}` message of type `kind`.
     pub(super) fn message(kind: WsMessageType, data: serde_json::Value) -> Out {
-        Out::Text(kind, super::message(kind, data))
+        Out::Text(kind, message(kind, data))
     }
 
     /// The message and its type (`None`: a ping, which is not counted).

@@ -2,7 +2,7 @@
 //! `resume_complete` (see the module doc of [`crate::ws`] for why no event
 //! is lost or sent twice).
 
-use super::connection::End;
+use super::end::End;
 use super::outbox::{Out, Outbox};
 use super::State;
 use crate::hub::Frame;

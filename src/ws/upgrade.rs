@@ -4,33 +4,18 @@
 
 use super::admission::admit;
 use super::connection::serve;
+use super::socket::socket_config;
 use super::State;
 use crate::error::{ApiError, ErrorCode};
 use crate::http::ErrorResponse;
 use crate::internal_events::WsDisconnected;
 use crate::metrics::DisconnectReason;
-use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 use warp::reply::Response;
-
-/// Largest client frame or message; bigger ones close the connection with 1009.
-pub const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
-
-pub(super) type Socket = WebSocketStream<TokioIo<Upgraded>>;
-
-/// Buffer sizes chosen for many mostly idle connections.
-pub fn socket_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(1024)
-        .write_buffer_size(8 * 1024)
-        .max_write_buffer_size(1024 * 1024)
-        .max_message_size(Some(MAX_CLIENT_MESSAGE))
-        .max_frame_size(Some(MAX_CLIENT_MESSAGE))
-}
 
 /// Answers a request on a WebSocket path: refusal, or 101 and a connection task.
 pub async fn upgrade(state: Arc<State>, peer: SocketAddr, mut req: http::Request<hyper::body::Incoming>) -> Response {

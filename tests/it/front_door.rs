@@ -1,7 +1,8 @@
 //! The front door (issue 14; contract section 7 `server.idle_timeout_secs`,
-//! `server.request_timeout_secs`, `server.max_http_connections`, section 2
-//! 408 `request_timeout`): idle and slow connections, the connection cap,
-//! and their live reload. Real servers on loopback, raw sockets where the
+//! `server.request_timeout_secs`, `server.write_timeout_secs`,
+//! `server.max_http_connections`, section 2 408 `request_timeout`): idle and
+//! slow connections, clients that stop reading (issue 22), the connection
+//! cap, and their live reload. Real servers on loopback, raw sockets where the
 //! point is what a misbehaving client does.
 
 use crate::common::*;
@@ -10,7 +11,7 @@ use serde_json::{json, Value};
 use sidewire::config::{Config, LiveConfig};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 
 /// A server with the given front-door settings (seconds, seconds, connections).
@@ -232,6 +233,157 @@ async fn an_upgraded_websocket_is_exempt_from_both_timeouts() {
             }
         }
     }
+    srv.stop().await;
+}
+
+// ---------------------------------------------------------------- slow readers
+
+/// A server whose idle and write timeouts are 1 s.
+async fn start_for_slow_readers() -> (TestServer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config_in(dir.path());
+    cfg.server.idle_timeout_secs = 1;
+    cfg.server.write_timeout_secs = 1;
+    (TestServer::start(cfg).await, dir)
+}
+
+/// Stores 500 events of 16 KiB each, so `/api/v1/activity/recent?limit=500`
+/// answers about 8 MiB: far more than the socket buffers of both ends hold.
+async fn fill_activity_with_big_events(base: &str) {
+    let c = client();
+    let pad = "x".repeat(16 * 1024);
+    for batch in 0..10 {
+        let events: Vec<Value> =
+            (0..50).map(|i| json!({"type": "big", "data": {"n": batch * 50 + i, "pad": pad}})).collect();
+        let r = post_json(&c, base, &Value::Array(events)).await;
+        assert_eq!(r.status, 202, "{:?}", r.body);
+    }
+}
+
+/// A connected socket whose receive buffer is `bytes` (the kernel doubles
+/// it), so a response that is not read stops the server's writes early.
+async fn connect_with_receive_buffer(addr: std::net::SocketAddr, bytes: u32) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(bytes).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+fn content_length(head: &str) -> Option<usize> {
+    head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+}
+
+/// Also a reload: the server starts with the default 30 s, and the 1 s of
+/// the reload applies to the connection accepted after it.
+#[tokio::test]
+async fn a_client_that_stops_reading_a_response_is_closed_after_the_write_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_in(dir.path());
+    assert_eq!(cfg.server.write_timeout_secs, 30);
+    let (tx, rx) = tokio::sync::watch::channel(LiveConfig::new(cfg.clone()));
+    let srv = TestServer::start_with(sidewire::ServerBuilder::new(cfg.clone()).config_channel(rx)).await;
+    fill_activity_with_big_events(&srv.base).await;
+    let mut reloaded: Config = cfg.clone();
+    reloaded.server.write_timeout_secs = 1;
+    tx.send_replace(LiveConfig::new(reloaded));
+    let write_timeouts = || srv.app.metrics.http_timeouts_total.with_label_values(&["response_write"]).get();
+    assert_eq!(write_timeouts(), 0);
+    let mut sock = connect_with_receive_buffer(srv.addr, 4096).await;
+    sock.write_all(b"GET /api/v1/activity/recent?limit=500 HTTP/1.1\r\nHost: sidewire\r\n\r\n").await.unwrap();
+    let sent = Instant::now();
+    // Never read: the server's writes stop once the buffers are full, and
+    // the write deadline (1 s from then) ends the connection.
+    wait_until("the write deadline ends the connection", Duration::from_secs(6), || async { write_timeouts() == 1 })
+        .await;
+    let after = sent.elapsed();
+    assert!(after >= Duration::from_millis(900), "closed before the write timeout: {after:?}");
+    assert!(after <= Duration::from_secs(3), "write_timeout_secs = 1, closed after {after:?}");
+    // The server's end is gone, with a reset (so its kernel dropped the
+    // unsent rest at once): what the client holds ends well short of the
+    // response.
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let drained = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match sock.read(&mut buf).await {
+                Ok(0) => return None,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => return Some(e.kind()),
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        drained
+            .unwrap_or_else(|_| panic!("the connection is still open after the write timeout ({} bytes)", got.len())),
+        Some(std::io::ErrorKind::ConnectionReset),
+        "closed with a reset, not a FIN after {} bytes",
+        got.len()
+    );
+    let text = String::from_utf8_lossy(&got);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    assert!(head.starts_with("HTTP/1.1 200"), "{}", &head[..head.len().min(200)]);
+    let whole = content_length(head).expect("a Content-Length");
+    assert!(whole > 4 * 1024 * 1024, "the response is too small to fill the buffers: {whole} bytes");
+    assert!(body.len() < whole, "the whole response arrived: {} of {whole} bytes", body.len());
+    // Counted, and its place at the front door is free again.
+    assert_eq!(
+        metric(&client(), &srv.base, r#"sidewire_http_timeouts_total{phase="response_write"}"#).await,
+        Some(1.0)
+    );
+    wait_until("the connection's slot is free", Duration::from_secs(5), || async {
+        srv.app.metrics.http_open_connections.get() == 0
+    })
+    .await;
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_client_that_keeps_reading_gets_the_whole_response() {
+    let (srv, _dir) = start_for_slow_readers().await;
+    fill_activity_with_big_events(&srv.base).await;
+    let mut sock = connect_with_receive_buffer(srv.addr, 16 * 1024).await;
+    sock.write_all(b"GET /api/v1/activity/recent?limit=250 HTTP/1.1\r\nHost: sidewire\r\n\r\n").await.unwrap();
+    let started = Instant::now();
+    // A small buffer and a pause after every read: the server's writes wait
+    // for the client all along and the response (about 4 MiB) takes longer
+    // than the write and idle timeouts together, but the client never
+    // pauses for anywhere near either.
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    // (end of the head, length of the body) once the head is in.
+    let mut framing: Option<(usize, usize)> = None;
+    let expected = loop {
+        if framing.is_none() {
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&got[..end]).into_owned();
+                let whole = content_length(&head).unwrap_or_else(|| panic!("no Content-Length: {head}"));
+                framing = Some((end + 4, whole));
+            }
+        }
+        if let Some((body_at, whole)) = framing {
+            if got.len() - body_at >= whole {
+                break whole;
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await {
+            Ok(Ok(n @ 1..)) => got.extend_from_slice(&buf[..n]),
+            other => panic!("the connection ended after {:?} and {} bytes: {other:?}", started.elapsed(), got.len()),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let took = started.elapsed();
+    assert!(took > Duration::from_secs(2), "not slow enough to matter: {took:?}");
+    let text = String::from_utf8_lossy(&got);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body.len(), expected);
+    let page: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(250));
+    assert_eq!(srv.app.metrics.http_timeouts_total.with_label_values(&["response_write"]).get(), 0);
+    // Once the response is out, the connection idles out as any other (the
+    // idle clock starts when its last byte went to the kernel, so the close
+    // may come while the client still reads the tail: after it, as a FIN).
+    assert!(matches!(ending(&mut sock, Duration::from_secs(4)).await, Ending::Closed(_)));
     srv.stop().await;
 }
 
