@@ -142,7 +142,7 @@ impl ServerBuilder {
             hub: hub.clone(),
             gauges_changed: gauges_changed.clone(),
         };
-        let cluster = shared.map(|store| {
+        let cluster = shared.clone().map(|store| {
             let options = cluster_options;
             tracing::info!(replica = %options.replica_name, bus = options.bus.label(), store = %store.describe(),
                 "joining the cluster");
@@ -179,6 +179,7 @@ impl ServerBuilder {
                 stats: stats.clone(),
                 activity: activity.clone(),
                 plugin: plugin.clone(),
+                shared,
                 metrics: metrics.clone(),
                 hub,
                 sockets: WsState::new(),

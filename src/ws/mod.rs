@@ -61,6 +61,7 @@ use crate::activity::Activity;
 use crate::config::ConfigRx;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::persist::shared::SharedStore;
 use crate::persist::PersistCallback;
 use crate::stats::Stats;
 use serde_json::{Map, Value};
@@ -81,6 +82,10 @@ pub struct State {
     pub activity: Arc<Activity>,
     /// Replay of older events.
     pub plugin: Arc<dyn PersistCallback>,
+    /// Several replicas: the shared store, whose durable head tells how far
+    /// a resuming client's `afterSeq` is known to the cluster (this
+    /// replica's own delivery may lag behind it).
+    pub shared: Option<Arc<dyn SharedStore>>,
     pub metrics: Arc<Metrics>,
     /// Live events.
     pub hub: Arc<Hub>,

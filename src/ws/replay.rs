@@ -42,8 +42,16 @@ pub(super) async fn replay(
         ascending: false,
     };
     // Everything up to here is stored (stats follow the store), so a live
-    // event up to here that is not replayed has seq <= `after`.
-    let stored = state.stats.last_seq();
+    // event up to here that is not replayed has seq <= `after`. With several
+    // replicas, this one's delivery may lag behind what the client saw on
+    // another: the cluster's durable head says how far the store is.
+    let mut stored = state.stats.last_seq();
+    if let Some(shared) = &state.shared {
+        match shared.durable_head().await {
+            Ok(head) => stored = stored.max(head),
+            Err(e) => tracing::debug!(error = %e, "resume: cannot read the durable head; using this replica's"),
+        }
+    }
     let mut events = state.activity.query(&q).await.map_err(|e| {
         tracing::warn!(error = %e, "resume replay failed");
         End::ReplayFailed

@@ -690,3 +690,31 @@ async fn a_postgres_crash_loses_no_acknowledged_event_and_shows_no_seq_twice() {
         assert!(!r.log().contains("not-the-password"), "the PostgreSQL password was logged");
     }
 }
+
+/// A client that saw seqs up to N on one replica and resumes with
+/// `?afterSeq=N` on a replica whose own delivery lags behind (here: no bus,
+/// so it learns of commits only from its head check) gets only what comes
+/// after N: nothing twice. (Found by the cluster soak: the replay used the
+/// lagging replica's own last seq as the limit of what the client knows.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn resuming_on_a_lagging_replica_sends_nothing_twice() {
+    let test = "resuming_on_a_lagging_replica_sends_nothing_twice";
+    let Some(db) = prepare(test, true).await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let a = Replica::start(dir.path(), "a", &Setup::redis(&db, "lag"));
+    let b = Replica::start(dir.path(), "b", &Setup { backend: "local", ..Setup::redis(&db, "lag") });
+    let c = client();
+    let mut on_a = a.ws("").await;
+    ready(&mut on_a).await;
+    let (status, reply, _) = ingest(&c, &a.base, &batch("lag-1", 5)).await;
+    assert_eq!(status, 202, "{reply}");
+    let seen = events_until(&mut on_a, 5, Duration::from_secs(5)).await;
+    assert_eq!(seen, vec![1, 2, 3, 4, 5]);
+    // At once to b, which has not delivered 1..=5 yet (its head check is
+    // half a second away and fills on the second sighting).
+    let mut on_b = b.ws("?afterSeq=5").await;
+    let (status, reply, _) = ingest(&c, &a.base, &batch("lag-2", 1)).await;
+    assert_eq!(status, 202, "{reply}");
+    let got = events_until(&mut on_b, 6, Duration::from_secs(10)).await;
+    assert_eq!(got, vec![6], "b sent events the client had already seen on a");
+}
