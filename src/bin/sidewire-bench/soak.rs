@@ -190,7 +190,8 @@ impl Replicas {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        for i in 0..self.children.lock().len() {
+        let n = self.children.lock().len(); // not in the loop head: the guard would live through kill9's lock
+        for i in 0..n {
             self.kill9(i);
         }
     }
@@ -689,6 +690,7 @@ async fn client(
                 continue;
             }
         };
+        let mut received = 0u64;
         // 0.5–1.5 × lifetime; after the stop signal, 10 s to catch up.
         let mut deadline = tokio::time::Instant::now()
             + if stopping { Duration::from_secs(10) } else { lifetime.mul_f64(0.5 + rand::random::<f64>()) };
@@ -714,9 +716,14 @@ async fn client(
                     }
                     let seq = v.seq.unwrap_or(0);
                     if seq <= last {
-                        shared.doubled_or_reordered.fetch_add(1, Ordering::Relaxed);
+                        if shared.doubled_or_reordered.fetch_add(1, Ordering::Relaxed) < 5 {
+                            eprintln!(
+                                "client {i}: seq {seq} after {last} from {addr} (connection {attempt}, {received} events on it)"
+                            );
+                        }
                         continue;
                     }
+                    received += 1;
                     shared.gap(last + 1, seq - 1);
                     last = seq;
                     shared.delivered.fetch_add(1, Ordering::Relaxed);
