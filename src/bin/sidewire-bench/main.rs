@@ -43,9 +43,12 @@ const MAX_SOAK_SECS: f64 = 3600.0;
 #[derive(Parser)]
 #[command(name = "sidewire-bench", version, about = "Load generator for sidewire (loopback only)")]
 struct Cli {
-    /// Base URL of the server (must be a loopback address).
-    #[arg(long, default_value = "http://127.0.0.1:8790", global = true)]
-    url: String,
+    /// Base URL of the server (must be a loopback address). Repeat it (or
+    /// separate with commas) for several replicas: ingest producers, fan-out
+    /// clients and soak producers and dashboards are spread over them
+    /// round-robin; other commands use the first.
+    #[arg(long, default_value = "http://127.0.0.1:8790", global = true, value_delimiter = ',', action = clap::ArgAction::Append)]
+    url: Vec<String>,
     /// Ingest token, if the server requires one.
     #[arg(long, env = "SIDEWIRE_TOKEN", global = true)]
     token: Option<String>,
@@ -146,6 +149,35 @@ enum Cmd {
         /// Fail when open fds grow more than this after the first period.
         #[arg(long, default_value_t = 100)]
         max_fd_growth: u64,
+        /// Producers (each one sequential client), spread over the --url
+        /// replicas; a producer whose replica fails retries the same event
+        /// (same id) on the next one.
+        #[arg(long, default_value_t = 1)]
+        producers: usize,
+        /// Cluster mode: the command that starts replica {i} (1-based, in
+        /// --url order), run with `sh -c 'exec …'`; `{i}` is replaced. The
+        /// soak starts every replica, kills one with SIGKILL and restarts it
+        /// every --kill-every-secs, and stops them at the end.
+        #[arg(long)]
+        replica_cmd: Option<String>,
+        /// Where the replicas' stdout/stderr go (replica-{i}.log).
+        #[arg(long, default_value = ".")]
+        replica_log_dir: std::path::PathBuf,
+        /// Seconds between kill -9 + restart of a replica (0: never). Round
+        /// robin over replicas 2..N (replica 1 lives the whole run, so its RSS
+        /// and fds cover it all); replica 1 itself when there is only one.
+        #[arg(long, default_value_t = 60)]
+        kill_every_secs: u64,
+        /// A TCP proxy `LISTEN=UPSTREAM` (e.g. 127.0.0.1:16379=127.0.0.1:6379)
+        /// the replicas reach Redis through; the soak cuts it now and then.
+        #[arg(long)]
+        redis_proxy: Option<String>,
+        /// Seconds between Redis cuts (0: never).
+        #[arg(long, default_value_t = 45)]
+        cut_every_secs: u64,
+        /// How long a cut lasts, seconds.
+        #[arg(long, default_value_t = 5)]
+        cut_secs: u64,
     },
     /// Single events on an idle server: ingest→delivery latency.
     E2e {
@@ -154,27 +186,38 @@ enum Cmd {
         /// Pause between events, in milliseconds.
         #[arg(long, default_value_t = 2)]
         gap_ms: u64,
+        /// The dashboard's server, when it is another replica than the one
+        /// ingesting (the first --url); default: the same.
+        #[arg(long)]
+        dashboard_url: Option<String>,
     },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let addr = loopback_addr(&cli.url)?;
+    let addrs = cli.url.iter().map(|u| loopback_addr(u)).collect::<anyhow::Result<Vec<_>>>()?;
+    let addr = *addrs.first().context("no --url")?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         match cli.command {
             Cmd::Ingest { concurrency, batch, duration, payload, ids } => {
                 let shape = IngestShape { batch: batch.clamp(1, 100_000), payload, ids };
-                ingest(addr, cli.token, concurrency.clamp(1, 4096), shape, capped(duration)).await
+                ingest(&addrs, cli.token, concurrency.clamp(1, 4096), shape, capped(duration)).await
             }
             Cmd::Fanout { clients, rate, duration, per_request } => {
                 let per_request = per_request.min(10_000);
-                fanout(addr, cli.token, clients.min(MAX_CLIENTS), rate.max(1), capped(duration), per_request).await
+                fanout(&addrs, cli.token, clients.min(MAX_CLIENTS), rate.max(1), capped(duration), per_request).await
             }
             Cmd::Conns { clients, server_pid, hold } => {
                 conns(addr, clients.min(MAX_CLIENTS), server_pid, capped(hold)).await
             }
-            Cmd::E2e { count, gap_ms } => e2e(addr, cli.token, count.min(1_000_000), gap_ms).await,
+            Cmd::E2e { count, gap_ms, dashboard_url } => {
+                let dashboard = match dashboard_url {
+                    Some(u) => loopback_addr(&u)?,
+                    None => addr,
+                };
+                e2e(addr, dashboard, cli.token, count.min(1_000_000), gap_ms).await
+            }
             Cmd::Soak {
                 minutes,
                 period_secs,
@@ -185,7 +228,25 @@ fn main() -> anyhow::Result<()> {
                 server_pid,
                 max_rss_growth_mib,
                 max_fd_growth,
+                producers,
+                replica_cmd,
+                replica_log_dir,
+                kill_every_secs,
+                redis_proxy,
+                cut_every_secs,
+                cut_secs,
             } => {
+                let redis_proxy = match redis_proxy {
+                    Some(p) => {
+                        let (l, u) = p.split_once('=').context("--redis-proxy is LISTEN=UPSTREAM")?;
+                        let (l, u): (SocketAddr, SocketAddr) = (l.parse()?, u.parse()?);
+                        if !l.ip().is_loopback() || !u.ip().is_loopback() {
+                            bail!("--redis-proxy: loopback addresses only");
+                        }
+                        Some((l, u))
+                    }
+                    None => None,
+                };
                 let options = soak::SoakOptions {
                     duration: Duration::from_secs_f64((minutes.max(0.0) * 60.0).min(MAX_SOAK_SECS))
                         .max(Duration::from_secs(1)),
@@ -197,8 +258,15 @@ fn main() -> anyhow::Result<()> {
                     server_pid,
                     max_rss_growth_mib,
                     max_fd_growth,
+                    producers: producers.clamp(1, 64),
+                    replica_cmd,
+                    replica_log_dir,
+                    kill_every: (kill_every_secs > 0).then(|| Duration::from_secs(kill_every_secs)),
+                    redis_proxy,
+                    cut_every: (cut_every_secs > 0).then(|| Duration::from_secs(cut_every_secs)),
+                    cut_for: Duration::from_secs(cut_secs.max(1)),
                 };
-                soak::soak(addr, cli.token, options).await
+                soak::soak(addrs, cli.token, options).await
             }
         }
     })
@@ -349,7 +417,7 @@ impl IngestShape {
 }
 
 async fn ingest(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     token: Option<String>,
     concurrency: usize,
     shape: IngestShape,
@@ -362,6 +430,8 @@ async fn ingest(
     let deadline = started + duration;
     let mut tasks = Vec::new();
     for task in 0..concurrency {
+        // Producers spread round-robin over the replicas.
+        let addr = addrs[task % addrs.len()];
         let token = token.clone();
         let (run, filler) = (run.clone(), filler.clone());
         tasks.push(tokio::spawn(async move {
@@ -405,12 +475,13 @@ async fn ingest(
         "ingest",
         &[
             ("concurrency × batch", format!("{concurrency} × {batch} events, ids {}", shape.ids.name())),
+            ("servers", format!("{}", addrs.len())),
             ("requests/s", format!("{rps:.0}")),
             ("events/s (202)", format!("{eps:.0}")),
             ("latency", lat_line(&h)),
             ("non-202", format!("{errors:?}")),
         ],
-        json!({"concurrency": concurrency, "batch": batch, "ids": shape.ids.name(), "seconds": secs, "requests_per_sec": rps,
+        json!({"concurrency": concurrency, "batch": batch, "ids": shape.ids.name(), "servers": addrs.len(), "seconds": secs, "requests_per_sec": rps,
                "events_per_sec": eps, "latency": summary(&h), "non_202": errors}),
     );
     Ok(())
@@ -428,6 +499,8 @@ struct Stamped<'a> {
     kind: &'a str,
     seq: Option<u64>,
     data: Option<Stamp>,
+    #[serde(default, borrow)]
+    id: Option<&'a str>,
 }
 
 #[derive(serde::Deserialize)]
@@ -444,7 +517,7 @@ struct ClientResult {
 }
 
 async fn fanout(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     token: Option<String>,
     clients: usize,
     rate: u64,
@@ -458,6 +531,8 @@ async fn fanout(
     let mut tasks = Vec::new();
     let open_started = Instant::now();
     for i in 0..clients {
+        // Clients spread round-robin over the replicas; the producer uses the first.
+        let addr = addrs[i % addrs.len()];
         let run_id = run_id.clone();
         let mut stop = stop_rx.clone();
         let opened = opened.clone();
@@ -528,6 +603,7 @@ async fn fanout(
     tokio::time::sleep(Duration::from_millis(500)).await; // subscriptions settle
                                                           // Producer: `rate` events/s, in 10 ms ticks (or `per_request` events every
                                                           // per_request/rate s), each with a unique id and stamped with the shared clock.
+    let addr = addrs[0];
     let mut sender = http_conn(addr).await?;
     let total = rate * duration.as_secs();
     let (tick, per_tick) = if per_request == 0 {
@@ -646,10 +722,16 @@ async fn conns(addr: SocketAddr, clients: usize, server_pid: Option<u32>, hold: 
     Ok(())
 }
 
-async fn e2e(addr: SocketAddr, token: Option<String>, count: u64, gap_ms: u64) -> anyhow::Result<()> {
+async fn e2e(
+    addr: SocketAddr,
+    dashboard: SocketAddr,
+    token: Option<String>,
+    count: u64,
+    gap_ms: u64,
+) -> anyhow::Result<()> {
     let base = Instant::now();
     let run_id = format!("bench_{:08x}", rand::random::<u32>());
-    let (mut tx, mut rx) = ws_connect(addr).await?.split();
+    let (mut tx, mut rx) = ws_connect(dashboard).await?.split();
     tx.send(Message::Text(json!({"type": "subscribe", "types": [run_id]}).to_string().into())).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut sender = http_conn(addr).await?;
@@ -682,8 +764,12 @@ async fn e2e(addr: SocketAddr, token: Option<String>, count: u64, gap_ms: u64) -
     }
     report(
         "e2e",
-        &[("events", format!("{}", h.len())), ("ingest→delivery", lat_line(&h))],
-        json!({"count": h.len(), "latency": summary(&h)}),
+        &[
+            ("events", format!("{}", h.len())),
+            ("ingest / dashboard", format!("{addr} / {dashboard}")),
+            ("ingest→delivery", lat_line(&h)),
+        ],
+        json!({"count": h.len(), "ingest": addr.to_string(), "dashboard": dashboard.to_string(), "latency": summary(&h)}),
     );
     Ok(())
 }
