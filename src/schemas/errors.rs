@@ -4,6 +4,7 @@ use crate::error::ErrorCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+/// The error body, everywhere in the API.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[schema(examples(json!({"error": {"code": "invalid_event", "message": "event 3: field `type`: must match ^[a-z][a-z0-9_.:-]{0,63}$", "index": 3}})))]
 pub struct ErrorBody {
