@@ -242,12 +242,15 @@ pub async fn soak(addrs: Vec<SocketAddr>, token: Option<String>, o: SoakOptions)
             let pid = s.pid.load(Ordering::SeqCst);
             let up = s.up.load(Ordering::SeqCst);
             let (rss, fds) = if pid > 0 && up { (rss_kib(pid as u32), open_fds(pid as u32)) } else { (None, None) };
-            if let (Some(rss), Some(fds)) = (rss, fds) {
-                // The growth check counts fds besides the open dashboards:
-                // with several servers, dashboards move between them as they
-                // resume elsewhere, so the raw count swings by hundreds
-                // without anything leaking.
-                let dashboards = connection_books(s.addr).await.map_or(0, |(active, _, _)| active as u64);
+            // The growth check counts fds besides the open dashboards: with
+            // several servers, dashboards move between them as they resume
+            // elsewhere, so the raw count swings by hundreds without anything
+            // leaking. A sample whose scrape failed is not judged.
+            let dashboards = match (rss, fds) {
+                (Some(_), Some(_)) => connection_books(s.addr).await.ok().map(|(active, _, _)| active as u64),
+                _ => None,
+            };
+            if let (Some(rss), Some(fds), Some(dashboards)) = (rss, fds, dashboards) {
                 let others = fds.saturating_sub(dashboards);
                 match baselines[i] {
                     Some((p, r0, f0)) if p == pid => {
