@@ -153,6 +153,13 @@ pub struct Metrics {
     /// Failed reads of the shared store by the cluster's sequencer (gap
     /// fills, head checks).
     pub broadcast_store_read_failures_total: IntCounter,
+    /// 1 while this replica commits every replica's groups (the cluster's
+    /// writer, see `cluster::relay`).
+    pub cluster_writer: IntGauge,
+    /// Groups forwarded to the cluster's writer, by how they ended
+    /// (`answered`, `taken_back`: not taken, committed here; `lost`: no
+    /// answer, 503).
+    pub cluster_forwards_total: IntCounterVec,
     /// Rate-limits the warnings that can repeat without bound; kept next to
     /// the counters because every site that counts such a warning logs it.
     pub repeated: std::sync::Arc<crate::log_throttle::LogThrottle>,
@@ -384,6 +391,17 @@ impl Metrics {
                 &r,
                 "sidewire_broadcast_store_read_failures_total",
                 "Failed reads of the shared store by the cluster (gap fills, head checks); retried.",
+            ),
+            cluster_writer: gauge(
+                &r,
+                "sidewire_cluster_writer",
+                "1 while this replica commits every replica's groups (the cluster's writer).",
+            ),
+            cluster_forwards_total: counter_vec(
+                &r,
+                "sidewire_cluster_forwards_total",
+                "Groups forwarded to the cluster's writer, by result (answered, taken_back, lost).",
+                &["result"],
             ),
             repeated: Default::default(),
             registry: r,

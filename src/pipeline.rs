@@ -7,13 +7,17 @@
 //!       numbered here: dedupe (window of recent ids, then the store) →
 //!         assign seqs → apply stats to a copy → plugin.persist(batch)
 //!       or numbered by the store (AssignsSeqs): plugin.persist_new(group)
-//!         dedupes, assigns seqs and folds stats in its commit
+//!         dedupes, assigns seqs and folds stats in its commit; in a cluster
+//!         with the commit relay, the group goes to the cluster's writer
+//!         instead (`cluster::relay`), which commits it merged with others
 //!     → on success (one path): stats, activity ring, hub (WebSockets), replies
 //! ```
 //!
-//! Everything the writer does is serial, so seqs follow acceptance order and
-//! the plugin sees batches in seq order. Requests that arrive while a commit
-//! is in flight wait in the queue and form the next group (group commit).
+//! Numbering here is serial, so seqs follow acceptance order and the plugin
+//! sees batches in seq order. Requests that arrive while a commit is in
+//! flight wait in the queue and form the next group (group commit): the
+//! writer takes a slot for the next commit (or forward) before it forms the
+//! group, so everything that queued meanwhile joins it.
 //! With `persist.ack = "queued"` the writer answers right after assigning
 //! seqs and hands the batch to a persister task that retries with backoff.
 
@@ -24,7 +28,8 @@ use crate::event::{Event, NewEvent};
 use crate::hub::Delivery;
 use crate::internal_events::{DedupeLookupFailed, PersistFailed};
 use crate::metrics::Metrics;
-use crate::persist::{AssignsSeqs, Batch, NewBatch, PersistCallback, PersistError, DEDUPE_WINDOW};
+use crate::persist::{Batch, NewBatch, PersistCallback, PersistError, DEDUPE_WINDOW};
+use crate::stats::CounterRule;
 use crate::stats::DurableStats;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -34,6 +39,8 @@ use tracing::Instrument;
 
 /// Most events in one group commit.
 const MAX_GROUP_EVENTS: usize = 10_000;
+/// Groups forwarded to the cluster's writer and not yet answered, at most.
+const FORWARDS_IN_FLIGHT: usize = 1;
 /// `Retry-After` for a 503.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -48,6 +55,9 @@ pub struct IngestOutcome {
 
 struct Job {
     events: Vec<NewEvent>,
+    /// Forwarded by another replica (the relay): answered with per-event
+    /// stored flags, and counted in `ingest_events_total` by that replica.
+    forwarded: bool,
     /// Holds `events.len()` queue slots and the events' bytes until they are
     /// stored.
     permit: OwnedSemaphorePermit,
@@ -98,6 +108,7 @@ pub struct Pipeline {
     /// Bytes of event data waiting (`persist.queue_max_bytes`).
     queue_bytes: Arc<Semaphore>,
     metrics: Arc<Metrics>,
+    config: ConfigRx,
 }
 
 impl Pipeline {
@@ -128,7 +139,7 @@ impl Pipeline {
         });
         let writer = Writer {
             sinks,
-            config,
+            config: config.clone(),
             state: initial,
             next_seq,
             window: {
@@ -147,13 +158,19 @@ impl Pipeline {
             persister,
             queue: queue.clone(),
             queue_len,
+            commit_slot: Arc::new(Semaphore::new(1)),
+            forward_slots: Arc::new(Semaphore::new(FORWARDS_IN_FLIGHT)),
         };
         tokio::spawn(writer.run(rx));
-        Pipeline { tx, queue, queue_len, queue_bytes, metrics }
+        Pipeline { tx, queue, queue_len, queue_bytes, metrics, config }
     }
 
     /// Submits one request's validated events; all or nothing.
     pub async fn submit(&self, events: Vec<NewEvent>) -> Result<IngestOutcome, ApiError> {
+        self.submit_job(events, false).await.map(|(outcome, _)| outcome)
+    }
+
+    async fn submit_job(&self, events: Vec<NewEvent>, forwarded: bool) -> Result<(IngestOutcome, Vec<bool>), ApiError> {
         let n = events.len();
         let unavailable =
             |m: &str| ApiError::new(ErrorCode::PersistUnavailable, m.to_string()).retry_after(RETRY_AFTER);
@@ -174,7 +191,7 @@ impl Pipeline {
         };
         self.metrics.persist_queue_depth.set((self.queue_len - self.queue.available_permits()) as i64);
         let (reply, rx) = oneshot::channel();
-        let job = Job { events, permit, bytes_permit, reply, span: tracing::Span::current() };
+        let job = Job { events, forwarded, permit, bytes_permit, reply, span: tracing::Span::current() };
         if self.tx.send(Msg::Job(job)).is_err() {
             return Err(unavailable("the server is shutting down"));
         }
@@ -218,14 +235,17 @@ impl RecentIds {
     }
 }
 
-/// Where one request's answer goes.
-type ReplyTo = oneshot::Sender<Result<IngestOutcome, ApiError>>;
+/// Where one request's answer goes: its outcome and, for a forwarded job,
+/// per event whether it was stored now.
+type ReplyTo = oneshot::Sender<Result<(IngestOutcome, Vec<bool>), ApiError>>;
 
 /// A sequenced group, ready for the plugin.
 struct Group {
     batch: Batch,
     /// Per job, in job order: its answer.
     outcomes: Vec<IngestOutcome>,
+    /// Per job: which of its events were stored now (forwarded jobs only).
+    stored: Vec<Vec<bool>>,
     /// Queued ack: the submitting requests' spans, parents of the `persist`
     /// span (the jobs themselves are answered before storing).
     spans: Vec<tracing::Span>,
@@ -245,6 +265,11 @@ struct Writer {
     persister: Option<mpsc::UnboundedSender<PersisterMsg>>,
     queue: Arc<Semaphore>,
     queue_len: usize,
+    /// A store that numbers groups (see `hand_off`): one commit here at a
+    /// time (two would only fight over the store's head lock), and the
+    /// slots of groups forwarded to the cluster's writer.
+    commit_slot: Arc<Semaphore>,
+    forward_slots: Arc<Semaphore>,
 }
 
 enum PersisterMsg {
@@ -257,6 +282,9 @@ impl Writer {
         let mut closing = None;
         while closing.is_none() {
             let Some(first) = rx.recv().await else { break };
+            // With a store that numbers groups, wait for a slot before the
+            // group is formed: what queues meanwhile joins it.
+            let slot = self.slot().await;
             let mut jobs = Vec::new();
             let mut n = 0;
             let mut next = Some(first);
@@ -276,9 +304,12 @@ impl Writer {
                 }
             }
             if !jobs.is_empty() {
-                self.process(jobs).await;
+                self.process(jobs, slot).await;
             }
         }
+        // Groups under way end before the close is answered.
+        let _ = self.forward_slots.acquire_many(FORWARDS_IN_FLIGHT as u32).await;
+        let _ = self.commit_slot.acquire().await;
         if let Some(p) = &self.persister {
             let (tx, rx) = oneshot::channel();
             if p.send(PersisterMsg::Close(tx)).is_ok() {
@@ -290,30 +321,70 @@ impl Writer {
         }
     }
 
-    async fn process(&mut self, jobs: Vec<Job>) {
+    /// A slot for the next group when the store numbers groups (see
+    /// [`Writer::hand_off`]): a forward slot while groups go to the
+    /// cluster's writer, else the commit slot.
+    async fn slot(&self) -> Option<(OwnedSemaphorePermit, bool)> {
+        self.sinks.plugin.as_sequencing()?;
+        let forwarding = match &self.sinks.outlet {
+            Outlet::Cluster(c) => c.relay().is_some_and(|r| r.may_forward()),
+            Outlet::Local(_) => false,
+        };
+        let slots = if forwarding { &self.forward_slots } else { &self.commit_slot };
+        slots.clone().acquire_owned().await.ok().map(|s| (s, forwarding))
+    }
+
+    async fn process(&mut self, jobs: Vec<Job>, slot: Option<(OwnedSemaphorePermit, bool)>) {
         match self.persister.clone() {
             // A store that assigns seqs is always a durable ack (config
             // validation refuses queued ack with it: the seqs exist only
             // after its commit).
             Some(persister) if self.sinks.plugin.as_sequencing().is_none() => self.enqueue(jobs, persister).await,
-            _ => match self.commit(&jobs).await {
-                Ok(group) => publish(&self.sinks, group, jobs),
-                Err(e) => self.refuse(jobs, &e),
+            _ if self.sinks.plugin.as_sequencing().is_some() => match slot {
+                Some((slot, forwarding)) => self.hand_off(jobs, slot, forwarding),
+                None => refuse(
+                    &self.sinks,
+                    jobs,
+                    &PersistError::Corrupt {
+                        plugin: self.sinks.plugin.name(),
+                        message: "the writer is closing".into(),
+                    },
+                ),
             },
+            _ => {
+                let spans: Vec<tracing::Span> = jobs.iter().map(|j| j.span.clone()).collect();
+                match self.numbered_here(&jobs, &spans).await {
+                    Ok(group) => publish(&self.sinks, group, jobs),
+                    Err(e) => refuse(&self.sinks, jobs, &e),
+                }
+            }
         }
         self.sinks.metrics.persist_queue_depth.set((self.queue_len - self.queue.available_permits()) as i64);
     }
 
-    /// Stores a group (durable ack) and answers each event's seq: numbered
-    /// by the store in its commit when it assigns seqs itself (a store
-    /// shared by several replicas), else by this writer.
-    async fn commit(&mut self, jobs: &[Job]) -> Result<Group, PersistError> {
+    /// A store that numbers groups itself: the group goes to the cluster's
+    /// writer (see [`forward`]), up to [`FORWARDS_IN_FLIGHT`] at once, or is
+    /// committed here, one at a time. The store orders them (its head
+    /// lock) and the outlet delivers them in seq order, so a forwarded
+    /// group need not wait for the one before: the writer merges them.
+    fn hand_off(&mut self, jobs: Vec<Job>, slot: OwnedSemaphorePermit, forwarding: bool) {
+        let commit_slot = self.commit_slot.clone();
         let sinks = self.sinks.clone();
-        let spans: Vec<tracing::Span> = jobs.iter().map(|j| j.span.clone()).collect();
-        match sinks.plugin.as_sequencing() {
-            Some(sequencing) => self.numbered_by_store(sequencing, jobs, &spans).await,
-            None => self.numbered_here(jobs, &spans).await,
-        }
+        let live = self.config.borrow().clone();
+        tokio::spawn(async move {
+            let (jobs, _commit) = if forwarding {
+                let Some(jobs) = forward(&sinks, jobs).await else { return };
+                // Not forwarded after all: committed here, in turn.
+                (jobs, commit_slot.acquire_owned().await.ok())
+            } else {
+                (jobs, None)
+            };
+            match numbered_by_store(&sinks, &live.counters, &jobs).await {
+                Ok(group) => publish(&sinks, group, jobs),
+                Err(e) => refuse(&sinks, jobs, &e),
+            }
+            drop(slot);
+        });
     }
 
     /// Dedupes and numbers the group here, then stores it. When the store
@@ -340,55 +411,19 @@ impl Writer {
         Ok(group)
     }
 
-    /// Hands the whole group in unsequenced; the store dedupes, numbers and
-    /// folds stats in its commit and answers each event's seq.
-    async fn numbered_by_store(
-        &mut self,
-        sequencing: &dyn AssignsSeqs,
-        jobs: &[Job],
-        spans: &[tracing::Span],
-    ) -> Result<Group, PersistError> {
-        let live = self.config.borrow().clone();
-        let batch = NewBatch { events: jobs.iter().flat_map(|j| j.events.iter()).collect(), counters: &live.counters };
-        let plugin = self.sinks.plugin.name();
-        let parent = spans.first().and_then(|s| s.id());
-        let span = tracing::debug_span!(parent: parent, "persist", plugin, events = batch.events.len());
-        for other in spans.iter().skip(1) {
-            span.follows_from(other);
-        }
-        let started = Instant::now();
-        let result = sequencing.persist_new(&batch).instrument(span).await;
-        observe(&self.sinks, started, result.as_ref().map(|_| ()), batch.events.len());
-        drop(batch);
-        let committed = result?;
-        let mut outcomes = Vec::with_capacity(jobs.len());
-        let mut duplicates = 0;
-        let mut at = 0;
-        for job in jobs {
-            let n = job.events.len();
-            let seqs = committed.seqs[at..at + n].to_vec();
-            let accepted = committed.stored[at..at + n].iter().filter(|s| **s).count();
-            at += n;
-            duplicates += n - accepted;
-            outcomes.push(IngestOutcome { accepted, duplicates: n - accepted, seqs });
-        }
-        self.state = (*committed.batch.stats).clone();
-        Ok(Group { batch: committed.batch, outcomes, spans: Vec::new(), duplicates, permits: Vec::new() })
-    }
-
     /// Queued ack: numbers the group here and answers it at once; the
     /// persister stores it (retrying until it is stored), then publishes it.
     async fn enqueue(&mut self, jobs: Vec<Job>, persister: mpsc::UnboundedSender<PersisterMsg>) {
         let known = match self.stored_ids(&jobs).await {
             Ok(found) => found,
-            Err(e) => return self.refuse(jobs, &e),
+            Err(e) => return refuse(&self.sinks, jobs, &e),
         };
         let mut group = self.sequence(&jobs, &known);
         // The events are ours now: answer before storing.
         self.accept(&group, &known);
         count_accepted(&self.sinks, &group.batch.events, group.duplicates);
         for (job, outcome) in jobs.into_iter().zip(&group.outcomes) {
-            let _ = job.reply.send(Ok(outcome.clone()));
+            let _ = job.reply.send(Ok((outcome.clone(), Vec::new())));
             group.permits.push(job.permit);
             group.permits.push(job.bytes_permit);
             group.spans.push(job.span);
@@ -409,19 +444,6 @@ impl Writer {
             if let Some(id) = &e.id {
                 self.window.insert(id, e.seq);
             }
-        }
-    }
-
-    /// Answers every job with 503: nothing of them was accepted.
-    fn refuse(&self, jobs: Vec<Job>, e: &PersistError) {
-        tracing::debug!(error = %e, requests = jobs.len(), "group refused");
-        let plugin = self.sinks.plugin.name();
-        for job in jobs {
-            let _ = job.reply.send(Err(ApiError::new(
-                ErrorCode::PersistUnavailable,
-                format!("the {plugin} store failed; nothing was accepted, retry later"),
-            )
-            .retry_after(RETRY_AFTER)));
         }
     }
 
@@ -484,10 +506,104 @@ impl Writer {
         Group {
             batch: Batch { events, stats: Arc::new(next) },
             outcomes,
+            stored: Vec::new(),
             spans: Vec::new(),
             duplicates,
             permits: Vec::new(),
         }
+    }
+}
+
+/// Several replicas with a commit relay: hands the group to the cluster's
+/// writer and answers the jobs with its answer. The jobs back when they are
+/// not forwarded (this replica writes, or no writer can be reached): commit
+/// them here.
+async fn forward(sinks: &Sinks, jobs: Vec<Job>) -> Option<Vec<Job>> {
+    let Outlet::Cluster(cluster) = &sinks.outlet else { return Some(jobs) };
+    let Some(relay) = cluster.relay() else { return Some(jobs) };
+    let events: Vec<&NewEvent> = jobs.iter().flat_map(|j| j.events.iter()).collect();
+    let answer = relay.forward(&events).await;
+    drop(events);
+    let Some(answer) = answer else { return Some(jobs) };
+    let total: usize = jobs.iter().map(|j| j.events.len()).sum();
+    match answer {
+        Ok(fwd) if fwd.seqs.len() == total && fwd.stored.len() == total => {
+            let mut at = 0;
+            let mut duplicates = 0;
+            for job in jobs {
+                let n = job.events.len();
+                let flags = &fwd.stored[at..at + n];
+                for (e, _) in job.events.iter().zip(flags).filter(|(_, stored)| **stored) {
+                    sinks.metrics.ingest_events_total.with_label_values(&[sinks.metrics.type_label(&e.kind)]).inc();
+                }
+                let accepted = flags.iter().filter(|stored| **stored).count();
+                duplicates += n - accepted;
+                let outcome = IngestOutcome { accepted, duplicates: n - accepted, seqs: fwd.seqs[at..at + n].to_vec() };
+                at += n;
+                let _enter = job.span.enter();
+                tracing::debug!(accepted, duplicates = n - accepted, "events accepted (by the cluster's writer)");
+                let _ = job.reply.send(Ok((outcome, Vec::new())));
+            }
+            sinks.metrics.ingest_duplicates_total.inc_by(duplicates as u64);
+        }
+        other => {
+            let e = other.err().unwrap_or_else(|| {
+                ApiError::new(ErrorCode::PersistUnavailable, "the cluster's writer answered another group")
+                    .retry_after(RETRY_AFTER)
+            });
+            for job in jobs {
+                let _ = job.reply.send(Err(e.clone()));
+            }
+        }
+    }
+    None
+}
+
+/// Hands the whole group in unsequenced; the store dedupes, numbers and
+/// folds stats in its commit and answers each event's seq.
+async fn numbered_by_store(sinks: &Sinks, counters: &[CounterRule], jobs: &[Job]) -> Result<Group, PersistError> {
+    let Some(sequencing) = sinks.plugin.as_sequencing() else {
+        return Err(PersistError::Corrupt { plugin: sinks.plugin.name(), message: "it does not number events".into() });
+    };
+    let batch = NewBatch { events: jobs.iter().flat_map(|j| j.events.iter()).collect(), counters };
+    let plugin = sinks.plugin.name();
+    let parent = jobs.first().and_then(|j| j.span.id());
+    let span = tracing::debug_span!(parent: parent, "persist", plugin, events = batch.events.len());
+    for other in jobs.iter().skip(1) {
+        span.follows_from(&other.span);
+    }
+    let started = Instant::now();
+    let result = sequencing.persist_new(&batch).instrument(span).await;
+    observe(sinks, started, result.as_ref().map(|_| ()), batch.events.len());
+    drop(batch);
+    let committed = result?;
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    let mut stored = Vec::with_capacity(jobs.len());
+    let mut duplicates = 0;
+    let mut at = 0;
+    for job in jobs {
+        let n = job.events.len();
+        let seqs = committed.seqs[at..at + n].to_vec();
+        let flags = &committed.stored[at..at + n];
+        let accepted = flags.iter().filter(|s| **s).count();
+        stored.push(if job.forwarded { flags.to_vec() } else { Vec::new() });
+        at += n;
+        duplicates += n - accepted;
+        outcomes.push(IngestOutcome { accepted, duplicates: n - accepted, seqs });
+    }
+    Ok(Group { batch: committed.batch, outcomes, stored, spans: Vec::new(), duplicates, permits: Vec::new() })
+}
+
+/// Answers every job with 503: nothing of them was accepted.
+fn refuse(sinks: &Sinks, jobs: Vec<Job>, e: &PersistError) {
+    tracing::debug!(error = %e, requests = jobs.len(), "group refused");
+    let plugin = sinks.plugin.name();
+    for job in jobs {
+        let _ = job.reply.send(Err(ApiError::new(
+            ErrorCode::PersistUnavailable,
+            format!("the {plugin} store failed; nothing was accepted, retry later"),
+        )
+        .retry_after(RETRY_AFTER)));
     }
 }
 
@@ -536,13 +652,24 @@ fn count_accepted(sinks: &Sinks, events: &[Arc<Event>], duplicates: usize) {
 fn publish(sinks: &Sinks, group: Group, jobs: Vec<Job>) {
     let events = &group.batch.events;
     sinks.outlet.committed(&group.batch);
-    if !jobs.is_empty() {
+    if jobs.iter().any(|j| j.forwarded) {
+        // Forwarded events are counted by the replicas that accepted them.
+        // The group's events are in job order, `accepted` of each job.
+        let mut at = 0;
+        for (job, outcome) in jobs.iter().zip(&group.outcomes) {
+            if !job.forwarded {
+                count_accepted(sinks, &events[at..at + outcome.accepted], outcome.duplicates);
+            }
+            at += outcome.accepted;
+        }
+    } else if !jobs.is_empty() {
         count_accepted(sinks, events, group.duplicates);
     }
+    let mut stored = group.stored.into_iter();
     for (job, outcome) in jobs.into_iter().zip(group.outcomes) {
         let _enter = job.span.enter();
         tracing::debug!(accepted = outcome.accepted, duplicates = outcome.duplicates, "events accepted");
-        let _ = job.reply.send(Ok(outcome));
+        let _ = job.reply.send(Ok((outcome, stored.next().unwrap_or_default())));
     }
     drop(group.permits);
 }
@@ -597,5 +724,20 @@ async fn persister_loop(
                 return;
             }
         }
+    }
+}
+
+/// The writer's side of the commit relay: a forwarded group is one job.
+#[async_trait::async_trait]
+impl crate::cluster::relay::Submit for Pipeline {
+    fn needs_data(&self, kind: &str) -> bool {
+        kind == crate::event::STATS_UPDATE
+            || self.config.borrow().counters.iter().any(|r| r.on == kind && r.add.is_some())
+    }
+
+    async fn submit_forwarded(&self, events: Vec<NewEvent>) -> Result<crate::cluster::relay::Forwarded, ApiError> {
+        let span = tracing::debug_span!("forwarded", events = events.len());
+        let (outcome, stored) = self.submit_job(events, true).instrument(span).await?;
+        Ok(crate::cluster::relay::Forwarded { seqs: outcome.seqs, stored })
     }
 }

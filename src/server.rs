@@ -166,6 +166,9 @@ impl ServerBuilder {
             next_seq,
             &recovered.ids,
         );
+        if let Some(relay) = cluster.as_ref().and_then(|c| c.relay()) {
+            relay.serve(Arc::new(pipeline.clone()));
+        }
         let app = Arc::new(App {
             config: config_rx.clone(),
             pipeline,
@@ -284,6 +287,10 @@ impl Running {
         let deadline = Instant::now() + grace;
         while app.ws.sockets.open_connections() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Some(relay) = app.cluster.as_ref().and_then(|c| c.relay()) {
+            // Hands the cluster's writing to another replica before draining.
+            relay.stop_writing().await;
         }
         if tokio::time::timeout(grace, app.pipeline.close()).await.is_err() {
             tracing::error!("queued events could not all be stored before the shutdown deadline");

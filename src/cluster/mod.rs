@@ -28,6 +28,7 @@
 pub mod heartbeat;
 pub mod pg_bus;
 pub mod redis_bus;
+pub mod relay;
 pub mod sequencer;
 pub mod supervisor;
 
@@ -116,6 +117,8 @@ pub struct Cluster {
     bus_up: Arc<AtomicBool>,
     bus: BusKind,
     heartbeat: heartbeat::Heartbeat,
+    /// The commit relay (Redis bus only).
+    relay: Option<Arc<relay::Relay>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -147,6 +150,7 @@ impl Cluster {
             let _ = metrics.broadcast_bus_up.remove_label_values(&["local"]);
         }
         let mut tasks = Vec::new();
+        let mut relay = None;
         let publisher = match &options.bus {
             BusKind::None => {
                 // Nothing to connect: this replica's own commits are the bus.
@@ -164,6 +168,8 @@ impl Cluster {
                     metrics.clone(),
                 );
                 tasks.extend(handles);
+                relay =
+                    Some(relay::Relay::start(target.clone(), &options.prefix, &options.replica_name, metrics.clone()));
                 Some(ptx)
             }
             BusKind::Postgres { channel } => {
@@ -174,7 +180,7 @@ impl Cluster {
         let seq = sequencer::Sequencer::new(store.clone(), delivery, metrics.clone(), last_seq, publisher);
         tasks.push(tokio::spawn(seq.run(rx, bus_up.clone(), !matches!(options.bus, BusKind::None))));
         let heartbeat = heartbeat::Heartbeat::start(store, options.replica_name.clone(), stats, metrics);
-        Cluster { tx, bus_up, bus: options.bus, heartbeat, tasks }
+        Cluster { tx, bus_up, bus: options.bus, heartbeat, relay, tasks }
     }
 
     /// Hands a batch this replica committed to the sequencer (never blocks;
@@ -183,6 +189,13 @@ impl Cluster {
         if self.tx.try_send(Input::Local(batch)).is_err() {
             tracing::debug!("cluster sequencer queue full; the store check delivers the batch");
         }
+    }
+
+    /// The commit relay, with the Redis bus: forward groups to the
+    /// cluster's writer (and, once [`relay::Relay::serve`] is called, take
+    /// the others' while this replica is the writer).
+    pub fn relay(&self) -> Option<&Arc<relay::Relay>> {
+        self.relay.as_ref()
     }
 
     /// `None` without a bus to watch; else whether it is connected (for
@@ -204,6 +217,9 @@ impl Cluster {
     pub async fn close(&self) {
         for t in &self.tasks {
             t.abort();
+        }
+        if let Some(r) = &self.relay {
+            r.close().await;
         }
         self.heartbeat.leave().await;
     }

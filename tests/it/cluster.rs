@@ -248,9 +248,14 @@ async fn three_replicas_deliver_one_order_and_agree_on_stats() {
         assert_eq!(metric(&c, &r.base, "sidewire_cluster_replicas ").await, Some(3.0));
         assert_eq!(metric(&c, &r.base, "sidewire_broadcast_bus_up{backend=\"redis\"} ").await, Some(1.0));
     }
-    // Each replica received the others' events over the bus.
-    let received = metric(&c, &replicas[0].base, "sidewire_broadcast_received_total ").await.unwrap();
-    assert!(received > 0.0, "nothing came over the bus");
+    // The replicas that did not commit (all but the cluster's writer, see
+    // `cluster::relay`) received the events over the bus.
+    for r in &replicas {
+        if metric(&c, &r.base, "sidewire_cluster_writer ").await == Some(0.0) {
+            let received = metric(&c, &r.base, "sidewire_broadcast_received_total ").await.unwrap();
+            assert!(received > 0.0, "nothing came over the bus to {}", r.base);
+        }
+    }
     assert_eq!(db.query_one_i64("SELECT count(*) FROM sidewire_events").await, total as i64);
     for r in &replicas {
         let log = r.log();
@@ -717,4 +722,95 @@ async fn resuming_on_a_lagging_replica_sends_nothing_twice() {
     assert_eq!(status, 202, "{reply}");
     let got = events_until(&mut on_b, 6, Duration::from_secs(10)).await;
     assert_eq!(got, vec![6], "b sent events the client had already seen on a");
+}
+
+/// The replica whose `sidewire_cluster_writer` is 1, once exactly one is.
+async fn the_writer(c: &reqwest::Client, replicas: &[&Replica]) -> usize {
+    eventually(Duration::from_secs(10), "exactly one writer", || {
+        let c = c.clone();
+        let bases: Vec<String> = replicas.iter().map(|r| r.base.clone()).collect();
+        async move {
+            let mut writers = Vec::new();
+            for (i, b) in bases.iter().enumerate() {
+                if metric(&c, b, "sidewire_cluster_writer ").await? == 1.0 {
+                    writers.push(i);
+                }
+            }
+            (writers.len() == 1).then(|| writers[0])
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_replica_commits_for_all_and_another_takes_over_after_kill_9() {
+    let test = "one_replica_commits_for_all_and_another_takes_over_after_kill_9";
+    let Some(db) = prepare(test, true).await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup::redis(&db, "relay");
+    let mut replicas: Vec<Replica> = ["a", "b", "c"].iter().map(|n| Replica::start(dir.path(), n, &setup)).collect();
+    let c = client();
+    let writer = the_writer(&c, &replicas.iter().collect::<Vec<_>>()).await;
+    let followers: Vec<usize> = (0..3).filter(|i| *i != writer).collect();
+    // Every replica accepts; the followers' groups are committed by the writer.
+    let mut acked = BTreeSet::new();
+    for round in 0..5 {
+        for (i, r) in replicas.iter().enumerate() {
+            let (status, body, _) = ingest(&c, &r.base, &batch(&format!("before-{round}-{i}"), 4)).await;
+            assert_eq!(status, 202, "{body}");
+            for s in body["seqs"].as_array().unwrap() {
+                assert!(acked.insert(s.as_u64().unwrap()), "seq {s} acknowledged twice");
+            }
+        }
+    }
+    for &f in &followers {
+        let base = &replicas[f].base;
+        let answered = metric(&c, base, "sidewire_cluster_forwards_total{result=\"answered\"} ").await.unwrap();
+        assert_eq!(answered, 5.0, "replica {base} did not forward its groups to the writer");
+        // Counted where they were accepted.
+        let counted = metric(&c, base, "sidewire_ingest_events_total{type=\"query_complete\"} ").await.unwrap();
+        assert_eq!(counted, 20.0, "replica {base}");
+    }
+    let w = &replicas[writer].base;
+    assert_eq!(metric(&c, w, "sidewire_ingest_events_total{type=\"query_complete\"} ").await, Some(20.0));
+    // A retry on another replica is a duplicate with its first seq.
+    let (_, again, _) = ingest(&c, &replicas[followers[0]].base, &batch("before-0-0", 4)).await;
+    assert_eq!(again["duplicates"], json!(4), "{again}");
+
+    // The writer dies: the others take their groups back and commit them
+    // themselves, and one of them becomes the writer.
+    replicas[writer].kill9();
+    let survivors: Vec<&Replica> = followers.iter().map(|&f| &replicas[f]).collect();
+    for round in 0..3 {
+        for (i, r) in survivors.iter().enumerate() {
+            let (status, body, _) = ingest(&c, &r.base, &batch(&format!("after-{round}-{i}"), 4)).await;
+            assert_eq!(status, 202, "{body}");
+            for s in body["seqs"].as_array().unwrap() {
+                assert!(acked.insert(s.as_u64().unwrap()), "seq {s} acknowledged twice");
+            }
+        }
+    }
+    let new_writer = the_writer(&c, &survivors).await;
+    let follower = survivors[1 - new_writer];
+    let before = metric(&c, &follower.base, "sidewire_cluster_forwards_total{result=\"answered\"} ").await.unwrap();
+    // Once the follower has left its direct spell, it forwards again.
+    eventually(Duration::from_secs(15), "forwarding to the new writer", || {
+        let (c, base) = (c.clone(), follower.base.clone());
+        let tag = format!("late-{}", NEXT.fetch_add(1, Ordering::SeqCst));
+        async move {
+            let (status, body, _) = ingest(&c, &base, &batch(&tag, 2)).await;
+            assert_eq!(status, 202, "{body}");
+            let now = metric(&c, &base, "sidewire_cluster_forwards_total{result=\"answered\"} ").await?;
+            (now > before).then_some(())
+        }
+    })
+    .await;
+    // Nothing acknowledged was lost or doubled; the seqs have no hole.
+    let stored = db.query_one_i64("SELECT count(*) FROM sidewire_events").await as u64;
+    let top = db.query_one_i64("SELECT max(seq) FROM sidewire_events").await as u64;
+    assert_eq!(stored, top, "a hole in the stored seqs");
+    let list: Vec<String> = acked.iter().map(u64::to_string).collect();
+    let found =
+        db.query_one_i64(&format!("SELECT count(*) FROM sidewire_events WHERE seq IN ({})", list.join(","))).await;
+    assert_eq!(found as usize, acked.len(), "an acknowledged seq is not stored");
 }
