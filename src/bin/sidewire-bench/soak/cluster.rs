@@ -72,6 +72,24 @@ impl Drop for Replicas {
     }
 }
 
+/// The replica that commits the cluster's groups now, if one says so.
+async fn writer_of(shared: &Shared) -> Option<usize> {
+    for (i, s) in shared.servers.iter().enumerate() {
+        let text = async {
+            let mut c = http_conn(s.addr).await?;
+            let req =
+                http::Request::get("/metrics").header(http::header::HOST, s.addr.to_string()).body(Full::default())?;
+            let res = tokio::time::timeout(Duration::from_secs(2), c.send_request(req)).await??;
+            anyhow::Ok(String::from_utf8(res.into_body().collect().await?.to_bytes().to_vec())?)
+        }
+        .await;
+        if text.is_ok_and(|t| t.lines().any(|l| l.trim() == "sidewire_cluster_writer 1")) {
+            return Some(i);
+        }
+    }
+    None
+}
+
 /// Waits until `/readyz` answers 200 (60 s at most).
 pub(super) async fn wait_ready(addr: SocketAddr) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -94,8 +112,11 @@ pub(super) async fn wait_ready(addr: SocketAddr) -> anyhow::Result<()> {
     }
 }
 
-/// Every `every`: SIGKILL one replica (round robin over 2..N; replica 1 when
-/// alone), start it again with the same command, wait until it is ready.
+/// Every `every`: SIGKILL one replica, start it again with the same command,
+/// wait until it is ready. Every other kill takes the cluster's writer (the
+/// replica whose `sidewire_cluster_writer` is 1: the others' groups are in
+/// flight through it); the rest go round robin over 2..N (replica 1 when
+/// alone).
 pub(super) async fn killer(
     replicas: Arc<Replicas>,
     every: Duration,
@@ -113,7 +134,12 @@ pub(super) async fn killer(
             _ = interval.tick() => {}
             _ = stop.changed() => return Ok(()),
         }
-        let i = if n == 1 { 0 } else { 1 + round % (n - 1) };
+        let writer = if round % 2 == 1 { writer_of(&shared).await } else { None };
+        let i = match writer {
+            Some(w) => w,
+            None if n == 1 => 0,
+            None => 1 + (round / 2) % (n - 1),
+        };
         let s = &shared.servers[i];
         s.up.store(false, Ordering::SeqCst);
         s.epoch.fetch_add(1, Ordering::SeqCst);
@@ -124,7 +150,8 @@ pub(super) async fn killer(
         wait_ready(s.addr).await?;
         s.up.store(true, Ordering::SeqCst);
         shared.kills.fetch_add(1, Ordering::Relaxed);
-        println!("  (kill -9 replica {} and restart: ready again in {:.2} s)", i + 1, t0.elapsed().as_secs_f64());
+        let what = if writer.is_some() { " (the cluster's writer)" } else { "" };
+        println!("  (kill -9 replica {}{what} and restart: ready again in {:.2} s)", i + 1, t0.elapsed().as_secs_f64());
     }
     Ok(())
 }
