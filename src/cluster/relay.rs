@@ -585,6 +585,8 @@ async fn inbox_loop(relay: Arc<Relay>, submit: Arc<dyn Submit>) {
     let mut role = relay.role.subscribe();
     let mut conn: Option<redis::aio::MultiplexedConnection> = None;
     let mut backoff = BACKOFF_MIN;
+    // Whether the last pop took something (then the next one need not block).
+    let mut more = false;
     loop {
         if role.wait_for(|r| *r == Role::Writer).await.is_err() {
             return;
@@ -610,13 +612,16 @@ async fn inbox_loop(relay: Arc<Relay>, submit: Arc<dyn Submit>) {
             }
         }
         let Some(c) = conn.as_mut() else { continue };
+        // A blocking pop of one when the inbox was empty last time (the
+        // first group is handled at once), else whatever waits, without
+        // blocking.
         let popped = async {
+            if more {
+                let all: Option<Vec<Vec<u8>>> = redis::cmd("LPOP").arg(&inbox).arg(TAKE_BURST).query_async(c).await?;
+                return Ok(all.unwrap_or_default());
+            }
             let first: Option<(String, Vec<u8>)> = redis::cmd("BLPOP").arg(&inbox).arg(1).query_async(c).await?;
-            let Some((_, first)) = first else { return Ok(Vec::new()) };
-            let more: Option<Vec<Vec<u8>>> = redis::cmd("LPOP").arg(&inbox).arg(TAKE_BURST).query_async(c).await?;
-            let mut all = vec![first];
-            all.extend(more.unwrap_or_default());
-            Ok::<_, redis::RedisError>(all)
+            Ok::<_, redis::RedisError>(first.map(|(_, p)| vec![p]).unwrap_or_default())
         };
         let payloads = match tokio::time::timeout(IO_TIMEOUT + Duration::from_secs(1), popped).await {
             Ok(Ok(p)) => p,
@@ -631,20 +636,23 @@ async fn inbox_loop(relay: Arc<Relay>, submit: Arc<dyn Submit>) {
                 continue;
             }
         };
-        let now = Utc::now().timestamp_millis();
+        more = !payloads.is_empty();
         for payload in payloads {
-            let Some((r, answers, expires, events)) = decode_request(&payload, |k| submit.needs_data(k)) else {
-                tracing::debug!("relay inbox: ignored a message that is not a forwarded group");
-                continue;
-            };
-            if now > expires {
-                // Its sender may have given up; it answered 503 then.
-                tracing::debug!(events = events.len(), "relay inbox: dropped a forwarded group that waited too long");
-                continue;
-            }
             let relay = relay.clone();
             let submit = submit.clone();
             tokio::spawn(async move {
+                let Some((r, answers, expires, events)) = decode_request(&payload, |k| submit.needs_data(k)) else {
+                    tracing::debug!("relay inbox: ignored a message that is not a forwarded group");
+                    return;
+                };
+                if Utc::now().timestamp_millis() > expires {
+                    // Its sender may have given up; it answered 503 then.
+                    tracing::debug!(
+                        events = events.len(),
+                        "relay inbox: dropped a forwarded group that waited too long"
+                    );
+                    return;
+                }
                 let result = submit.submit_forwarded(events).await;
                 let answer = match &result {
                     Ok(ok) => Answer { r, ok: Some(ok.clone()), err: None },
