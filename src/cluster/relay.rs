@@ -321,11 +321,6 @@ impl Relay {
             && self.conn.lock().is_some()
     }
 
-    /// Whether this replica is the writer now.
-    pub fn is_writer(&self) -> bool {
-        *self.role.borrow() == Role::Writer
-    }
-
     fn lease_key(&self) -> String {
         format!("{}writer", self.keys)
     }
