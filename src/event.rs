@@ -275,6 +275,21 @@ impl Event {
 
     /// Parses the wire form back (used by stores that keep it verbatim).
     pub fn from_json(line: &[u8]) -> Option<Event> {
+        let e = Event::parse_wire(line)?;
+        Some(Event::new(e.seq, &e.kind, e.timestamp, e.id.as_deref(), e.source.as_deref(), &e.data_json))
+    }
+
+    /// Like [`Event::from_json`], for a wire form another sidewire encoded
+    /// (the cluster's bus): keeps `line` itself as the wire form instead of
+    /// encoding it again.
+    pub fn from_wire(line: Bytes) -> Option<Event> {
+        let mut e = Event::parse_wire(&line)?;
+        e.json = line;
+        Some(e)
+    }
+
+    /// The fields of a wire form; `json` left empty.
+    fn parse_wire(line: &[u8]) -> Option<Event> {
         #[derive(serde::Deserialize)]
         struct Wire<'a> {
             #[serde(rename = "type")]
@@ -287,7 +302,15 @@ impl Event {
         }
         let w: Wire = serde_json::from_slice(line).ok()?;
         let ts = DateTime::parse_from_rfc3339(w.timestamp).ok()?.with_timezone(&Utc);
-        Some(Event::new(w.seq, w.kind, ts, w.id.as_deref(), w.source.as_deref(), w.data.get()))
+        Some(Event {
+            seq: w.seq,
+            kind: w.kind.into(),
+            timestamp: ts,
+            id: w.id.map(Into::into),
+            source: w.source.map(Into::into),
+            data_json: w.data.get().into(),
+            json: Bytes::new(),
+        })
     }
 }
 

@@ -70,14 +70,21 @@ pub enum Message {
 
 /// Decodes a bus message; `None` when it is not one of ours.
 pub fn decode(me: &str, payload: &[u8]) -> Option<Message> {
-    let mut lines = payload.split(|b| *b == b'\n');
-    let header: Header = serde_json::from_slice(lines.next()?).ok()?;
+    let header_end = payload.iter().position(|b| *b == b'\n').unwrap_or(payload.len());
+    let header: Header = serde_json::from_slice(&payload[..header_end]).ok()?;
     if header.o == me {
         return Some(Message::Own);
     }
     let Some(stats) = header.s else { return Some(Message::Tick) };
-    let events: Option<Vec<Arc<Event>>> = lines.map(|l| Event::from_json(l).map(Arc::new)).collect();
-    let events = events?;
+    // One copy of the message; each event keeps its line as its wire form.
+    let body = bytes::Bytes::copy_from_slice(payload.get(header_end + 1..)?);
+    let mut events = Vec::new();
+    let mut at = 0;
+    while at <= body.len() {
+        let end = body[at..].iter().position(|b| *b == b'\n').map_or(body.len(), |p| at + p);
+        events.push(Arc::new(Event::from_wire(body.slice(at..end))?));
+        at = end + 1;
+    }
     if events.is_empty() || events.windows(2).any(|w| w[1].seq <= w[0].seq) {
         return None;
     }
