@@ -366,7 +366,11 @@ impl Relay {
         if let Err(e) = timed(&self.target, pipe.query_async::<()>(&mut conn)).await {
             // Most likely nothing arrived (a group that did is stored at
             // most once more, and not at all when its events have ids).
+            // Redis is away: the next groups do not try (the lease loop
+            // reconnects).
             self.pending.lock().remove(&r);
+            *self.conn.lock() = None;
+            self.go_direct(&writer);
             tracing::debug!(error = %e, "forwarding to the writer failed; committing here");
             return None;
         }
@@ -378,11 +382,24 @@ impl Relay {
         // is taken back (then the writer can never see it) and committed here.
         let mut reclaim = redis::cmd("LREM");
         reclaim.arg(&inbox).arg(1).arg(payload.as_slice());
-        if let Ok(1) = timed(&self.target, reclaim.query_async::<i64>(&mut conn)).await {
-            self.pending.lock().remove(&r);
-            self.go_direct(&writer);
-            self.metrics.cluster_forwards_total.with_label_values(&["taken_back"]).inc();
-            return None;
+        match timed(&self.target, reclaim.query_async::<i64>(&mut conn)).await {
+            Ok(1) => {
+                self.pending.lock().remove(&r);
+                self.go_direct(&writer);
+                self.metrics.cluster_forwards_total.with_label_values(&["taken_back"]).inc();
+                return None;
+            }
+            // Taken by the writer: its answer may still come.
+            Ok(_) => {}
+            // Redis is away, so no answer can come either: say so now
+            // rather than after the whole wait.
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot take a forwarded group back");
+                self.pending.lock().remove(&r);
+                *self.conn.lock() = None;
+                self.go_direct(&writer);
+                return Some(self.ended(Err(lost())));
+            }
         }
         match tokio::time::timeout(ANSWER_WITHIN - RECLAIM_AFTER, rx).await {
             Ok(answer) => Some(self.ended(answer.unwrap_or_else(|_| Err(lost())))),
