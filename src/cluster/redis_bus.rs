@@ -31,8 +31,8 @@ use tokio::sync::mpsc;
 pub const TICK_EVERY: Duration = Duration::from_millis(1000);
 /// A subscriber silent this long reconnects.
 pub const SILENCE: Duration = Duration::from_millis(3500);
-/// Deadline of a connect or a publish.
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Deadline of a connect or a call (also the commit relay's).
+pub(super) const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Batches waiting to be published.
 const PUBLISH_QUEUE: usize = 1024;
 /// Most batches sent in one pipeline.
@@ -111,7 +111,7 @@ pub(crate) fn start(
 
 /// A call with the I/O deadline; errors in words (a TLS failure says what
 /// failed, see [`RedisTarget::describe`]).
-async fn timed<T>(
+pub(super) async fn timed<T>(
     target: &RedisTarget,
     f: impl std::future::Future<Output = Result<T, redis::RedisError>>,
 ) -> Result<T, String> {
@@ -119,6 +119,16 @@ async fn timed<T>(
         Ok(r) => r.map_err(|e| target.describe(&e)),
         Err(_) => Err(target.no_answer(IO_TIMEOUT)),
     }
+}
+
+/// A multiplexed connection to `target` (the URL is exposed only inside),
+/// under the I/O deadline.
+pub(super) async fn connect(
+    target: &RedisTarget,
+    config: &redis::AsyncConnectionConfig,
+) -> Result<redis::aio::MultiplexedConnection, String> {
+    let client = target.client()?;
+    timed(target, client.get_multiplexed_async_connection_with_config(config)).await
 }
 
 async fn publish_loop(target: RedisTarget, channel: String, me: String, mut rx: mpsc::Receiver<Batch>) {
@@ -143,12 +153,7 @@ async fn publish_loop(target: RedisTarget, channel: String, me: String, mut rx: 
             _ = ticker.tick() => payloads.push(tick.clone()),
         }
         if conn.is_none() {
-            // The connection is made here (the URL is exposed only inside).
-            let connected = match target.client() {
-                Ok(c) => timed(&target, c.get_multiplexed_async_connection()).await,
-                Err(e) => Err(e),
-            };
-            match connected {
+            match connect(&target, &redis::AsyncConnectionConfig::new()).await {
                 Ok(c) => {
                     conn = Some(c);
                     backoff = BACKOFF_MIN;

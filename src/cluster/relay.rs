@@ -42,6 +42,7 @@
 //! - Counter rules and gauges are folded in by the writer, with its config:
 //!   replicas of one cluster are expected to share their config.
 
+use super::redis_bus::{connect, timed, IO_TIMEOUT};
 use super::supervisor::{BACKOFF_MAX, BACKOFF_MIN};
 use crate::error::{ApiError, ErrorCode};
 use crate::event::NewEvent;
@@ -72,8 +73,6 @@ pub const TAKE_WITHIN: Duration = Duration::from_secs(3);
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(8);
 /// After a forward got no answer, commit here for this long.
 const DIRECT_AFTER_SILENCE: Duration = Duration::from_secs(5);
-/// Deadline of one Redis call.
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most forwarded groups taken from the inbox at once.
 const TAKE_BURST: usize = 64;
 /// `Retry-After` of a forward that got no answer.
@@ -446,17 +445,6 @@ fn lost() -> ApiError {
     .retry_after(RETRY_AFTER)
 }
 
-/// A Redis call with the I/O deadline; errors in words.
-async fn timed<T>(
-    target: &RedisTarget,
-    f: impl std::future::Future<Output = Result<T, redis::RedisError>>,
-) -> Result<T, String> {
-    match tokio::time::timeout(IO_TIMEOUT, f).await {
-        Ok(r) => r.map_err(|e| target.describe(&e)),
-        Err(_) => Err(target.no_answer(IO_TIMEOUT)),
-    }
-}
-
 /// Keeps the shared connection and this replica's role: renews the lease
 /// while holding it, else takes it when free or looks up who holds it.
 async fn lease_loop(relay: Arc<Relay>) {
@@ -466,27 +454,21 @@ async fn lease_loop(relay: Arc<Relay>) {
         let conn = relay.conn.lock().clone();
         let mut conn = match conn {
             Some(c) => c,
-            None => {
-                let connected = match relay.target.client() {
-                    Ok(c) => timed(&relay.target, c.get_multiplexed_async_connection()).await,
-                    Err(e) => Err(e),
-                };
-                match connected {
-                    Ok(c) => {
-                        backoff = BACKOFF_MIN;
-                        *relay.conn.lock() = Some(c.clone());
-                        c
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "relay: cannot connect to Redis; committing here");
-                        relay.metrics.cluster_writer.set(0);
-                        relay.role.send_if_modified(|r| std::mem::replace(r, Role::Unknown) != Role::Unknown);
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
-                        continue;
-                    }
+            None => match connect(&relay.target, &redis::AsyncConnectionConfig::new()).await {
+                Ok(c) => {
+                    backoff = BACKOFF_MIN;
+                    *relay.conn.lock() = Some(c.clone());
+                    c
                 }
-            }
+                Err(e) => {
+                    tracing::debug!(error = %e, "relay: cannot connect to Redis; committing here");
+                    relay.metrics.cluster_writer.set(0);
+                    relay.role.send_if_modified(|r| std::mem::replace(r, Role::Unknown) != Role::Unknown);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            },
         };
         let lease_ms = LEASE.as_millis() as u64;
         let step = async {
@@ -606,11 +588,7 @@ async fn inbox_loop(relay: Arc<Relay>, submit: Arc<dyn Submit>) {
         if conn.is_none() {
             // Its own connection: a blocking pop holds it.
             let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
-            let connected = match relay.target.client() {
-                Ok(c) => timed(&relay.target, c.get_multiplexed_async_connection_with_config(&config)).await,
-                Err(e) => Err(e),
-            };
-            match connected {
+            match connect(&relay.target, &config).await {
                 Ok(c) => {
                     backoff = BACKOFF_MIN;
                     conn = Some(c);
