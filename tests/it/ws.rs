@@ -915,6 +915,32 @@ async fn graceful_shutdown_closes_every_client_with_1001() {
 
 // ------------------------------------------------------------ 9. fan-out
 
+/// A burst bigger than what a connection takes from the hub in one go
+/// reaches the dashboard whole. On a one-thread runtime the server
+/// publishes a whole 1,000-event request before the dashboard's task runs
+/// again, so it finds all of them waiting (every 257th went missing once).
+#[tokio::test(flavor = "current_thread")]
+async fn a_burst_of_a_thousand_events_reaches_a_dashboard_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(config_in(dir.path())).await;
+    let c = client();
+    let (mut ws, _) = connect_ready(&srv, WS).await;
+    let mut expected = Vec::new();
+    for _ in 0..3 {
+        expected.extend(ingest_n(&c, &srv, 1000, "burst").await);
+    }
+    let mut seen = Vec::with_capacity(expected.len());
+    while seen.len() < expected.len() {
+        match try_next_json(&mut ws, Duration::from_secs(10)).await {
+            Some(v) if v["type"] == "burst" => seen.push(seq(&v)),
+            Some(_) => {}
+            None => break,
+        }
+    }
+    assert_eq!(seen, expected, "every event of the bursts, once, in order");
+    srv.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_clients_receive_the_same_thousand_events_in_order() {
     const CLIENTS: usize = 500;
