@@ -495,3 +495,48 @@ async fn postgres_dedupe_across_restart() {
     let Some(db) = Db::create("postgres_dedupe_across_restart").await else { return };
     dedupe_across_restart_contract(postgres(&db)).await;
 }
+
+/// A store made by schema 4 (ids and types in the database's collation, a
+/// B-tree on `stored_ms`) is upgraded in place by the next start: every
+/// event kept with its seq, its ids still deduped, numbering going on.
+#[tokio::test]
+async fn postgres_schema_4_store_upgrades_in_place() {
+    let Some(db) = Db::create("postgres_schema_4_upgrade").await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let make = postgres(&db);
+    let c = client();
+    let srv = TestServer::start(make(dir.path())).await;
+    let batch: Vec<Value> = (0..30).map(|i| json!({"type": format!("t{}", i % 3), "id": format!("u-{i}")})).collect();
+    let r = post_json(&c, &srv.base, &Value::Array(batch.clone())).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let first = r.body["seqs"].clone();
+    srv.stop().await;
+    // Back to what schema 4 left.
+    db.execute(
+        "ALTER TABLE sidewire_events
+             ALTER COLUMN id TYPE TEXT COLLATE \"default\",
+             ALTER COLUMN type TYPE TEXT COLLATE \"default\";
+         DROP INDEX sidewire_events_by_stored;
+         CREATE INDEX sidewire_events_by_stored ON sidewire_events (stored_ms);
+         UPDATE sidewire_schema SET version = 4;",
+    )
+    .await;
+    let srv = TestServer::start(make(dir.path())).await;
+    assert_eq!(db.query_one_i64("SELECT version::int8 FROM sidewire_schema").await, 5);
+    let collation = "SELECT coalesce(string_agg(collation_name, ',' ORDER BY column_name), '')
+                       FROM information_schema.columns
+                      WHERE table_name = 'sidewire_events' AND column_name IN ('id', 'type')";
+    assert_eq!(db.query_one_string(collation).await, "C,C");
+    let method = "SELECT am.amname::text FROM pg_class i JOIN pg_am am ON am.oid = i.relam
+                   WHERE i.relname = 'sidewire_events_by_stored'";
+    assert_eq!(db.query_one_string(method).await, "brin");
+    let r = post_json(&c, &srv.base, &Value::Array(batch)).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(r.body, json!({"accepted": 0, "duplicates": 30, "seqs": first}), "ids still deduped");
+    let r = post_json(&c, &srv.base, &json!([{"type": "t1", "id": "u-new"}])).await;
+    assert_eq!(r.body["seqs"], json!([31]), "{}", r.text);
+    let items = activity_all(&c, &srv.base, "type=t1", 50).await;
+    assert_eq!(seqs_of(&items), vec![31, 29, 26, 23, 20, 17, 14, 11, 8, 5, 2], "per-type reads");
+    assert_eq!(stats_of(&c, &srv.base).await["eventsTotal"], json!(31));
+    srv.stop().await;
+}

@@ -173,6 +173,21 @@ pub(super) const MIGRATIONS: &[&str] = &[
        first_seq := v_last + 1;
      END
      $f$;",
+    // 5: a cheaper insert inside the head lock. Ids and types are only ever
+    // compared for equality, so they compare bytewise (collation C)
+    // instead of by the database's collation (a `strcoll` per comparison
+    // unless that is plain C): the dedupe probe, the unique index and the
+    // per-type index. Rebuilds those two indexes; the table is not
+    // rewritten. `stored_ms` grows with `seq`, so retention's cutoff query
+    // is served as well by a BRIN index, which an insert into a range not
+    // yet summarized does not touch, as by a B-tree that every insert
+    // descends.
+    "ALTER TABLE sidewire_events
+         ALTER COLUMN id TYPE TEXT COLLATE \"C\",
+         ALTER COLUMN type TYPE TEXT COLLATE \"C\";
+     DROP INDEX sidewire_events_by_stored;
+     CREATE INDEX sidewire_events_by_stored ON sidewire_events USING brin (stored_ms)
+         WITH (autosummarize = on);",
 ];
 
 impl PostgresPlugin {

@@ -46,10 +46,23 @@ impl Db {
     }
 
     pub async fn query_one_i64(&self, sql: &str) -> i64 {
+        self.connect().await.query_one(sql, &[]).await.unwrap().get(0)
+    }
+
+    pub async fn query_one_string(&self, sql: &str) -> String {
+        self.connect().await.query_one(sql, &[]).await.unwrap().get(0)
+    }
+
+    /// Runs `sql` (several statements allowed) in this database.
+    pub async fn execute(&self, sql: &str) {
+        self.connect().await.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    async fn connect(&self) -> tokio_postgres::Client {
         let dsn = format!("host=127.0.0.1 port=5432 user=postgres dbname={}", self.name);
         let (client, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(conn);
-        client.query_one(sql, &[]).await.unwrap().get(0)
+        client
     }
 }
 
