@@ -5,7 +5,11 @@
 # with 100 events per call. With the lock the only thing they share, the tps
 # here is the ceiling of group commits per second across all replicas.
 #
-#   target/release/sidewire must exist; PostgreSQL at $PGHOST:$PGPORT (default
+#   CLIENTS=12 SECONDS_EACH=8 PREFILL=0 (events stored before measuring);
+#   CLIENTS=1 gives the cost of one call alone (the cluster's writer has one
+#   commit in flight).
+#   target/release/sidewire must exist (SIDEWIRE_BIN: another build, e.g.
+#   an older schema to compare with); PostgreSQL at $PGHOST:$PGPORT (default
 #   127.0.0.1:5432, user postgres, trust). Makes and drops database sw_pgbench.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -28,7 +32,17 @@ TOML
 pid=$!
 for _ in $(seq 100); do grep -q "sidewire listening" "$tmp/log" && break; sleep 0.1; done
 kill "$pid"; wait "$pid" 2>/dev/null || true
+# PREFILL=N stores N events first (ids of the generator's shape, one
+# `stored_ms` per event), so the indexes are as deep as a store in use.
+if [[ ${PREFILL:-0} -gt 0 ]]; then
+  echo "== prefill: $PREFILL events"
+  psql -d "$db" -qc "INSERT INTO sidewire_events (seq, type, ts_ms, id, source, data, stored_ms)
+      SELECT g, 'ingestion_complete', 1765000000000, 'pre-' || (g / 1000) || '-' || g, 'bench',
+             '{\"fileName\":\"report-2026-q3.pdf\",\"filesProcessed\":3,\"bytes\":48213}', 1765000000000 + g
+        FROM generate_series(1, $PREFILL) g" \
+    -c "UPDATE sidewire_head SET last_seq = $PREFILL" -c "VACUUM ANALYZE sidewire_events"
+fi
 for script in one hundred; do
   echo "== sidewire_commit, $script event(s) per call, ${CLIENTS:-12} clients"
-  pgbench -n -c "${CLIENTS:-12}" -j 2 -T "${SECONDS_EACH:-8}" -f "$script.sql" "$db" | grep -E "latency average|tps"
+  pgbench -n -c "${CLIENTS:-12}" -j "$(( ${CLIENTS:-12} < 2 ? ${CLIENTS:-12} : 2 ))" -T "${SECONDS_EACH:-8}" -f "$script.sql" "$db" | grep -E "latency average|tps"
 done
