@@ -49,11 +49,25 @@ pub struct Batch {
 /// One group commit for a store that assigns seqs itself (see
 /// [`AssignsSeqs`]): the events of one or more requests in
 /// acceptance order, not yet deduplicated, without seqs.
-#[derive(Debug)]
 pub struct NewBatch<'a> {
     pub events: Vec<&'a NewEvent>,
     /// The counter rules in force, to fold the events into the stored stats.
     pub counters: &'a [CounterRule],
+    /// Called at most once, as soon as the batch is numbered and the store
+    /// would number another batch without waiting for this one (before the
+    /// batch is durable): the pipeline then starts its next commit. A
+    /// store that numbers and makes durable in one step need not call it.
+    pub numbered: Option<&'a (dyn Fn() + Sync)>,
+}
+
+impl std::fmt::Debug for NewBatch<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewBatch")
+            .field("events", &self.events)
+            .field("counters", &self.counters)
+            .field("numbered", &self.numbered.is_some())
+            .finish()
+    }
 }
 
 /// What a store that assigns seqs committed for a [`NewBatch`].

@@ -4,14 +4,13 @@
 //! committed here, and takes a forwarded group back in as one job
 //! ([`relay::Submit`]).
 
-use super::{observe, publish, refuse, Group, IngestOutcome, Job, Outlet, Pipeline, Sinks, Writer, RETRY_AFTER};
+use super::{observe, publish, refuse, Group, IngestOutcome, Job, Outlet, Pipeline, Sinks, Slot, Writer, RETRY_AFTER};
 use crate::cluster::relay;
 use crate::error::{ApiError, ErrorCode};
 use crate::event::NewEvent;
 use crate::persist::{NewBatch, PersistError};
 use crate::stats::CounterRule;
 use std::time::Instant;
-use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
 impl Writer {
@@ -20,23 +19,29 @@ impl Writer {
     /// committed here, one at a time. The store orders them (its head
     /// lock) and the outlet delivers them in seq order, so a forwarded
     /// group need not wait for the one before: the writer merges them.
-    pub(super) fn hand_off(&mut self, jobs: Vec<Job>, slot: OwnedSemaphorePermit, forwarding: bool) {
+    /// The commit slot goes back once the store has numbered the group (its
+    /// head lock is free again), so the next commit overlaps this one's
+    /// durable step; the group is answered only after that step.
+    pub(super) fn hand_off(&mut self, jobs: Vec<Job>, slot: Slot) {
         let commit_slot = self.commit_slot.clone();
         let sinks = self.sinks.clone();
         let live = self.config.borrow().clone();
         tokio::spawn(async move {
-            let (jobs, _commit) = if forwarding {
-                let Some(jobs) = forward(&sinks, jobs).await else { return };
-                // Not forwarded after all: committed here, in turn.
-                (jobs, commit_slot.acquire_owned().await.ok())
-            } else {
-                (jobs, None)
+            let (jobs, commit, held) = match slot {
+                Slot::Forward(forward_slot) => {
+                    let Some(jobs) = forward(&sinks, jobs).await else { return };
+                    // Not forwarded after all: committed here, in turn.
+                    (jobs, commit_slot.acquire_owned().await.ok(), forward_slot)
+                }
+                Slot::Commit { commit, numbered } => (jobs, Some(commit), numbered),
             };
-            match numbered_by_store(&sinks, &live.counters, &jobs).await {
+            let commit = parking_lot::Mutex::new(commit);
+            let numbered = || drop(commit.lock().take());
+            match numbered_by_store(&sinks, &live.counters, &jobs, &numbered).await {
                 Ok(group) => publish(&sinks, group, jobs),
                 Err(e) => refuse(&sinks, jobs, &e),
             }
-            drop(slot);
+            drop(held);
         });
     }
 }
@@ -87,12 +92,19 @@ async fn forward(sinks: &Sinks, jobs: Vec<Job>) -> Option<Vec<Job>> {
 }
 
 /// Hands the whole group in unsequenced; the store dedupes, numbers and
-/// folds stats in its commit and answers each event's seq.
-async fn numbered_by_store(sinks: &Sinks, counters: &[CounterRule], jobs: &[Job]) -> Result<Group, PersistError> {
+/// folds stats in its commit and answers each event's seq. `numbered` runs
+/// when the store has numbered the group, before it is durable.
+async fn numbered_by_store(
+    sinks: &Sinks,
+    counters: &[CounterRule],
+    jobs: &[Job],
+    numbered: &(dyn Fn() + Sync),
+) -> Result<Group, PersistError> {
     let Some(sequencing) = sinks.plugin.as_sequencing() else {
         return Err(PersistError::Corrupt { plugin: sinks.plugin.name(), message: "it does not number events".into() });
     };
-    let batch = NewBatch { events: jobs.iter().flat_map(|j| j.events.iter()).collect(), counters };
+    let events = jobs.iter().flat_map(|j| j.events.iter()).collect();
+    let batch = NewBatch { events, counters, numbered: Some(numbered) };
     let plugin = sinks.plugin.name();
     let parent = jobs.first().and_then(|j| j.span.id());
     let span = tracing::debug_span!(parent: parent, "persist", plugin, events = batch.events.len());
@@ -133,5 +145,136 @@ impl relay::Submit for Pipeline {
         let span = tracing::debug_span!("forwarded", events = events.len());
         let (outcome, stored) = self.submit_job(events, true).instrument(span).await?;
         Ok(relay::Forwarded { seqs: outcome.seqs, stored })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::activity::Activity;
+    use crate::config::{Config, LiveConfig};
+    use crate::event::{Event, Rules};
+    use crate::hub::{Delivery, Hub};
+    use crate::metrics::Metrics;
+    use crate::persist::{AssignsSeqs, Batch, Committed, PersistCallback, PersistError};
+    use crate::pipeline::Sinks;
+    use crate::stats::{DurableStats, Stats};
+    use async_trait::async_trait;
+    use serde_json::json;
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::sync::{Notify, Semaphore};
+
+    /// Numbers each group at once (calling `numbered` when `early`), then
+    /// holds it until the test lets one group through `durable`.
+    struct SlowFlush {
+        early: bool,
+        next: AtomicU64,
+        started: AtomicUsize,
+        start: Notify,
+        durable: Semaphore,
+    }
+
+    #[async_trait]
+    impl PersistCallback for SlowFlush {
+        fn name(&self) -> &'static str {
+            "slow-flush"
+        }
+        async fn persist(&self, _: &Batch) -> Result<(), PersistError> {
+            unreachable!("a store that numbers groups gets persist_new")
+        }
+        fn as_sequencing(&self) -> Option<&dyn AssignsSeqs> {
+            Some(self)
+        }
+    }
+
+    #[async_trait]
+    impl AssignsSeqs for SlowFlush {
+        async fn persist_new(&self, batch: &NewBatch<'_>) -> Result<Committed, PersistError> {
+            let n = batch.events.len() as u64;
+            let first = self.next.fetch_add(n, Ordering::SeqCst) + 1;
+            let events: Vec<Arc<Event>> =
+                batch.events.iter().zip(first..).map(|(e, seq)| Arc::new(Event::from_new(seq, e))).collect();
+            if self.early {
+                (batch.numbered.expect("the pipeline passes the hook"))();
+            }
+            self.started.fetch_add(1, Ordering::SeqCst);
+            self.start.notify_waiters();
+            self.durable.acquire().await.unwrap().forget();
+            Ok(Committed {
+                seqs: (first..first + n).collect(),
+                stored: vec![true; n as usize],
+                batch: Batch { events, stats: Arc::new(DurableStats::default()) },
+            })
+        }
+    }
+
+    fn pipeline(store: Arc<SlowFlush>) -> Pipeline {
+        let config = Config::default();
+        let delivery = Delivery {
+            stats: Arc::new(Stats::new(DurableStats::default())),
+            activity: Arc::new(Activity::new(store.clone(), 16)),
+            hub: Arc::new(Hub::new(64)),
+            gauges_changed: Arc::new(tokio::sync::Notify::new()),
+        };
+        let sinks = Sinks { plugin: store, metrics: Arc::new(Metrics::new()), outlet: Outlet::Local(delivery) };
+        let (_tx, rx) = tokio::sync::watch::channel(LiveConfig::new(config));
+        Pipeline::start(sinks, rx, DurableStats::default(), 1, &[])
+    }
+
+    fn one_event(i: usize) -> Vec<NewEvent> {
+        vec![NewEvent::from_value(json!({"type": "a", "id": format!("e-{i}")}), 0, &Rules::default()).unwrap()]
+    }
+
+    async fn wait_started(store: &SlowFlush, n: usize) -> bool {
+        tokio::time::timeout(Duration::from_millis(500), async {
+            loop {
+                let notified = store.start.notified();
+                if store.started.load(Ordering::SeqCst) >= n {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    /// Runs two requests one after the other; whether the second group's
+    /// commit started while the first one still waited to be durable.
+    async fn second_commit_overlaps(early: bool) -> bool {
+        let store = Arc::new(SlowFlush {
+            early,
+            next: AtomicU64::new(0),
+            started: AtomicUsize::new(0),
+            start: Notify::new(),
+            durable: Semaphore::new(0),
+        });
+        let p = pipeline(store.clone());
+        let first = tokio::spawn({
+            let p = p.clone();
+            async move { p.submit(one_event(1)).await }
+        });
+        assert!(wait_started(&store, 1).await, "the first group reaches the store");
+        let second = tokio::spawn({
+            let p = p.clone();
+            async move { p.submit(one_event(2)).await }
+        });
+        let overlapped = wait_started(&store, 2).await;
+        store.durable.add_permits(2);
+        assert_eq!(first.await.unwrap().unwrap().seqs, vec![1]);
+        assert_eq!(second.await.unwrap().unwrap().seqs, vec![2]);
+        overlapped
+    }
+
+    #[tokio::test]
+    async fn the_next_commit_starts_once_the_store_has_numbered_the_group() {
+        assert!(second_commit_overlaps(true).await, "the second commit ran during the first one's flush");
+    }
+
+    #[tokio::test]
+    async fn without_the_hook_commits_stay_one_at_a_time() {
+        assert!(!second_commit_overlaps(false).await, "no second commit before the first one ended");
     }
 }

@@ -42,6 +42,9 @@ use tracing::Instrument;
 const MAX_GROUP_EVENTS: usize = 10_000;
 /// Groups forwarded to the cluster's writer and not yet answered, at most.
 const FORWARDS_IN_FLIGHT: usize = 1;
+/// Groups committed here that the store has numbered but not yet made
+/// durable, at most (see [`Slot::Commit`]).
+const NUMBERED_IN_FLIGHT: usize = 4;
 /// `Retry-After` for a 503.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -160,6 +163,7 @@ impl Pipeline {
             queue: queue.clone(),
             queue_len,
             commit_slot: Arc::new(Semaphore::new(1)),
+            numbered_slots: Arc::new(Semaphore::new(NUMBERED_IN_FLIGHT)),
             forward_slots: Arc::new(Semaphore::new(FORWARDS_IN_FLIGHT)),
         };
         tokio::spawn(writer.run(rx));
@@ -267,10 +271,23 @@ struct Writer {
     queue: Arc<Semaphore>,
     queue_len: usize,
     /// A store that numbers groups (see `hand_off`): one commit here at a
-    /// time (two would only fight over the store's head lock), and the
-    /// slots of groups forwarded to the cluster's writer.
+    /// time (two would only fight over the store's head lock), the groups
+    /// numbered and not yet answered, and the slots of groups forwarded to
+    /// the cluster's writer.
     commit_slot: Arc<Semaphore>,
+    numbered_slots: Arc<Semaphore>,
     forward_slots: Arc<Semaphore>,
+}
+
+/// What a group for a store that numbers groups holds while under way.
+enum Slot {
+    /// A forward slot: the group goes to the cluster's writer.
+    Forward(OwnedSemaphorePermit),
+    /// Committed here. `commit` (the one commit slot) is given back as soon
+    /// as the store has numbered the group and let go of its head lock, so
+    /// the next group's commit runs while this one's is made durable;
+    /// `numbered` is held until the group is answered.
+    Commit { commit: OwnedSemaphorePermit, numbered: OwnedSemaphorePermit },
 }
 
 enum PersisterMsg {
@@ -311,6 +328,7 @@ impl Writer {
         // Groups under way end before the close is answered.
         let _ = self.forward_slots.acquire_many(FORWARDS_IN_FLIGHT as u32).await;
         let _ = self.commit_slot.acquire().await;
+        let _ = self.numbered_slots.acquire_many(NUMBERED_IN_FLIGHT as u32).await;
         if let Some(p) = &self.persister {
             let (tx, rx) = oneshot::channel();
             if p.send(PersisterMsg::Close(tx)).is_ok() {
@@ -324,25 +342,29 @@ impl Writer {
 
     /// A slot for the next group when the store numbers groups (see
     /// [`Writer::hand_off`]): a forward slot while groups go to the
-    /// cluster's writer, else the commit slot.
-    async fn slot(&self) -> Option<(OwnedSemaphorePermit, bool)> {
+    /// cluster's writer, else the commit slot (and a numbered slot).
+    async fn slot(&self) -> Option<Slot> {
         self.sinks.plugin.as_sequencing()?;
         let forwarding = match &self.sinks.outlet {
             Outlet::Cluster(c) => c.relay().is_some_and(|r| r.may_forward()),
             Outlet::Local(_) => false,
         };
-        let slots = if forwarding { &self.forward_slots } else { &self.commit_slot };
-        slots.clone().acquire_owned().await.ok().map(|s| (s, forwarding))
+        if forwarding {
+            return self.forward_slots.clone().acquire_owned().await.ok().map(Slot::Forward);
+        }
+        let numbered = self.numbered_slots.clone().acquire_owned().await.ok()?;
+        let commit = self.commit_slot.clone().acquire_owned().await.ok()?;
+        Some(Slot::Commit { commit, numbered })
     }
 
-    async fn process(&mut self, jobs: Vec<Job>, slot: Option<(OwnedSemaphorePermit, bool)>) {
+    async fn process(&mut self, jobs: Vec<Job>, slot: Option<Slot>) {
         match self.persister.clone() {
             // A store that assigns seqs is always a durable ack (config
             // validation refuses queued ack with it: the seqs exist only
             // after its commit).
             Some(persister) if self.sinks.plugin.as_sequencing().is_none() => self.enqueue(jobs, persister).await,
             _ if self.sinks.plugin.as_sequencing().is_some() => match slot {
-                Some((slot, forwarding)) => self.hand_off(jobs, slot, forwarding),
+                Some(slot) => self.hand_off(jobs, slot),
                 None => refuse(
                     &self.sinks,
                     jobs,

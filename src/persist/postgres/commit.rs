@@ -44,8 +44,10 @@
 //! Commits are still serial across the cluster, but the serial part is the
 //! function's run time (the id lookup, a multi-row insert, the stats merge;
 //! well under a millisecond for a group of a few hundred events), not round
-//! trips and an fsync. Each replica has one group in flight; everything
-//! that queued meanwhile is the next group.
+//! trips and an fsync. Each replica numbers one group at a time; everything
+//! that queued meanwhile is the next group, whose step 1 is sent as soon as
+//! this one's step 1 has answered (`NewBatch::numbered`), so it overlaps
+//! this one's durable step instead of waiting for its flush.
 
 use super::{db_err, deadline, err, parse_stats, PostgresPlugin, CALL_TIMEOUT, RETRY_INTERVAL};
 use crate::event::{Event, NewEvent};
@@ -171,7 +173,17 @@ async fn commit_group(
         let args1: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
             [&cols.kinds, &cols.ts_ms, &cols.ids, &cols.sources, &cols.datas, &stored_ms, &delta];
         let args2: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&replica, &channel];
-        let step1 = c.query_one(&commit, &args1);
+        let step1 = async {
+            let row = c.query_one(&commit, &args1).await;
+            // Numbered and committed (not refused for duplicates): the head
+            // lock is free, the next group may go while this one flushes.
+            if let (Ok(row), Some(numbered)) = (&row, batch.numbered) {
+                if row.get::<_, i64>(0) > 0 {
+                    numbered();
+                }
+            }
+            row
+        };
         // Sent right behind step 1 on the same connection: it runs after
         // step 1 has committed.
         let step2 = c.query_one(&durable, &args2);
