@@ -4,7 +4,10 @@
 //! committed here, and takes a forwarded group back in as one job
 //! ([`relay::Submit`]).
 
-use super::{observe, publish, refuse, Group, IngestOutcome, Job, Outlet, Pipeline, Sinks, Slot, Writer, RETRY_AFTER};
+use super::{
+    observe, publish, refuse, Group, IngestOutcome, Job, Outlet, Pipeline, Sinks, Slot, Writer, OVERLAP_MIN_EVENTS,
+    RETRY_AFTER,
+};
 use crate::cluster::relay;
 use crate::error::{ApiError, ErrorCode};
 use crate::event::NewEvent;
@@ -19,9 +22,10 @@ impl Writer {
     /// committed here, one at a time. The store orders them (its head
     /// lock) and the outlet delivers them in seq order, so a forwarded
     /// group need not wait for the one before: the writer merges them.
-    /// The commit slot goes back once the store has numbered the group (its
-    /// head lock is free again), so the next commit overlaps this one's
-    /// durable step; the group is answered only after that step.
+    /// For a group of [`OVERLAP_MIN_EVENTS`] or more, the commit slot goes
+    /// back once the store has numbered it (its head lock is free again),
+    /// so the next commit overlaps this one's durable step; the group is
+    /// answered only after that step.
     pub(super) fn hand_off(&mut self, jobs: Vec<Job>, slot: Slot) {
         let commit_slot = self.commit_slot.clone();
         let sinks = self.sinks.clone();
@@ -36,7 +40,12 @@ impl Writer {
                 Slot::Commit { commit, numbered } => (jobs, Some(commit), numbered),
             };
             let commit = parking_lot::Mutex::new(commit);
-            let numbered = || drop(commit.lock().take());
+            let events: usize = jobs.iter().map(|j| j.events.len()).sum();
+            let numbered = || {
+                if events >= OVERLAP_MIN_EVENTS {
+                    drop(commit.lock().take());
+                }
+            };
             match numbered_by_store(&sinks, &live.counters, &jobs, &numbered).await {
                 Ok(group) => publish(&sinks, group, jobs),
                 Err(e) => refuse(&sinks, jobs, &e),
@@ -223,8 +232,13 @@ mod tests {
         Pipeline::start(sinks, rx, DurableStats::default(), 1, &[])
     }
 
-    fn one_event(i: usize) -> Vec<NewEvent> {
-        vec![NewEvent::from_value(json!({"type": "a", "id": format!("e-{i}")}), 0, &Rules::default()).unwrap()]
+    fn events(request: usize, n: usize) -> Vec<NewEvent> {
+        (0..n)
+            .map(|i| {
+                NewEvent::from_value(json!({"type": "a", "id": format!("e-{request}-{i}")}), 0, &Rules::default())
+                    .unwrap()
+            })
+            .collect()
     }
 
     async fn wait_started(store: &SlowFlush, n: usize) -> bool {
@@ -241,9 +255,10 @@ mod tests {
         .is_ok()
     }
 
-    /// Runs two requests one after the other; whether the second group's
-    /// commit started while the first one still waited to be durable.
-    async fn second_commit_overlaps(early: bool) -> bool {
+    /// Runs two requests of `n` events one after the other; whether the
+    /// second group's commit started while the first one still waited to
+    /// be durable.
+    async fn second_commit_overlaps(early: bool, n: usize) -> bool {
         let store = Arc::new(SlowFlush {
             early,
             next: AtomicU64::new(0),
@@ -254,27 +269,36 @@ mod tests {
         let p = pipeline(store.clone());
         let first = tokio::spawn({
             let p = p.clone();
-            async move { p.submit(one_event(1)).await }
+            async move { p.submit(events(1, n)).await }
         });
         assert!(wait_started(&store, 1).await, "the first group reaches the store");
         let second = tokio::spawn({
             let p = p.clone();
-            async move { p.submit(one_event(2)).await }
+            async move { p.submit(events(2, n)).await }
         });
         let overlapped = wait_started(&store, 2).await;
         store.durable.add_permits(2);
-        assert_eq!(first.await.unwrap().unwrap().seqs, vec![1]);
-        assert_eq!(second.await.unwrap().unwrap().seqs, vec![2]);
+        let n = n as u64;
+        assert_eq!(first.await.unwrap().unwrap().seqs, (1..=n).collect::<Vec<u64>>());
+        assert_eq!(second.await.unwrap().unwrap().seqs, (n + 1..=2 * n).collect::<Vec<u64>>());
         overlapped
     }
 
     #[tokio::test]
-    async fn the_next_commit_starts_once_the_store_has_numbered_the_group() {
-        assert!(second_commit_overlaps(true).await, "the second commit ran during the first one's flush");
+    async fn the_next_commit_starts_once_the_store_has_numbered_a_big_group() {
+        let n = OVERLAP_MIN_EVENTS;
+        assert!(second_commit_overlaps(true, n).await, "the second commit ran during the first one's flush");
+    }
+
+    #[tokio::test]
+    async fn small_groups_commit_one_at_a_time() {
+        let n = OVERLAP_MIN_EVENTS - 1;
+        assert!(!second_commit_overlaps(true, n).await, "no second commit before the first one ended");
     }
 
     #[tokio::test]
     async fn without_the_hook_commits_stay_one_at_a_time() {
-        assert!(!second_commit_overlaps(false).await, "no second commit before the first one ended");
+        let n = OVERLAP_MIN_EVENTS;
+        assert!(!second_commit_overlaps(false, n).await, "no second commit before the first one ended");
     }
 }

@@ -45,9 +45,10 @@
 //! function's run time (the id lookup, a multi-row insert, the stats merge;
 //! well under a millisecond for a group of a few hundred events), not round
 //! trips and an fsync. Each replica numbers one group at a time; everything
-//! that queued meanwhile is the next group, whose step 1 is sent as soon as
-//! this one's step 1 has answered (`NewBatch::numbered`), so it overlaps
-//! this one's durable step instead of waiting for its flush.
+//! that queued meanwhile is the next group. After a big group, the next
+//! group's step 1 is sent as soon as this one's step 1 has answered
+//! (`NewBatch::numbered`), so it overlaps this one's durable step instead of
+//! waiting for its flush.
 
 use super::{db_err, deadline, err, parse_stats, PostgresPlugin, CALL_TIMEOUT, RETRY_INTERVAL};
 use crate::event::{Event, NewEvent};
