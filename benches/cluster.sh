@@ -23,6 +23,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 SIDEWIRE=${SIDEWIRE_BIN:-$root/target/release/sidewire}
 BENCH=${BENCH_BIN:-$root/target/release/sidewire-bench}
+# Replicas start from their own work directory: a relative path would miss.
+[[ $SIDEWIRE == /* ]] || SIDEWIRE=$PWD/$SIDEWIRE
+[[ $BENCH == /* ]] || BENCH=$PWD/$BENCH
 REPLICAS=${REPLICAS:-"1 3 6"}
 NODE_NODES=${NODE_NODES:-3}
 DURATION=${DURATION:-10}
