@@ -38,11 +38,13 @@ fn bench(args: &[&str], limit: Duration) -> Run {
         if started.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
-            panic!(
+            let ctx = format!(
                 "sidewire-bench {args:?} ran longer than {limit:?}; stdout:\n{}\nstderr:\n{}",
                 std::fs::read_to_string(&out_path).unwrap_or_default(),
                 std::fs::read_to_string(&err_path).unwrap_or_default()
             );
+            LAST_RUN.with(|l| *l.borrow_mut() = ctx.clone());
+            panic!("{ctx}");
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -61,6 +63,9 @@ fn result(server: &Process, kind: &str, args: &[&str], limit: Duration) -> Value
     all.extend_from_slice(args);
     let run = bench(&all, limit);
     let ctx = || format!("sidewire-bench {all:?}\nstdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
+    // Told again after the server's log when the test fails: CI shows the
+    // end of a failure's output, and the verdict is what explains it.
+    LAST_RUN.with(|l| *l.borrow_mut() = ctx());
     assert_eq!(run.code, Some(0), "exit code; {}", ctx());
     let lines: Vec<&str> = run.stdout.lines().filter_map(|l| l.strip_prefix("RESULT ")).collect();
     assert_eq!(lines.len(), 1, "exactly one RESULT line; {}", ctx());
@@ -84,10 +89,16 @@ impl std::ops::Deref for Server {
     }
 }
 
+thread_local! {
+    /// The last `sidewire-bench` run of this test thread, as `result` saw it.
+    static LAST_RUN: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("server log ({}):\n{}", self.p.base, self.p.log());
+            LAST_RUN.with(|l| eprintln!("the last run, again:\n{}", l.borrow()));
         }
     }
 }
