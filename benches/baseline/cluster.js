@@ -32,9 +32,21 @@ let lastSeq = 0; // highest seq this node has seen on the channel
 let filtered = 0; // dashboards with a type filter (0: no event needs parsing)
 const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, maxPayload: 64 * 1024 });
 
+// Evicted in insertion order through a ring of the ids, not with
+// `ids.delete(ids.keys().next().value)`: V8 leaves a deleted Map entry as a
+// hole until the table is rebuilt, and `keys().next()` walks over every hole
+// from the front, so that form cost 13-49 µs per event once the window was
+// full and made this baseline slower the longer it ran (600,000 inserts: 16 s
+// against 0.25 s with the ring, Node 20).
+const ring = new Array(WINDOW);
+let ringHead = 0;
+
 function remember(id, s) {
   ids.set(id, s);
-  if (ids.size > WINDOW) ids.delete(ids.keys().next().value);
+  const old = ring[ringHead];
+  if (old !== undefined) ids.delete(old);
+  ring[ringHead] = id;
+  ringHead = (ringHead + 1) % WINDOW;
 }
 
 function parse(body, contentType) {
