@@ -22,15 +22,25 @@ impl Checkpoints {
 /// How often the checkpointer copies committed WAL pages into the database.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// The writer's own automatic checkpoint, at 8,192 WAL pages (32 MiB): a
-/// backstop, not the main path. A WAL starts over from its beginning only
-/// when a write finds every frame copied back, and under sustained full-speed
-/// ingest the checkpointer thread is always a few commits behind the writer,
-/// so without it the WAL grew without bound (4.2 GB after two minutes at
-/// 90,000 events/s). When the writer checkpoints, nothing is appended
-/// meanwhile, so it completes and the WAL restarts; the checkpointer has
-/// copied most pages by then, so the writer's share is small.
-pub(super) const WRITER_CHECKPOINT_PAGES: u32 = 8192;
+/// The writer's own automatic checkpoint, at 1,024 WAL pages (4 MiB): a
+/// backstop that bounds the WAL, not the main copy path. A WAL starts over
+/// from its beginning only when a write finds every frame copied back, and
+/// under sustained ingest the checkpointer thread is always a few commits
+/// behind the writer, so without a backstop the WAL grew without bound (4.2
+/// GB after two minutes at 90,000 events/s). When the writer checkpoints,
+/// nothing is appended meanwhile, so it completes and the WAL restarts; the
+/// checkpointer has copied most pages by then.
+///
+/// Why small: the WAL is a ring of this size, and each checkpoint first
+/// fsyncs it, writing back every page dirtied since the last one. Single
+/// events commit a few pages each (~135 MB/s of WAL at 20,000 requests/s),
+/// so with a 32 MiB ring each fsync wrote ~32 MiB, commits stalled behind
+/// that writeback, and single-event p99 was ~20 ms; with a 4 MiB ring the
+/// same pages are rewritten in the page cache and each fsync writes at most
+/// 4 MiB: p99 ~5.5 ms at the same throughput (docs/BENCHMARKS.md, "SQLite's
+/// WAL size"). The price is more checkpoints in the writer under 100-event
+/// batches (measured there too).
+pub(super) const WRITER_CHECKPOINT_PAGES: u32 = 1024;
 
 /// Copies the WAL into the database file on its own connection and thread,
 /// every [`CHECKPOINT_EVERY`], with `PASSIVE` checkpoints: they never wait
