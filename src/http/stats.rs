@@ -43,15 +43,18 @@ pub fn route(state: State) -> warp::filters::BoxedFilter<(Response,)> {
         .and(warp::query::<HashMap<String, String>>().or(warp::any().map(HashMap::new)).unify())
         .and(with(Arc::new(state)))
         .map(|headers: http::HeaderMap, q: HashMap<String, String>, st: Arc<State>| {
+            // One borrow, released at once. A borrow in the `match` below
+            // would live through its arms, and a second one there is a
+            // recursive read of the watch's lock: with a reload waiting to
+            // write, the second read waits for the writer and the writer
+            // for the first read, and both worker threads hang.
+            let live = st.config.borrow().clone();
             match crate::auth::dashboard(
-                &st.config.borrow().config.auth.dashboard_tokens,
+                &live.config.auth.dashboard_tokens,
                 &headers,
                 q.get("token").map(String::as_str),
             ) {
-                Ok(()) => {
-                    let snapshot = st.stats.snapshot(&st.config.borrow().counters);
-                    json_response(http::StatusCode::OK, &snapshot)
-                }
+                Ok(()) => json_response(http::StatusCode::OK, &st.stats.snapshot(&live.counters)),
                 Err(e) => e.to_response(),
             }
         })

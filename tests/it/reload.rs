@@ -354,3 +354,68 @@ fn sighup_reloads_the_real_binary() {
     let st = p.terminate();
     assert!(st.success(), "exit status {st:?}");
 }
+
+/// `GET /api/v1/stats` while the config is replaced over and over (a
+/// reload loop at its worst). The handler once held its borrow of the
+/// config through a `match` and borrowed again inside it: a recursive read
+/// of the watch's lock that, with a reload waiting to write, hung both the
+/// handler's and the reload's worker threads, so the whole server stopped
+/// (the CI soak saw it: SIGHUPs every 3 s, stats polled every second).
+/// Every request here must be answered within 5 s. On a hang the runtime is
+/// leaked rather than dropped: dropping it would wait for the stuck worker.
+#[test]
+fn stats_polled_during_constant_reloads_never_hang() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_in(dir.path());
+    let (tx, rx) = tokio::sync::watch::channel(LiveConfig::new(config.clone()));
+    let srv = rt.block_on(TestServer::start_with(sidewire::ServerBuilder::new(config.clone()).config_channel(rx)));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tx.send_replace(LiveConfig::new(config.clone()));
+                n += 1;
+            }
+            n
+        })
+    };
+    // Polled from plain threads with their own client: a hung server
+    // runtime cannot stop them from noticing.
+    let pollers: Vec<_> = (0..4)
+        .map(|_| {
+            let url = format!("{}/api/v1/stats", srv.base);
+            std::thread::spawn(move || -> Result<u64, String> {
+                let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+                let until = Instant::now() + Duration::from_secs(3);
+                let mut answered = 0u64;
+                while Instant::now() < until {
+                    match client.get(&url).send() {
+                        Ok(res) if res.status() == 200 => answered += 1,
+                        Ok(res) => return Err(format!("GET /api/v1/stats: {}", res.status())),
+                        Err(e) if e.is_timeout() => {
+                            return Err(format!("GET /api/v1/stats hung (no answer in 5 s) after {answered} answers"))
+                        }
+                        Err(e) => return Err(format!("GET /api/v1/stats after {answered} answers: {e}")),
+                    }
+                }
+                Ok(answered)
+            })
+        })
+        .collect();
+    let polled = pollers.into_iter().try_fold(0, |sum, p| p.join().unwrap().map(|n| sum + n));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answered = match polled {
+        Ok(n) => n,
+        Err(e) => {
+            std::mem::forget(srv);
+            std::mem::forget(rt);
+            panic!("{e}");
+        }
+    };
+    let reloads = writer.join().unwrap();
+    assert!(answered > 100 && reloads > 100, "{answered} polls, {reloads} config swaps");
+    rt.block_on(srv.stop());
+}
