@@ -390,6 +390,30 @@ mod tests {
         assert_eq!(p.recover().await.unwrap().last_seq, 510);
     }
 
+    /// Many small commits (single events) keep the WAL near the writer's
+    /// backstop: the WAL is a ring of about that size, and each checkpoint
+    /// fsyncs all of it that was dirtied, so its size sets the single-event
+    /// p99 (checkpoint.rs, [`WRITER_CHECKPOINT_PAGES`]). 4,000 commits write
+    /// ~70 MB of WAL frames; with the old 8,192-page backstop the file
+    /// reached 33.8 MB.
+    #[tokio::test]
+    async fn small_commits_keep_the_wal_near_its_backstop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let p = SqlitePlugin::open(&path, SqliteSync::Normal).unwrap();
+        p.recover().await.unwrap();
+        for s in 1..=4000 {
+            p.persist(&batch(&[s], s)).await.unwrap();
+        }
+        let wal = std::fs::metadata(dir.path().join("db.sqlite-wal")).unwrap().len();
+        // 2,048 frames of a 4 KiB page and its 24-byte header: twice the
+        // backstop, a fixed bound so that raising the backstop fails here.
+        let bound = 2 * 1024 * (4096 + 24);
+        assert!(wal <= bound, "WAL {wal} bytes after 4,000 single-event commits (bound {bound})");
+        assert_eq!(seqs(&p).await.len(), 4000);
+        p.close().await.unwrap();
+    }
+
     #[tokio::test]
     async fn retention_by_bytes_shrinks_the_file() {
         let dir = tempfile::tempdir().unwrap();
