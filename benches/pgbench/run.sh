@@ -42,6 +42,18 @@ if [[ ${PREFILL:-0} -gt 0 ]]; then
         FROM generate_series(1, $PREFILL) g" \
     -c "UPDATE sidewire_head SET last_seq = $PREFILL" -c "VACUUM ANALYZE sidewire_events"
 fi
+# RAW=1 adds the floor: the same 100 rows per statement inserted with seqs
+# from a plain SEQUENCE, with no head lock, no id probe and no stats (what
+# PostgreSQL costs for the rows and their indexes alone, whatever the design
+# around it), with 1, 2 and 4 clients, synchronous_commit off.
+if [[ ${RAW:-0} == 1 ]]; then
+  psql -d "$db" -qc "CREATE SEQUENCE sw_raw_seq START 1000000000000"
+  for c in 1 2 4; do
+    echo "== floor: plain INSERT of 100 rows per statement, $c client(s), synchronous_commit off"
+    PGOPTIONS="-c synchronous_commit=off" pgbench -n -c $c -j $(( c < 2 ? c : 2 )) -T "${SECONDS_EACH:-8}" -f raw.sql "$db" \
+      | grep -E "latency average|tps" | sed -E 's/^tps = ([0-9.]+).*/&  (rows\/s: \1 x 100)/'
+  done
+fi
 for script in one hundred; do
   echo "== sidewire_commit, $script event(s) per call, ${CLIENTS:-12} clients"
   pgbench -n -c "${CLIENTS:-12}" -j "$(( ${CLIENTS:-12} < 2 ? ${CLIENTS:-12} : 2 ))" -T "${SECONDS_EACH:-8}" -f "$script.sql" "$db" | grep -E "latency average|tps"

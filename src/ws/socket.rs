@@ -1,7 +1,10 @@
 //! The upgraded socket a dashboard connection runs on, and its buffer
 //! sizes, chosen for many mostly idle connections: tungstenite's 128 KiB
 //! default read buffer per connection would dominate memory at 10,000 idle
-//! dashboards.
+//! dashboards. The read buffer is 256 bytes: what clients send (ping,
+//! subscribe, resume) fits, a bigger frame grows it as it arrives, and
+//! tungstenite zeroes the buffer's spare room before every read attempt,
+//! which the connection makes each time it wakes, also for a broadcast.
 
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -17,7 +20,7 @@ pub(super) type Socket = WebSocketStream<TokioIo<Upgraded>>;
 /// Buffer sizes chosen for many mostly idle connections.
 pub fn socket_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(1024)
+        .read_buffer_size(256)
         .write_buffer_size(8 * 1024)
         .max_write_buffer_size(1024 * 1024)
         .max_message_size(Some(MAX_CLIENT_MESSAGE))
