@@ -526,6 +526,40 @@ async fn subscribe_filters_ping_pong_and_invalid_messages_keep_the_connection() 
     srv.stop().await;
 }
 
+/// A client message several times the socket's 256-byte read buffer (a
+/// subscribe to many types, some sent in one write with the next message)
+/// is read whole and applied.
+#[tokio::test]
+async fn client_messages_longer_than_the_read_buffer_are_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(config_in(dir.path())).await;
+    let c = client();
+    let (mut ws, _) = connect_ready(&srv, WS).await;
+    let mut types: Vec<String> = (0..200).map(|i| format!("not_this_type_{i:03}")).collect();
+    types.push("wanted".into());
+    let sub = json!({"type": "subscribe", "types": types}).to_string();
+    assert!(sub.len() > 8 * 256, "{} bytes", sub.len());
+    // Both frames in one write: the second starts inside the first's last read.
+    ws.feed(Message::text(sub)).await.unwrap();
+    ws.feed(Message::text(json!({"type": "ping"}).to_string())).await.unwrap();
+    ws.flush().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = next_json(&mut ws).await;
+        if v["type"] == "pong" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no pong after a long subscribe");
+    }
+    let events = json!([{"type": "a"}, {"type": "wanted"}, {"type": "b"}, {"type": "not_this_type_199"}]);
+    let seqs = ingest_ok(&c, &srv, events).await;
+    assert_eq!(seq(&next_event(&mut ws).await), seqs[1]);
+    assert_eq!(seq(&next_event(&mut ws).await), seqs[3]);
+    assert!(sync(&mut ws).await.is_empty(), "only the subscribed types arrive");
+    close_normally(&mut ws).await;
+    srv.stop().await;
+}
+
 // ---------------------------------------------------------------- 4. resume
 
 /// Ingests batches of `tick` events until `stop` is set; returns the last seq.
