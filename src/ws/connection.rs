@@ -5,7 +5,7 @@
 
 use super::end::End;
 use super::guard::ConnectionGuard;
-use super::outbox::{Out, Outbox};
+use super::outbox::{Out, Outbox, Sink};
 use super::protocol::ClientMessage;
 use super::replay::replay;
 use super::socket::Socket;
@@ -14,6 +14,7 @@ use crate::hub::Frame;
 use crate::internal_events::{WsDisconnected, WsInvalidMessage};
 use crate::metrics::WsMessageType;
 use crate::version::VERSION;
+use futures::stream::SplitStream;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::collections::HashSet;
@@ -26,13 +27,25 @@ use tokio_tungstenite::tungstenite::Message;
 /// Runs an upgraded connection to its end. `guard` counts it as open until
 /// this returns; its end is counted before the guard uncounts it, so a scrape
 /// that sees it gone also sees its disconnect.
-pub(super) async fn serve(socket: Socket, after_seq: Option<u64>, guard: ConnectionGuard) {
-    let state = guard.state().clone();
-    let id = format!("c{:x}-{:08x}", state.sockets.next_id.fetch_add(1, Ordering::Relaxed), rand::random::<u32>());
-    let log = ConnLog { id, ip: guard.ip() };
-    let end = connection(state.clone(), socket, after_seq, &log).await;
-    log.in_scope(|| WsDisconnected { reason: end.reason() }.emit(&state.metrics));
-    drop(guard);
+///
+/// The socket is split here, before the future: an `async fn` keeps its
+/// arguments for its whole life, so the socket (~330 bytes, moved into the
+/// split halves' shared cell on first use) would stay in every idle
+/// connection's task as dead weight, once per `async fn` it passed through.
+pub(super) fn serve(
+    socket: Socket,
+    after_seq: Option<u64>,
+    guard: ConnectionGuard,
+) -> impl std::future::Future<Output = ()> + Send {
+    let (sink, stream) = socket.split();
+    async move {
+        let state = guard.state().clone();
+        let id = format!("c{:x}-{:08x}", state.sockets.next_id.fetch_add(1, Ordering::Relaxed), rand::random::<u32>());
+        let log = ConnLog { id, ip: guard.ip() };
+        let end = connection(state.clone(), sink, stream, after_seq, &log).await;
+        log.in_scope(|| WsDisconnected { reason: end.reason() }.emit(&state.metrics));
+        drop(guard);
+    }
 }
 
 /// Who a connection's log lines are about: each line is logged inside a
@@ -51,12 +64,17 @@ impl ConnLog {
     }
 }
 
-async fn connection(state: Arc<State>, socket: Socket, after_seq: Option<u64>, log: &ConnLog) -> End {
+async fn connection(
+    state: Arc<State>,
+    sink: Sink,
+    mut stream: SplitStream<Socket>,
+    after_seq: Option<u64>,
+    log: &ConnLog,
+) -> End {
     let live = state.config.borrow().clone();
     let ws_cfg = live.config.ws.clone();
     // Subscribe before anything is read from the store (see the module doc).
     let mut hub_rx = state.hub.subscribe();
-    let (sink, mut stream) = socket.split();
     let mut out = Outbox::new(&state, sink, ws_cfg.send_queue_len);
     let ack = Out::message(
         WsMessageType::ConnectionAck,

@@ -41,7 +41,7 @@ impl Out {
     }
 }
 
-type Sink = futures::stream::SplitSink<Socket, Message>;
+pub(super) type Sink = futures::stream::SplitSink<Socket, Message>;
 
 /// The sending side of one connection, driven by the connection's own task
 /// between its other work (one task per connection, no channel between a

@@ -50,12 +50,18 @@ pub async fn upgrade(state: Arc<State>, peer: SocketAddr, mut req: http::Request
     let on_upgrade = hyper::upgrade::on(&mut req);
     // A GET upgrade has no body: nothing to drain.
     drop(req);
-    tokio::spawn(async move {
+    let task = async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let socket =
-                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(socket_config())).await;
-                serve(socket, after_seq, guard).await;
+                // The socket's own variable ends before the connection runs,
+                // so the task does not keep room for it (see `serve`).
+                let conn = {
+                    let socket =
+                        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(socket_config()))
+                            .await;
+                    serve(socket, after_seq, guard)
+                };
+                conn.await;
             }
             Err(e) => {
                 tracing::debug!(error = %e, "websocket upgrade failed");
@@ -63,7 +69,8 @@ pub async fn upgrade(state: Arc<State>, peer: SocketAddr, mut req: http::Request
                 WsDisconnected { reason: DisconnectReason::Error }.emit(&guard.state().metrics);
             }
         }
-    });
+    };
+    tokio::spawn(task);
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let mut res = Response::default();
     *res.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
