@@ -209,7 +209,9 @@ fn soak_30s_loses_nothing_and_balances_its_books() {
 #[test]
 fn fanout_delivers_everything_in_order() {
     let s = server();
-    let v = result(&s, "fanout", &["--clients", "5", "--rate", "20", "--duration", "1"], Duration::from_secs(30));
+    let pid = s.child.id().to_string();
+    let args = ["--clients", "5", "--rate", "20", "--duration", "1", "--server-pid", &pid];
+    let v = result(&s, "fanout", &args, Duration::from_secs(30));
     assert_eq!(v["connected"], 5, "{v}");
     assert_eq!(v["sent"], 20, "{v}");
     assert_eq!(v["delivered"], 100, "5 clients × 20 events: {v}");
@@ -218,6 +220,11 @@ fn fanout_delivers_everything_in_order() {
     assert_eq!(v["closed"], serde_json::json!({}), "no client was closed by the server: {v}");
     assert_eq!(v["latency"]["count"], 100, "{v}");
     latency_ok(&v, "fanout");
+    // CPU read from /proc while events flowed (1 s of events, 2 s of drain).
+    assert!(v["cpu_wall_secs"].as_f64().unwrap() >= 2.9, "{v}");
+    for key in ["server_cpu_secs", "tool_cpu_secs", "server_cpu_per_message_us"] {
+        assert!(v[key].as_f64().is_some_and(|x| x >= 0.0), "{key} read from /proc: {v}");
+    }
 }
 
 #[test]

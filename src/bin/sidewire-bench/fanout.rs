@@ -11,14 +11,22 @@ struct ClientResult {
     seqs_first_last: Option<(u64, u64)>,
 }
 
+/// What a fan-out run offers: dashboards, events per second, for how long,
+/// and events per ingest request (0: whatever is due every 10 ms).
+pub(super) struct Load {
+    pub clients: usize,
+    pub rate: u64,
+    pub duration: Duration,
+    pub per_request: u64,
+}
+
 pub(super) async fn fanout(
     addrs: &[SocketAddr],
     token: Option<String>,
-    clients: usize,
-    rate: u64,
-    duration: Duration,
-    per_request: u64,
+    load: Load,
+    server_pid: Option<u32>,
 ) -> anyhow::Result<()> {
+    let Load { clients, rate, duration, per_request } = load;
     let base = Instant::now();
     let run_id = format!("bench_{:08x}", rand::random::<u32>());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -106,6 +114,10 @@ pub(super) async fn fanout(
     } else {
         (Duration::from_secs_f64(per_request as f64 / rate as f64), per_request as f64)
     };
+    // CPU while events flow (from the first request to the end of the
+    // drain): the server's, when its PID is given, and this tool's own.
+    let server_pid = server_pid.map(|p| p.to_string());
+    let cpu_at_start = (server_pid.as_deref().and_then(cpu_secs), cpu_secs("self"), Instant::now());
     let mut sent = 0u64;
     let mut owed = 0.0;
     let mut non202 = 0u64;
@@ -132,6 +144,9 @@ pub(super) async fn fanout(
         sent += n;
     }
     tokio::time::sleep(Duration::from_secs(2)).await; // drain
+    let cpu_wall = cpu_at_start.2.elapsed().as_secs_f64();
+    let server_cpu = server_pid.as_deref().and_then(cpu_secs).zip(cpu_at_start.0).map(|(end, start)| end - start);
+    let own_cpu = cpu_secs("self").zip(cpu_at_start.1).map(|(end, start)| end - start);
     stop_tx.send_replace(true);
     let mut h = hist();
     let (mut received, mut ooo, mut connected) = (0u64, 0u64, 0usize);
@@ -150,6 +165,9 @@ pub(super) async fn fanout(
     let expected = (sent - non202) * connected as u64;
     let lost = expected.saturating_sub(received);
     let secs = duration.as_secs_f64();
+    // Server CPU per delivered message, in µs: issue 22's moonshot asks <= 2.
+    let per_message_us = server_cpu.filter(|_| received > 0).map(|c| c * 1e6 / received as f64);
+    let cores = |c: Option<f64>| c.map_or("n/a".to_string(), |c| format!("{:.2}", c / cpu_wall));
     report(
         "fanout",
         &[
@@ -160,10 +178,20 @@ pub(super) async fn fanout(
             ("lost", format!("{lost} of {expected}")),
             ("out of order", format!("{ooo}")),
             ("server-closed", format!("{closes:?}")),
+            (
+                "CPU while events flow",
+                format!("server {} cores, this tool {} cores", cores(server_cpu), cores(own_cpu)),
+            ),
+            (
+                "server CPU per message",
+                per_message_us.map_or("n/a (pass --server-pid)".to_string(), |us| format!("{us:.2} µs")),
+            ),
         ],
         json!({"clients": clients, "connected": connected, "rate": rate, "per_request": per_request, "seconds": secs, "sent": sent,
                "delivered": received, "delivered_per_sec": received as f64 / secs, "latency": summary(&h),
-               "lost": lost, "out_of_order": ooo, "closed": closes}),
+               "lost": lost, "out_of_order": ooo, "closed": closes,
+               "server_cpu_secs": server_cpu, "tool_cpu_secs": own_cpu, "cpu_wall_secs": cpu_wall,
+               "server_cpu_per_message_us": per_message_us}),
     );
     Ok(())
 }

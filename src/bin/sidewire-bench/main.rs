@@ -116,6 +116,10 @@ enum Cmd {
         /// 0: whatever is due every 10 ms.
         #[arg(long, default_value_t = 0)]
         per_request: u64,
+        /// PID of the server (one process), to report the CPU it spent per
+        /// delivered message, read from /proc while events flow.
+        #[arg(long)]
+        server_pid: Option<u32>,
     },
     /// N idle connections: server RSS per connection and time to open them.
     Conns {
@@ -213,9 +217,15 @@ fn main() -> anyhow::Result<()> {
                 let shape = IngestShape { batch: batch.clamp(1, 100_000), payload, ids };
                 ingest(&addrs, cli.token, concurrency.clamp(1, 4096), shape, capped(duration)).await
             }
-            Cmd::Fanout { clients, rate, duration, per_request } => {
+            Cmd::Fanout { clients, rate, duration, per_request, server_pid } => {
                 let per_request = per_request.min(10_000);
-                fanout(&addrs, cli.token, clients.min(MAX_CLIENTS), rate.max(1), capped(duration), per_request).await
+                let load = fanout::Load {
+                    clients: clients.min(MAX_CLIENTS),
+                    rate: rate.max(1),
+                    duration: capped(duration),
+                    per_request,
+                };
+                fanout(&addrs, cli.token, load, server_pid).await
             }
             Cmd::Conns { clients, server_pid, hold } => {
                 conns(addr, clients.min(MAX_CLIENTS), server_pid, capped(hold)).await
@@ -397,6 +407,19 @@ struct Stamped<'a> {
 #[derive(serde::Deserialize)]
 struct Stamp {
     t: Option<u64>,
+}
+
+/// CPU time (user + system) the process `pid` ("self": this one) has used
+/// so far, in seconds, from /proc.
+fn cpu_secs(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which is in parentheses and may hold
+    // spaces: `utime` and `stime` (fields 14 and 15) are the 12th and 13th.
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf only reads a system setting.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| ticks as f64 / hz as f64)
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
