@@ -50,7 +50,7 @@ pub async fn upgrade(state: Arc<State>, peer: SocketAddr, mut req: http::Request
     let on_upgrade = hyper::upgrade::on(&mut req);
     // A GET upgrade has no body: nothing to drain.
     drop(req);
-    let task = async move {
+    tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
                 // The socket's own variable ends before the connection runs,
@@ -69,8 +69,7 @@ pub async fn upgrade(state: Arc<State>, peer: SocketAddr, mut req: http::Request
                 WsDisconnected { reason: DisconnectReason::Error }.emit(&guard.state().metrics);
             }
         }
-    };
-    tokio::spawn(task);
+    });
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let mut res = Response::default();
     *res.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;

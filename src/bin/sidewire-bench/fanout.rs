@@ -117,7 +117,8 @@ pub(super) async fn fanout(
     // CPU while events flow (from the first request to the end of the
     // drain): the server's, when its PID is given, and this tool's own.
     let server_pid = server_pid.map(|p| p.to_string());
-    let cpu_at_start = (server_pid.as_deref().and_then(cpu_secs), cpu_secs("self"), Instant::now());
+    let (server_cpu_start, own_cpu_start) = (server_pid.as_deref().and_then(cpu_secs), cpu_secs("self"));
+    let cpu_since = Instant::now();
     let mut sent = 0u64;
     let mut owed = 0.0;
     let mut non202 = 0u64;
@@ -144,9 +145,9 @@ pub(super) async fn fanout(
         sent += n;
     }
     tokio::time::sleep(Duration::from_secs(2)).await; // drain
-    let cpu_wall = cpu_at_start.2.elapsed().as_secs_f64();
-    let server_cpu = server_pid.as_deref().and_then(cpu_secs).zip(cpu_at_start.0).map(|(end, start)| end - start);
-    let own_cpu = cpu_secs("self").zip(cpu_at_start.1).map(|(end, start)| end - start);
+    let cpu_wall = cpu_since.elapsed().as_secs_f64();
+    let server_cpu = server_pid.as_deref().and_then(cpu_secs).zip(server_cpu_start).map(|(end, start)| end - start);
+    let own_cpu = cpu_secs("self").zip(own_cpu_start).map(|(end, start)| end - start);
     stop_tx.send_replace(true);
     let mut h = hist();
     let (mut received, mut ooo, mut connected) = (0u64, 0u64, 0usize);
